@@ -840,6 +840,27 @@ def test_a_train_steps_graph_orders_its_writes_and_checks(backend_name):
             _assert_writes_and_checks_in_program_order(concrete.graph)
 
 
+@pytest.mark.parametrize("backend_name", [name for name in backends_under_test() if name != "keras"])
+def test_an_eager_train_step_whose_label_is_out_of_range_keeps_the_forwards_writes(backend_name):
+    """``ud.train_step(eager=True)``: the forward's BatchNorm wrote its statistics and ``num_batches_tracked``
+    before the loss read the labels and raised, and they stand, as in torch's eager step; no weight changed. On jax
+    the forward runs inside ``jax.value_and_grad`` even eagerly, and every write was put back when it raised (its
+    values are had at once there, as its primal values). (Keras: Keras-on-JAX's step gives back the whole state
+    it was given where a check failed, docs/guarantees.md; Keras-on-TensorFlow's eager step is the test above's.)"""
+    with ud.use_backend(backend_name):
+        ud.manual_seed(0)
+        model = ud.nn.Sequential(ud.nn.Linear(3, 4), ud.nn.BatchNorm1d(4), ud.nn.ReLU(), ud.nn.Linear(4, 3))
+        x = np.random.default_rng(1).standard_normal((6, 3)).astype(np.float32)
+        step = ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(model.parameters(), lr=0.1), eager=True)
+        step(x, np.array([0, 1, 2, 0, 1, 2]))
+        before = {key: ud.to_numpy(value).copy() for key, value in model.state_dict().items()}
+        with pytest.raises(ud.IndexOutOfRangeError, match=r"must lie in \[0, 3\)"):
+            step(x, np.array([0, 1, 7, 0, 1, 2]))
+        after = {key: ud.to_numpy(value) for key, value in model.state_dict().items()}
+        assert sorted(changed_by(before, after)) == ["1.num_batches_tracked", "1.running_mean", "1.running_var"]
+        assert int(after["1.num_batches_tracked"]) == int(before["1.num_batches_tracked"]) + 1
+
+
 def _assert_writes_and_checks_in_program_order(graph):
     """Each ``Assert`` of ``graph`` runs after every variable write made before it, each write (a guarded
     update's ``If`` too) after every ``Assert`` made before it (data or control edges, directly or not)."""

@@ -170,7 +170,10 @@ class Backend(BackendInterface):
     keras_state_in_place = False  # Keras on JAX swaps variable values through its StatelessScope
     keras_writes_saved_model = True
     shares_numpy_memory = True  # an aligned NumPy array becomes a CPU array without a copy (see _owned)
-    keras_native_ops = ("max_pool2d",)  # PyTorch's NaN rule (keras.ops' max pooling gives a NaN's gradient at random)
+    # max_pool2d: PyTorch's NaN rule (keras.ops' max pooling gives a NaN's gradient at random); scan: the checks of
+    # its body raised as the eager loop raises them (keras.ops' lax.scan left them to checkify, which missed them in
+    # a differentiated step)
+    keras_native_ops = ("max_pool2d", "scan")
 
     def __init__(self):
         self._generator = KeyStream(unidl_random.initial_seed(), self.current_device)
@@ -572,17 +575,27 @@ class Backend(BackendInterface):
                 for p, t in zip(params, target_values):
                     p.value = t
             given = dict(zip(target_serials, target_values))
+
+            def writes():
+                # a differentiated parameter the forward wrote (Embedding's max_norm renormalization) keeps what it
+                # wrote, as torch's in-place write, not the value it was given
+                return {i: v._value for i, v in enumerate(live)
+                        if v._value is not (given[v.serial] if v.serial in given else before[i])}
+
+            raised = True
             try:
                 value = f(*call_args)
                 value, aux = value if with_aux else (value, None)
                 check_scalar(value, self.name)
-                # a differentiated parameter the forward wrote (Embedding's max_norm renormalization) keeps what it
-                # wrote, as torch's in-place write, not the value it was given
-                written = {i: v._value for i, v in enumerate(live)
-                           if v._value is not (given[v.serial] if v.serial in given else before[i])}
+                written, raised = writes(), False
             finally:
+                # where f raised (a value check of an eager step) the writes it made before stand, as an eager torch
+                # call's: each a value had at once (an eager gradient's tracer: its primal); a trace's are let go
+                made = _values_had_at_once(writes()) if raised else {}
                 for v, b in zip(live, before):
                     v.value = b
+                for index, new in made.items():
+                    live[index].value = new
             return jnp.reshape(value, ()), (value, aux, written)
 
         try:
@@ -654,6 +667,15 @@ def _differentiated_value_error(error, name: str):
         f"comparison has no gradient and JAX gives its value), write the branch with ud.ops.where, or convert values "
         f"that are not differentiated (the input x of a train step). ({type(error).__name__}: "
         f"{str(error).splitlines()[0]})")
+
+
+def _values_had_at_once(written: dict) -> dict:
+    """Those of ``written`` (index: value) whose values are had now: an array, or an eager gradient's tracer as
+    its primal value; a value of a trace (``jax.jit``) is left out."""
+    from jax._src import core  # (a tracer's concrete value: no public API gives it)
+
+    had = {index: core.to_concrete_value(value) for index, value in written.items()}
+    return {index: value for index, value in had.items() if value is not None}
 
 
 def _used_inputs(fn, inputs, live, before, randomness) -> list[bool]:

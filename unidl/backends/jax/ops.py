@@ -16,13 +16,14 @@ import threading
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from unidl import config
 from jax.experimental import checkify
 
 from unidl.backends.jax.eager import compiled_when_eager
 from unidl.backends.jax.variable import unwrap as _v
-from unidl.errors import IndexOutOfRangeError, ValueOutOfRangeError
+from unidl.errors import IndexOutOfRangeError, ValueOutOfRangeError, marked_error_from
 from unidl.input_checks import check_known_shape as check_shape  # sizes are always known here
 from unidl.input_checks import check_known_values, float_bound
 
@@ -501,17 +502,31 @@ def in_checkified_trace() -> bool:
     return getattr(_trace, "checkified", False)
 
 
+def _stages_checks() -> bool:
+    """Whether a value check of a traced value made now is staged (``_staged_check``): in a checkified trace, or in
+    the body of a ``scan`` that reports its checks (``_scan_reporting_checks``: an eager one too)."""
+    return getattr(_trace, "checkified", False) or bool(getattr(_trace, "scan_bodies", None))
+
+
 def _staged_check(passed, message: str, **values) -> None:
     """``checkify.check`` of ``passed`` (a traced boolean scalar), which raises unidl's error after the compiled
-    call, recorded for ``checks_passed``."""
-    checkify.check(passed, message, **values)
-    _trace.predicates.append(passed)
+    call, recorded for ``checks_passed``. In the body of a ``scan`` being traced (``_scan_reporting_checks``) the
+    check is the body's, handed out of the scan as its outputs (checkify did not report a check in the body of a
+    differentiated scan); one in a trace of its own inside that body (a ``cond`` branch) is checkify's."""
+    bodies = getattr(_trace, "scan_bodies", None)
+    if bodies and bodies[-1].trace is not None and getattr(passed, "_trace", None) is bodies[-1].trace:
+        bodies[-1].checks.append((passed, message, values))
+        return
+    if getattr(_trace, "checkified", False):
+        checkify.check(passed, message, **values)
+        _trace.predicates.append(passed)
 
 
 def checks_passed():
     """A boolean scalar: every value check staged so far in this checkified trace, in a trace still active here,
-    passed; None where there is none (checks of a trace that has ended, a ``scan``'s body or a trace of the forward
-    made for another purpose, cannot be read here and are not counted). An update selected by it changes nothing in
+    passed; None where there is none (checks of a trace that has ended, a trace of the forward made for another
+    purpose, cannot be read here and are not counted; a ``scan``'s body's are one check after the scan,
+    ``_scan_reporting_checks``). An update selected by it changes nothing in
     a step whose check fails, as the error, raised after the compiled call, stops the same step before its update in
     torch's eager code and in a TensorFlow graph."""
     predicates = getattr(_trace, "predicates", None)
@@ -579,7 +594,7 @@ def check_in_range(x, low, high, what="values"):
     else:
         outside = _count_outside(x, low, high)
     if isinstance(outside, jax.core.Tracer):  # (checkify raises it after a compiled step, as check_index's)
-        if getattr(_trace, "checkified", False):
+        if _stages_checks():
             message = f"{ValueOutOfRangeError.marker}{what} must lie in [{low}, {high}]; found {{n}} value(s) outside"
             _staged_check(outside == 0, message, n=outside)
     elif int(outside):
@@ -595,7 +610,7 @@ def check_index(indices, size, what="index"):
     if isinstance(low, jax.core.Tracer):
         # inside a compiled step checkify raises it after the step; a jax.jit that is not checkified (Keras's
         # own trainer on JAX) cannot stage a check at all, so there is none there
-        if getattr(_trace, "checkified", False):
+        if _stages_checks():
             message = f"{IndexOutOfRangeError.marker}{what} must lie in [0, {size}); found values from {{low}} to {{high}}"
             _staged_check((low >= 0) & (high < size), message, low=low, high=high)
     elif int(low) < 0 or int(high) >= size:
@@ -607,7 +622,7 @@ def check_values(x, condition, message, values=()):
     condition = _v(condition)
     if not isinstance(condition, jax.core.Tracer):
         return check_known_values(x, condition, message, values)
-    if getattr(_trace, "checkified", False):  # (checkify raises it after a compiled step, as check_index's)
+    if _stages_checks():  # (checkify raises it after a compiled step, as check_index's)
         names = {f"value{i}": jnp.asarray(_v(value)) for i, value in enumerate(values)}
         _staged_check(condition, ValueOutOfRangeError.marker + message.format(*(f"{{{n}}}" for n in names)), **names)
     return x
@@ -650,11 +665,118 @@ def bce_with_logits(logits, targets, reduction="mean"):
 
 
 def scan(fn, init, xs, axis=0, reverse=False):
+    """``jax.lax.scan``; the value checks of the body (an index out of range) are raised as the eager loop raises
+    them, at the first step where one fails (``_scan_reporting_checks``), in a checkified trace and eagerly."""
     # reverse as a forward scan over the slices taken from the end (lax.scan's own definition of it): the same
     # arithmetic, and a program that exporters without a reverse scan convert (jax2onnx: a bidirectional RNN to ONNX)
-    xs = jax.tree_util.tree_map(lambda x: _from_the_end(jnp.moveaxis(_v(x), axis, 0), reverse), xs)
-    carry, ys = jax.lax.scan(fn, jax.tree_util.tree_map(_v, init), xs)  # (a parameter as init too)
+    xs = jax.tree_util.tree_map(lambda x: _from_the_end(jnp.moveaxis(_array(x), axis, 0), reverse), xs)
+    init = jax.tree_util.tree_map(_array, init)  # (a parameter as init too)
+    at_once = _values_read_at_once()
+    if at_once or _stages_checks():
+        carry, ys = _scan_reporting_checks(fn, init, xs, at_once)
+    else:  # (a jax.jit that is not checkified, such as an eager op's: its checks could not be reported)
+        carry, ys = jax.lax.scan(fn, init, xs)
     return carry, jax.tree_util.tree_map(lambda y: jnp.moveaxis(_from_the_end(y, reverse), 0, axis), ys)
+
+
+def _array(x):
+    """A leaf of a scan's ``init`` or ``xs`` as ``lax.scan`` takes it: a variable's array (unidl's; a Keras
+    variable's on Keras-on-JAX, whose scan this is), anything else as it is."""
+    x = _v(x)
+    return jnp.asarray(x) if hasattr(x, "__jax_array__") else x
+
+
+def _current_trace():
+    """The trace running in this thread, or None on a JAX that does not say (no public API names it)."""
+    from jax._src import core
+
+    return core.unsafe_get_current_trace() if hasattr(core, "unsafe_get_current_trace") else None
+
+
+def _values_read_at_once() -> bool:
+    """Whether the values computed now are had at once: no trace runs in this thread but transformations of eager
+    values (an eager call, or an eager gradient's, whose primal values are computed as they go)."""
+    from jax._src import core
+    from jax._src.interpreters import partial_eval
+
+    trace = _current_trace()
+    if trace is None or not hasattr(core, "unsafe_get_trace_stack"):
+        return False
+    return not any(isinstance(each, partial_eval.DynamicJaxprTrace) for each in core.unsafe_get_trace_stack(trace))
+
+
+class _BodyChecks:
+    """The value checks staged while a ``scan``'s body is traced (``_staged_check``), each ``(passed, message,
+    values)``, ``passed`` a boolean scalar of the body's trace ``trace``."""
+
+    def __init__(self, trace):
+        self.trace, self.checks = trace, []
+
+
+def _scan_reporting_checks(fn, init, xs, at_once: bool):
+    """``jax.lax.scan(fn, init, xs)`` whose body's value checks are raised as the eager loop raises them: each
+    step's checks (whether each held, and the values its message names) are more outputs of the body, and after the
+    scan the first step where one failed, and its first check that failed, is one check of the trace around the
+    scan (checkify's, recorded for ``checks_passed``: a write after the scan stands only where it held; the body's
+    check where the scan is in another scan's body), or raised at once where the values are (``at_once``: eagerly,
+    in an eager gradient too). Checkify reports a check inside the body itself only where the scan is not
+    differentiated (a ``ud.train_step`` computed with the index out of range: a NaN row, a wrapped negative index),
+    and ``checks_passed`` could not read it after the scan, so a write after the scan stood. The steps after the failing one still run (their
+    values are never read: the error is raised); a body with no check is the plain scan, with no more outputs."""
+    traced = []  # (lax.scan may trace the body again where a carry's weak type changed: the last trace is the scan)
+
+    def body(carry, x):
+        recorded = _BodyChecks(_current_trace())  # (the body's trace, which its checks' predicates belong to)
+        bodies = _trace.__dict__.setdefault("scan_bodies", [])
+        bodies.append(recorded)
+        try:
+            result = fn(carry, x)
+        finally:
+            bodies.pop()
+        traced.append(recorded)
+        if not recorded.checks:
+            return result
+        new_carry, y = result
+        values = [{name: jax.lax.stop_gradient(jnp.asarray(value)) for name, value in names.items()}
+                  for _, _, names in recorded.checks]
+        return new_carry, (y, jnp.stack([passed for passed, _, _ in recorded.checks]), values)
+
+    carry, ys = jax.lax.scan(body, init, xs)
+    if not traced or not traced[-1].checks:
+        return carry, ys
+    ys, passed, values = ys
+    _report_the_first_failure([message for _, message, _ in traced[-1].checks], passed, values, at_once)
+    return carry, ys
+
+
+def _report_the_first_failure(messages, passed, values, at_once: bool) -> None:
+    """Stage (or raise, ``at_once``) the first failure of a scan's body checks: ``passed`` (steps, checks) says
+    whether each held at each step, ``values`` each check's message values per step. One check per message, which
+    fails only where it is the first that failed at the first step where one did, with that step's values."""
+    failed_steps = jnp.logical_not(jnp.all(passed, axis=1))
+    step = jnp.argmax(failed_steps)  # (the first step where a check failed; 0 where none did)
+    first = jnp.argmax(jnp.logical_not(passed[step]))  # (its first check that failed, in program order)
+    failed = failed_steps[step]
+    from jax._src import core  # (an eager gradient's tracer read as its primal value)
+
+    for index, message in enumerate(messages):
+        held = jnp.logical_not(failed & (first == index))
+        named = {name: value[step] for name, value in values[index].items()}
+        known = core.to_concrete_value(held) if at_once else None
+        if known is None:  # (a trace's: staged; an eager vmap's has no one value either)
+            _staged_check(held, message, **named)
+        elif not known:
+            _raise_now(message, named)
+
+
+def _raise_now(message: str, values) -> None:
+    """Raise unidl's error of a check that failed where its values are had (``message`` a template of ``values``,
+    an eager gradient's tracers among them), in the words checkify gives a compiled call's
+    (``function.raise_failed_check``)."""
+    from jax._src import core  # (an eager gradient's tracer read as its primal value)
+
+    raise marked_error_from(message.format(**{name: core.concrete_or_error(np.asarray, value)
+                                              for name, value in values.items()}))
 
 
 def _from_the_end(x, reverse):

@@ -432,8 +432,9 @@ def bce_with_logits(logits, targets, reduction="mean"):
 
 
 def scan(fn, init, xs, axis=0, reverse=False):
-    # nested carries, slices and outputs as jax.lax.scan; on TensorFlow, whose Keras scan needs outputs shaped as
-    # the carry, the host's own scan replaces this one (keras_native_ops)
+    # nested carries, slices and outputs as jax.lax.scan (Keras-on-torch); on TensorFlow, whose Keras scan needs
+    # outputs shaped as the carry, and on JAX, whose scan hands its body's checks out, the host's own scan replaces
+    # this one (keras_native_ops)
     init = keras.tree.map_structure(_tensor, init)
     carry, ys = K.scan(fn, init, keras.tree.map_structure(lambda x: K.moveaxis(x, axis, 0), xs), reverse=reverse)
     return carry, keras.tree.map_structure(lambda y: K.moveaxis(y, 0, axis), ys)
