@@ -738,6 +738,18 @@ def test_the_loss_functions_take_torchs_arguments():
         assert [(p.name, p.default) for p in inspect.signature(getattr(ud.ops, name)).parameters.values()] == theirs
 
 
+def test_every_torch_nn_loss_and_its_function_is_in_unidl():
+    """The README's claim, kept exact: every loss class of ``torch.nn`` (a class named ``*Loss``) is in ``ud.nn``, and
+    every loss of ``torch.nn.functional`` (``*_loss``, the cross-entropies, ``kl_div``) in ``ud.ops``, but
+    ``AdaptiveLogSoftmaxWithLoss``, which PyTorch lists among its activations, not its losses."""
+    classes = [name for name in dir(tnn) if name.endswith("Loss") and isinstance(getattr(tnn, name), type)
+               and name != "AdaptiveLogSoftmaxWithLoss"]
+    assert "LinearCrossEntropyLoss" in classes and "TripletMarginWithDistanceLoss" in classes
+    assert [name for name in classes if not hasattr(ud.nn, name)] == []
+    functions = [name for name in dir(F) if name.endswith(("_loss", "cross_entropy")) or name == "kl_div"]
+    assert [name for name in functions if not hasattr(ud.ops, name)] == []
+
+
 @pytest.mark.parametrize("dtype, modes", RUNS)
 def test_losses_match_torch(backend, dtype, modes):
     failures = compare_table(LOSSES, backend, dtype, modes)
