@@ -699,6 +699,33 @@ def test_linear_cross_entropys_chunking_options_are_refused_on_every_backend(bac
             build()
 
 
+def test_a_train_step_trains_linear_cross_entropys_linear_as_torch_or_refuses_it_on_keras(backend):
+    """``ud.train_step`` with an optimizer over the model's and ``LinearCrossEntropyLoss``'s parameters (the loss's
+    ``linear`` trained too) follows ``torch.optim`` for three steps, losses and the loss's weight; on keras, whose
+    trainer trains the Keras model's variables only (the loss's would silently keep their values), the step is an
+    ``UnsupportedOptionError`` naming them."""
+    from unidl.errors import UnsupportedOptionError
+
+    x, y = ROWS[:, :5].astype(np.float32), LABELS % 4
+    body, loss = ud.nn.Linear(5, 6), ud.nn.LinearCrossEntropyLoss(6, 4, bias=True)
+    theirs, their_loss = tnn.Linear(5, 6), tnn.LinearCrossEntropyLoss(6, 4, bias=True)
+    for ours, reference in ((body, theirs), (loss, their_loss)):
+        reference.load_state_dict({k: torch.tensor(ud.to_numpy(v)) for k, v in ours.state_dict().items()})
+    step = ud.train_step(body, loss, ud.optim.SGD(body.parameters() + loss.parameters(), lr=0.5))
+    if backend == "keras":
+        with pytest.raises(UnsupportedOptionError, match=r"loss LinearCrossEntropyLoss's parameters \['linear"):
+            step(x, y)
+        return
+    optimizer = torch.optim.SGD([*theirs.parameters(), *their_loss.parameters()], lr=0.5)
+    for _ in range(3):
+        optimizer.zero_grad()
+        expected = their_loss(theirs(torch.tensor(x)), torch.tensor(y))
+        expected.backward()
+        optimizer.step()
+        assert float(step(x, y)) == pytest.approx(float(expected.detach()), rel=1e-6)
+    assert max_relative_difference(ud.to_numpy(loss.linear.weight), their_loss.linear.weight.detach().numpy()) < 1e-5
+
+
 def test_a_train_step_through_the_new_layers_matches_torch(backend):
     """One compiled ``train_step`` (SGD) through Linear layers joined by the new activations gives PyTorch's loss
     and updated weights."""
