@@ -1,7 +1,8 @@
 """The margin, embedding, multi-label and likelihood losses as functions, composed once over the registry's ops:
 ``margin_ranking_loss``, ``hinge_embedding_loss``, ``soft_margin_loss``, ``cosine_embedding_loss``,
-``triplet_margin_loss``, ``multilabel_soft_margin_loss``, ``multi_margin_loss``, ``multilabel_margin_loss``,
-``poisson_nll_loss`` and ``gaussian_nll_loss``, exported as ``ud.ops.<name>`` with ``torch.nn.functional``'s arguments.
+``triplet_margin_loss``, ``triplet_margin_with_distance_loss``, ``linear_cross_entropy``,
+``multilabel_soft_margin_loss``, ``multi_margin_loss``, ``multilabel_margin_loss``, ``poisson_nll_loss`` and
+``gaussian_nll_loss``, exported as ``ud.ops.<name>`` with ``torch.nn.functional``'s arguments.
 
 Each public function checks its options and calls the loss's one body (``_<name>(owner, ...)``), which the module of
 ``unidl/nn/loss.py`` calls too, naming itself in the errors: shapes that do not fit are a ``ShapeMismatchError``
