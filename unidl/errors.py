@@ -47,6 +47,24 @@ class AxisOutOfRangeError(ShapeMismatchError, IndexError):
     (``% rank``) and raised errors of their own for the rest."""
 
 
+class LossShapeError(ShapeMismatchError, RuntimeError):
+    """Operands of a loss whose ranks or sizes do not fit where PyTorch raises ``RuntimeError``
+    (``linear_cross_entropy``'s input, weights and bias; ``triplet_margin_with_distance_loss``'s ranks): a
+    ``ShapeMismatchError`` too, as unidl's other shape errors, so that either ``except`` catches it."""
+
+
+class InvalidOptionError(UnidlError, ValueError, RuntimeError):
+    """A loss's option PyTorch refuses with ``RuntimeError`` (``LinearCrossEntropyLoss``'s ``label_smoothing``
+    outside [0, 1], an ``ignore_index`` beside class probabilities): a ``ValueError`` too, as unidl's other argument
+    errors."""
+
+
+class UnsupportedOptionError(UnidlError, NotImplementedError):
+    """An option of PyTorch's that unidl cannot honour on every backend (``LinearCrossEntropyLoss``'s chunking
+    ``options``): refused on every backend, naming the option and what to give instead, never silently ignored; and,
+    on keras, a train step whose optimizer trains a loss module's parameters, which Keras's trainer leaves alone."""
+
+
 class PaddingLengthError(UnidlError, ValueError, RuntimeError):
     """A pad of a length PyTorch refuses: odd (its amounts are (before, after) pairs), or, for modes other than
     'constant', not 2, 4 or 6; PyTorch's ``RuntimeError`` (``NotImplementedError`` for the second), a

@@ -1,7 +1,8 @@
 """The margin, embedding, multi-label and likelihood losses as functions, composed once over the registry's ops:
 ``margin_ranking_loss``, ``hinge_embedding_loss``, ``soft_margin_loss``, ``cosine_embedding_loss``,
-``triplet_margin_loss``, ``multilabel_soft_margin_loss``, ``multi_margin_loss``, ``multilabel_margin_loss``,
-``poisson_nll_loss`` and ``gaussian_nll_loss``, exported as ``ud.ops.<name>`` with ``torch.nn.functional``'s arguments.
+``triplet_margin_loss``, ``triplet_margin_with_distance_loss``, ``linear_cross_entropy``,
+``multilabel_soft_margin_loss``, ``multi_margin_loss``, ``multilabel_margin_loss``, ``poisson_nll_loss`` and
+``gaussian_nll_loss``, exported as ``ud.ops.<name>`` with ``torch.nn.functional``'s arguments.
 
 Each public function checks its options and calls the loss's one body (``_<name>(owner, ...)``), which the module of
 ``unidl/nn/loss.py`` calls too, naming itself in the errors: shapes that do not fit are a ``ShapeMismatchError``
@@ -17,9 +18,11 @@ from __future__ import annotations
 
 import math
 
-from unidl import input_checks, ops
+from unidl import arguments, input_checks, ops
 from unidl.backends import op_registry
 from unidl.composites import composite
+from unidl.dtype_kinds import holds_floats
+from unidl.errors import InvalidOptionError, LossShapeError, UnsupportedOptionError
 
 
 def _loss(*tensors: str):
@@ -224,6 +227,116 @@ def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2, eps=1e-6, s
     margin, p = triplet_margin_options("triplet_margin_loss", margin, p)
     return _triplet_margin_loss("triplet_margin_loss", anchor, positive, negative, margin, p, float(eps), bool(swap),
                                 reduction)
+
+
+def _triplet_margin_with_distance_loss(owner, anchor, positive, negative, distance_function, margin: float,
+                                       swap: bool, reduction: str):
+    """The triplet loss under any distance, as PyTorch composes it: its ranks checked (a ``LossShapeError``, PyTorch's
+    ``RuntimeError``), then ``distance_function``'s distances (``pairwise_distance`` by default) hinged at 0."""
+    anchor, positive, negative = (input_checks.as_tensor(owner, name, x) for name, x in
+                                  (("anchor", anchor), ("positive", positive), ("negative", negative)))
+    ranks = [len(x.shape) for x in (anchor, positive, negative)]
+    if len(set(ranks)) != 1:
+        raise LossShapeError(f"{owner} needs anchor, positive and negative of one rank, got anchor {ranks[0]}-d, "
+                             f"positive {ranks[1]}-d and negative {ranks[2]}-d")
+    distance = distance_function if distance_function is not None else ops.pairwise_distance
+    closest = distance(anchor, negative)
+    if swap:
+        closest = ops.minimum(closest, distance(positive, negative))
+    return ops._reduced(_hinge(margin + distance(anchor, positive) - closest), reduction)
+
+
+@_loss("anchor", "positive", "negative")
+def triplet_margin_with_distance_loss(anchor, positive, negative, *, distance_function=None, margin=1.0, swap=False,
+                                      reduction="mean"):
+    """reduce(max(0, margin + d(a, p) - d(a, n))) under the distance ``distance_function`` (a function of two tensors
+    giving one distance each, ``pairwise_distance`` if None), as ``torch.nn.functional.triplet_margin_with_distance_
+    loss``; with ``swap``, d(a, n) is min(d(a, n), d(p, n)). ``margin`` must be positive (a ``ValueError``); anchor,
+    positive and negative of different ranks are a ``LossShapeError`` (PyTorch's ``RuntimeError``)."""
+    owner = "triplet_margin_with_distance_loss"
+    reduction = input_checks.check_reduction(owner, reduction)
+    margin, _ = triplet_margin_options(owner, margin, 2.0)
+    return _triplet_margin_with_distance_loss(owner, anchor, positive, negative, distance_function, margin,
+                                              bool(swap), reduction)
+
+
+def refuse_chunking(owner: str, options) -> None:
+    """An ``UnsupportedOptionError`` for ``linear_cross_entropy``'s chunking ``options`` (PyTorch's
+    ``LinearCrossEntropyOptions``): its chunked kernel is PyTorch's own, and unidl computes the logits whole on every
+    backend rather than take the option and ignore it."""
+    if options is not None:
+        raise UnsupportedOptionError(f"{owner}: options={options!r} (PyTorch's chunked kernel) is not supported on any "
+                                     f"backend of unidl, which computes the whole logits; give options=None")
+
+
+def linear_label_smoothing(owner: str, label_smoothing) -> float:
+    """``label_smoothing`` in [0, 1]; outside it an ``InvalidOptionError`` (PyTorch's ``RuntimeError``)."""
+    try:
+        return arguments.label_smoothing(owner, label_smoothing)
+    except ValueError as error:
+        raise InvalidOptionError(str(error)) from None
+
+
+def _linear_cross_entropy(owner, x, weight, bias, target, classes: int, out_features: tuple, class_weight,
+                          reduction: str, ignore_index, label_smoothing):
+    """The cross-entropy of ``x`` (N, in) or (in,) through the linear map of ``weight`` (C * prod(out_features), in)
+    and ``bias`` (its rows, or None), its logits (N, C, *out_features) (or (C,)), as PyTorch's reference path: its
+    shapes checked (a ``LossShapeError``, PyTorch's ``RuntimeError``), then ``cross_entropy_loss``."""
+    x, target = input_checks.as_tensor(owner, "input", x), input_checks.as_tensor(owner, "target", target)
+    rank, features = len(x.shape), input_checks.sizes_of(weight)[-1]
+    if rank not in (1, 2):
+        raise LossShapeError(f"{owner} needs an input (N, in_features) or (in_features,), got {rank}-d")
+    if out_features and rank == 1:
+        raise LossShapeError(f"{owner}: out_features {tuple(out_features)} (a K-dimensional loss) needs a batched "
+                             f"input (N, {features}), got an unbatched ({x.shape[0]},)")
+    size = input_checks.sizes_of(x)[-1]
+    if isinstance(size, int) and isinstance(features, int) and size != features:
+        raise LossShapeError(f"{owner} needs an input of {features} features (the linear weight's last axis), got "
+                             f"{size}")
+    x = _require_shapes(owner, f"an input of {features} features", {"input": x}, input_checks.holds(size == features),
+                        x)
+    if holds_floats(target) and ignore_index is not None:
+        raise InvalidOptionError(f"{owner}: ignore_index={ignore_index} cannot be given beside class probabilities "
+                                 f"(a float target; PyTorch refuses it too); leave it None")
+    logits = ops.linear(x, weight, bias)
+    logits = ops.reshape(logits, (-1, classes, *out_features) if rank == 2 else (classes,))
+    return ops.cross_entropy_loss(logits, target, class_weight, -100 if ignore_index is None else ignore_index,
+                                  reduction, label_smoothing)
+
+
+@_loss("input", "linear_weight", "target", "linear_bias", "weight")
+def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,  # noqa: A002
+                         reduction="mean", ignore_index=None, label_smoothing=0.0, options=None):
+    """The cross-entropy of ``input`` transformed linearly, as ``torch.nn.functional.linear_cross_entropy``:
+    ``cross_entropy_loss(linear(input, linear_weight, linear_bias), target, ...)``, ``linear_weight`` (C, in) or
+    (C, d1, ..., dK, in) for a K-dimensional loss (logits (N, C, d1, ..., dK), which needs a batched input (N, in)),
+    ``linear_bias`` (C, d1, ..., dK) or None. ``ignore_index`` None means -100 for class labels, and anything else
+    beside class probabilities is an ``InvalidOptionError``; so is a ``label_smoothing`` outside [0, 1]. Shapes that
+    do not fit are a ``LossShapeError`` (both PyTorch's ``RuntimeError``). ``options`` (PyTorch's chunked kernel)
+    is an ``UnsupportedOptionError`` unless None, on every backend."""
+    owner = "linear_cross_entropy"
+    refuse_chunking(owner, options)
+    reduction = input_checks.check_reduction(owner, reduction)
+    label_smoothing = linear_label_smoothing(owner, label_smoothing)
+    linear_weight = input_checks.as_tensor(owner, "linear_weight", linear_weight)
+    sizes = input_checks.sizes_of(linear_weight)  # (ints; scalar tensors where a graph knows them only when it runs)
+    if len(sizes) < 2:
+        raise LossShapeError(f"{owner} needs a linear_weight (C, in_features) or (C, d1, ..., dK, in_features), got "
+                             f"{len(sizes)}-d")
+    classes, out_features = sizes[0], tuple(sizes[1:-1])
+    if linear_bias is not None:
+        linear_bias = input_checks.as_tensor(owner, "linear_bias", linear_bias)
+        bias_sizes = input_checks.sizes_of(linear_bias)
+        fits = len(bias_sizes) == len(sizes) - 1 and _equal_sizes(tuple(bias_sizes), tuple(sizes[:-1]))
+        if fits is False and all(isinstance(n, int) for n in (*sizes, *bias_sizes)):
+            raise LossShapeError(f"{owner} needs a linear_bias of shape {tuple(sizes[:-1])} (the linear weight's "
+                                 f"without its last axis), got {tuple(bias_sizes)}")
+        linear_bias = _require_shapes(owner, "a linear_bias of the linear weight's shape without its last axis",
+                                      {"linear_weight": linear_weight, "linear_bias": linear_bias}, fits, linear_bias)
+        linear_bias = ops.reshape(linear_bias, (-1,))
+    linear_weight = ops.reshape(linear_weight, (-1, sizes[-1]))
+    return _linear_cross_entropy(owner, input, linear_weight, linear_bias, target, classes, out_features, weight,
+                                 reduction, ignore_index, label_smoothing)
 
 
 # ---- multi-class and multi-label losses -------------------------------------------------------------------------

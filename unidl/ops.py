@@ -1978,7 +1978,8 @@ from unidl.activation_ops import (celu, cosine_similarity, glu, hardshrink, hard
                                   tanhshrink, threshold)
 # the margin, embedding, multi-label and likelihood losses composed over the registry's ops (unidl/loss_ops.py)
 from unidl.loss_ops import (cosine_embedding_loss, gaussian_nll_loss, hinge_embedding_loss,  # noqa: E402
-                            margin_ranking_loss, multi_margin_loss, multilabel_margin_loss, multilabel_soft_margin_loss,
-                            poisson_nll_loss, soft_margin_loss, triplet_margin_loss)
+                            linear_cross_entropy, margin_ranking_loss, multi_margin_loss, multilabel_margin_loss,
+                            multilabel_soft_margin_loss, poisson_nll_loss, soft_margin_loss, triplet_margin_loss,
+                            triplet_margin_with_distance_loss)
 # the CTC loss, its alpha recursion a scan over the registry's ops (its own module: unidl/ctc.py)
 from unidl.ctc import ctc_loss  # noqa: E402

@@ -64,6 +64,10 @@ COUNTS = R.random((4, 6)) * 4 + 0.01  # (a count of 0 has PyTorch's NaN target g
 SAME_FIRST_COLUMN = np.where(np.arange(6) == 0, ROWS, TARGET)  # (an anchor-positive difference of exactly 0)
 TRIPLETS_3D = [R.standard_normal((2, 3, 4)) for _ in range(3)]
 TRIPLETS_3D[0][0, 0], TRIPLETS_3D[1][0, 0], TRIPLETS_3D[2][0, 0] = 0.0, [1.0, 0.5, 0, 0], [0, -3.0, 1, 2]
+SCORES_4x3 = R.standard_normal((4, 4, 3))
+POSITION_PROBABILITIES = np.exp(SCORES_4x3) / np.exp(SCORES_4x3).sum(1, keepdims=True)  # (N, C, d1): 4 classes
+POSITION_LABELS = R.integers(0, 4, (4, 3))
+POSITION_LABELS[0, 0] = 1  # (the ignore_index of the case that reads them)
 
 
 def case(build, oracle, *inputs, no_grad=()):
@@ -271,6 +275,36 @@ LOSSES = {
         lambda: lambda a, p, n: ud.ops.triplet_margin_loss(a, p, n, 2.0, float("inf"), 0.0, reduction="none"),
         lambda: lambda a, p, n: F.triplet_margin_loss(a, p, n, 2.0, float("inf"), 0.0, reduction="none"),
         *TRIPLETS_3D),
+    # the default distance (PyTorch's PairwiseDistance submodule) with swap, plus the function under a distance of
+    # the user's (a cosine distance; its gradient through the user's ops)
+    "TripletMarginWithDistanceLoss-swap-none+triplet_margin_with_distance_loss-cosine": case(
+        lambda: plus(ud.nn.TripletMarginWithDistanceLoss(margin=2.0, swap=True, reduction="none"),
+                     lambda a, p, n: ud.ops.triplet_margin_with_distance_loss(
+                         a, p, n, distance_function=lambda x, y: 1 - ud.ops.cosine_similarity(x, y), margin=0.5)),
+        lambda: plus(tnn.TripletMarginWithDistanceLoss(margin=2.0, swap=True, reduction="none"),
+                     lambda a, p, n: F.triplet_margin_with_distance_loss(
+                         a, p, n, distance_function=lambda x, y: 1 - F.cosine_similarity(x, y), margin=0.5)),
+        ROWS, TARGET, SOFT_TARGET),
+    # LinearCrossEntropyLoss: its Linear's weight and bias (stored flat) and the class weight, smoothing and ignored
+    # labels; a K-dimensional loss (out_features) against class probabilities; the function's weight and bias as
+    # inputs (their gradients too), K-dimensional labels with an ignore_index, and one unbatched sample
+    "LinearCrossEntropyLoss-bias-weight-smoothing": case(
+        lambda: ud.nn.LinearCrossEntropyLoss(6, 6, bias=True, weight=WEIGHT, label_smoothing=0.1),
+        lambda: tnn.LinearCrossEntropyLoss(6, 6, bias=True, weight=torch.tensor(WEIGHT), label_smoothing=0.1),
+        ROWS, IGNORED),
+    "LinearCrossEntropyLoss-out-features-probabilities-none": case(
+        lambda: ud.nn.LinearCrossEntropyLoss(6, 4, out_features=(3,), bias=True, reduction="none"),
+        lambda: tnn.LinearCrossEntropyLoss(6, 4, out_features=(3,), bias=True, reduction="none"),
+        ROWS, POSITION_PROBABILITIES),
+    "linear_cross_entropy-k-dimensional-ignore-index": case(
+        lambda: lambda x, w, b, y: ud.ops.linear_cross_entropy(x, w, y, linear_bias=b, ignore_index=1,
+                                                               reduction="sum"),
+        lambda: lambda x, w, b, y: F.linear_cross_entropy(x, w, y, linear_bias=b, ignore_index=1, reduction="sum"),
+        ROWS, SCORES_4x3[0][:, :, None] * ROWS[0] / 4, SCORES_4x3[1], POSITION_LABELS),
+    "linear_cross_entropy-unbatched-smoothing": case(
+        lambda: lambda x, w, y: ud.ops.linear_cross_entropy(x, w, y, label_smoothing=0.2, reduction="none"),
+        lambda: lambda x, w, y: F.linear_cross_entropy(x, w, y, label_smoothing=0.2, reduction="none"),
+        ROWS[1], TARGET[:5], LABELS[2]),
     # (the function's weight an input: its gradient too)
     "MultiLabelSoftMarginLoss-weight+multilabel_soft_margin_loss": case(
         lambda: plus(ud.nn.MultiLabelSoftMarginLoss(WEIGHT, reduction="none"),
@@ -603,6 +637,95 @@ def test_an_infinite_p_over_an_empty_axis_and_bce_of_two_float_dtypes_are_refuse
             ud.nn.BCELoss()(ud.ops.cast(ud.tensor(probabilities), first), ud.ops.cast(ud.tensor(target), second))
 
 
+LINEAR_CE_REFUSED = [  # (what torch refuses, and the same call to unidl: one exception class, torch's)
+    (lambda: tnn.LinearCrossEntropyLoss(6, 4, weight=torch.ones(3)),
+     lambda: ud.nn.LinearCrossEntropyLoss(6, 4, weight=np.ones(3))),
+    (lambda: tnn.LinearCrossEntropyLoss(6, 4, label_smoothing=1.5),
+     lambda: ud.nn.LinearCrossEntropyLoss(6, 4, label_smoothing=1.5)),
+    (lambda: F.linear_cross_entropy(torch.tensor(SEQUENCE), torch.ones(4, 6, dtype=torch.float64),
+                                    torch.tensor(LABELS)),
+     lambda: ud.ops.linear_cross_entropy(SEQUENCE, np.ones((4, 6)), LABELS)),
+    (lambda: F.linear_cross_entropy(torch.tensor(ROWS), torch.ones(4, 5, dtype=torch.float64), torch.tensor(LABELS)),
+     lambda: ud.ops.linear_cross_entropy(ROWS, np.ones((4, 5)), LABELS)),
+    (lambda: F.linear_cross_entropy(torch.tensor(ROWS), torch.ones(6, dtype=torch.float64), torch.tensor(LABELS)),
+     lambda: ud.ops.linear_cross_entropy(ROWS, np.ones(6), LABELS)),
+    (lambda: F.linear_cross_entropy(torch.tensor(ROWS), torch.ones(4, 6, dtype=torch.float64), torch.tensor(LABELS),
+                                    linear_bias=torch.ones(3, dtype=torch.float64)),
+     lambda: ud.ops.linear_cross_entropy(ROWS, np.ones((4, 6)), LABELS, linear_bias=np.ones(3))),
+    (lambda: F.linear_cross_entropy(torch.tensor(ROWS[0]), torch.ones(4, 3, 6, dtype=torch.float64),
+                                    torch.tensor(LABELS[0])),
+     lambda: ud.ops.linear_cross_entropy(ROWS[0], np.ones((4, 3, 6)), LABELS[0])),
+    (lambda: F.linear_cross_entropy(torch.tensor(ROWS), torch.ones(6, 6, dtype=torch.float64),
+                                    torch.tensor(SOFT_TARGET), ignore_index=-100),
+     lambda: ud.ops.linear_cross_entropy(ROWS, np.ones((6, 6)), SOFT_TARGET, ignore_index=-100)),
+    (lambda: F.linear_cross_entropy(torch.tensor(ROWS), torch.ones(6, 6, dtype=torch.float64), torch.tensor(LABELS),
+                                    label_smoothing=2.0),
+     lambda: ud.ops.linear_cross_entropy(ROWS, np.ones((6, 6)), LABELS, label_smoothing=2.0)),
+    (lambda: tnn.TripletMarginWithDistanceLoss(margin=0.0), lambda: ud.nn.TripletMarginWithDistanceLoss(margin=0.0)),
+    (lambda: F.triplet_margin_with_distance_loss(*map(torch.tensor, (ROWS, ROWS, ROWS)), reduction="average"),
+     lambda: ud.ops.triplet_margin_with_distance_loss(ROWS, ROWS, ROWS, reduction="average")),
+    (lambda: F.triplet_margin_with_distance_loss(*map(torch.tensor, (ROWS, ROWS[0], ROWS))),
+     lambda: ud.nn.TripletMarginWithDistanceLoss()(ROWS, ROWS[0], ROWS)),
+]
+
+
+@pytest.mark.parametrize("refused", range(len(LINEAR_CE_REFUSED)))
+def test_linear_cross_entropy_and_triplet_with_distance_refuse_what_torch_refuses(refused):
+    """``LinearCrossEntropyLoss``/``linear_cross_entropy`` and ``TripletMarginWithDistanceLoss``/its function refuse
+    each argument PyTorch refuses (a class weight or bias of another shape, a label smoothing outside [0, 1], an input
+    of rank 3 or of other features, a 1-d weight, an unbatched K-dimensional input, an ignore_index beside class
+    probabilities, a margin of 0, an unknown reduction, triplets of different ranks) with an exception of PyTorch's
+    class (``RuntimeError`` or ``ValueError``), its message naming the loss."""
+    theirs, ours = LINEAR_CE_REFUSED[refused]
+    with pytest.raises(Exception) as torchs:
+        theirs()
+    with pytest.raises(type(torchs.value)) as unidls:
+        with ud.use_dtype("float64"):
+            ours()
+    said = str(unidls.value).replace("_", "").lower()
+    assert "linearcrossentropy" in said or "tripletmarginwithdistance" in said, unidls.value  # (naming the loss)
+
+
+def test_linear_cross_entropys_chunking_options_are_refused_on_every_backend(backend):
+    """PyTorch's chunking ``options`` (``LinearCrossEntropyOptions``) is an ``UnsupportedOptionError`` naming it, from
+    the module and the function, on every backend: unidl computes the whole logits, and an option taken and ignored
+    would silently use the memory it was given to save."""
+    from unidl.errors import UnsupportedOptionError
+
+    options = tnn.LinearCrossEntropyOptions(batch_chunk_size=2)
+    for build in (lambda: ud.nn.LinearCrossEntropyLoss(6, 4, options=options),
+                  lambda: ud.ops.linear_cross_entropy(ROWS, np.ones((4, 6)), LABELS % 4, options=options)):
+        with pytest.raises(UnsupportedOptionError, match=r"options=LinearCrossEntropyOptions\(.*give options=None"):
+            build()
+
+
+def test_a_train_step_trains_linear_cross_entropys_linear_as_torch_or_refuses_it_on_keras(backend):
+    """``ud.train_step`` with an optimizer over the model's and ``LinearCrossEntropyLoss``'s parameters (the loss's
+    ``linear`` trained too) follows ``torch.optim`` for three steps, losses and the loss's weight; on keras, whose
+    trainer trains the Keras model's variables only (the loss's would silently keep their values), the step is an
+    ``UnsupportedOptionError`` naming them."""
+    from unidl.errors import UnsupportedOptionError
+
+    x, y = ROWS[:, :5].astype(np.float32), LABELS % 4
+    body, loss = ud.nn.Linear(5, 6), ud.nn.LinearCrossEntropyLoss(6, 4, bias=True)
+    theirs, their_loss = tnn.Linear(5, 6), tnn.LinearCrossEntropyLoss(6, 4, bias=True)
+    for ours, reference in ((body, theirs), (loss, their_loss)):
+        reference.load_state_dict({k: torch.tensor(ud.to_numpy(v)) for k, v in ours.state_dict().items()})
+    step = ud.train_step(body, loss, ud.optim.SGD(body.parameters() + loss.parameters(), lr=0.5))
+    if backend == "keras":
+        with pytest.raises(UnsupportedOptionError, match=r"loss LinearCrossEntropyLoss's parameters \['linear"):
+            step(x, y)
+        return
+    optimizer = torch.optim.SGD([*theirs.parameters(), *their_loss.parameters()], lr=0.5)
+    for _ in range(3):
+        optimizer.zero_grad()
+        expected = their_loss(theirs(torch.tensor(x)), torch.tensor(y))
+        expected.backward()
+        optimizer.step()
+        assert float(step(x, y)) == pytest.approx(float(expected.detach()), rel=1e-6)
+    assert max_relative_difference(ud.to_numpy(loss.linear.weight), their_loss.linear.weight.detach().numpy()) < 1e-5
+
+
 def test_a_train_step_through_the_new_layers_matches_torch(backend):
     """One compiled ``train_step`` (SGD) through Linear layers joined by the new activations gives PyTorch's loss
     and updated weights."""
@@ -627,7 +750,8 @@ def test_a_train_step_through_the_new_layers_matches_torch(backend):
 
 NEW_LOSS_FUNCTIONS = ("margin_ranking_loss", "hinge_embedding_loss", "soft_margin_loss", "cosine_embedding_loss",
                       "triplet_margin_loss", "multilabel_soft_margin_loss", "multi_margin_loss",
-                      "multilabel_margin_loss", "poisson_nll_loss", "gaussian_nll_loss")
+                      "multilabel_margin_loss", "poisson_nll_loss", "gaussian_nll_loss",
+                      "triplet_margin_with_distance_loss", "linear_cross_entropy")
 
 
 def test_the_loss_functions_take_torchs_arguments():
@@ -639,6 +763,18 @@ def test_the_loss_functions_take_torchs_arguments():
     for name in NEW_LOSS_FUNCTIONS:
         theirs = [(p.name, p.default) for p in inspect.signature(getattr(F, name)).parameters.values()]
         assert [(p.name, p.default) for p in inspect.signature(getattr(ud.ops, name)).parameters.values()] == theirs
+
+
+def test_every_torch_nn_loss_and_its_function_is_in_unidl():
+    """The README's claim, kept exact: every loss class of ``torch.nn`` (a class named ``*Loss``) is in ``ud.nn``, and
+    every loss of ``torch.nn.functional`` (``*_loss``, the cross-entropies, ``kl_div``) in ``ud.ops``, but
+    ``AdaptiveLogSoftmaxWithLoss``, which PyTorch lists among its activations, not its losses."""
+    classes = [name for name in dir(tnn) if name.endswith("Loss") and isinstance(getattr(tnn, name), type)
+               and name != "AdaptiveLogSoftmaxWithLoss"]
+    assert "LinearCrossEntropyLoss" in classes and "TripletMarginWithDistanceLoss" in classes
+    assert [name for name in classes if not hasattr(ud.nn, name)] == []
+    functions = [name for name in dir(F) if name.endswith(("_loss", "cross_entropy")) or name == "kl_div"]
+    assert [name for name in functions if not hasattr(ud.ops, name)] == []
 
 
 @pytest.mark.parametrize("dtype, modes", RUNS)

@@ -15,7 +15,8 @@ from unidl.nn.linear import Identity, Linear
 from unidl.nn.loss import (BCELoss, BCEWithLogitsLoss, CosineEmbeddingLoss, CTCLoss, CrossEntropyLoss, GaussianNLLLoss,
                            HingeEmbeddingLoss, HuberLoss, KLDivLoss, L1Loss, MarginRankingLoss, MSELoss,
                            MultiLabelMarginLoss, MultiLabelSoftMarginLoss, MultiMarginLoss, NLLLoss, PoissonNLLLoss,
-                           SmoothL1Loss, SoftMarginLoss, TripletMarginLoss)
+                           SmoothL1Loss, SoftMarginLoss, TripletMarginLoss, TripletMarginWithDistanceLoss,
+                           LinearCrossEntropyLoss)
 from unidl.nn.module import Module
 from unidl.nn.instancenorm import InstanceNorm1d, InstanceNorm2d
 from unidl.nn.normalization import GroupNorm, LayerNorm, RMSNorm
@@ -43,7 +44,7 @@ __all__ = [
     "PReLU", "MSELoss", "L1Loss", "CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "BCELoss", "SmoothL1Loss",
     "HuberLoss", "KLDivLoss", "MarginRankingLoss", "HingeEmbeddingLoss", "SoftMarginLoss", "CosineEmbeddingLoss",
     "TripletMarginLoss", "MultiLabelSoftMarginLoss", "MultiMarginLoss", "MultiLabelMarginLoss", "PoissonNLLLoss",
-    "GaussianNLLLoss", "CTCLoss", "init",
+    "GaussianNLLLoss", "CTCLoss", "TripletMarginWithDistanceLoss", "LinearCrossEntropyLoss", "init",
     "Conv1d", "ConvTranspose2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "GroupNorm", "Dropout2d", "Upsample",
     "RMSNorm", "InstanceNorm1d", "InstanceNorm2d",
     "Mish", "Hardswish", "Hardsigmoid", "SELU", "CELU", "Softsign", "LogSigmoid", "Softmin", "GLU", "Tanhshrink",

@@ -1,8 +1,9 @@
 """Loss functions as modules: ``MSELoss``, ``L1Loss``, ``CrossEntropyLoss``, ``NLLLoss``, ``BCEWithLogitsLoss``,
 ``BCELoss``, ``SmoothL1Loss``, ``HuberLoss``, ``KLDivLoss``; the margin and embedding losses ``MarginRankingLoss``,
-``HingeEmbeddingLoss``, ``SoftMarginLoss``, ``CosineEmbeddingLoss``, ``TripletMarginLoss``; the multi-class and
-multi-label ones ``MultiLabelSoftMarginLoss``, ``MultiMarginLoss``, ``MultiLabelMarginLoss``; and the likelihoods
-``PoissonNLLLoss``, ``GaussianNLLLoss``; and the sequence loss ``CTCLoss``.
+``HingeEmbeddingLoss``, ``SoftMarginLoss``, ``CosineEmbeddingLoss``, ``TripletMarginLoss``,
+``TripletMarginWithDistanceLoss``; the multi-class and multi-label ones ``MultiLabelSoftMarginLoss``,
+``MultiMarginLoss``, ``MultiLabelMarginLoss``; the likelihoods ``PoissonNLLLoss``, ``GaussianNLLLoss``; the sequence
+loss ``CTCLoss``; and ``LinearCrossEntropyLoss``, a classifier's last ``Linear`` and its cross-entropy in one module.
 
 Each takes ``reduction`` in {'mean', 'sum', 'none'} (``KLDivLoss`` also 'batchmean') and follows PyTorch's
 definition, which every backend implements with the same arithmetic. Element-wise losses need prediction and
@@ -13,11 +14,15 @@ A class ``weight`` is a buffer named ``weight``, as in PyTorch's ``state_dict()`
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from unidl import arguments, ctc, input_checks, loss_ops, ops as functional
-from unidl.errors import DtypeMismatchError
+from unidl.errors import DtypeMismatchError, LossShapeError
 from unidl.dtype_kinds import dtype_name, holds_floats, is_floating
+from unidl.nn.distance import PairwiseDistance
+from unidl.nn.linear import Linear
 from unidl.nn.module import Module
 from unidl.tensors import to_numpy
 
@@ -364,6 +369,88 @@ class TripletMarginLoss(_Loss):
 
     def extra_repr(self):
         return f"margin={self.margin}, p={self.p}, eps={self.eps}, swap={self.swap}, reduction={self.reduction!r}"
+
+
+class TripletMarginWithDistanceLoss(_Loss):
+    """reduce(max(0, margin + d(a, p) - d(a, n))) under any distance d, as ``torch.nn.TripletMarginWithDistanceLoss``;
+    with ``swap``, d(a, n) is min(d(a, n), d(p, n)) (``ud.ops.triplet_margin_with_distance_loss``).
+
+    Args (keyword-only, as PyTorch's):
+        distance_function: a function of two tensors giving one non-negative distance each (a ``Module`` is held as
+            a submodule, its parameters in ``state_dict()``); None: ``PairwiseDistance()``, as PyTorch's default.
+        margin: positive (0 and below a ``ValueError``, as PyTorch's).
+        swap: take the positive's distance to the negative where it is smaller.
+        reduction: 'mean', 'sum' or 'none' (one loss per triplet).
+
+    Anchor, positive and negative of different ranks are a ``LossShapeError`` (PyTorch's ``RuntimeError``)."""
+
+    _tensor_arguments = 3
+
+    def __init__(self, *, distance_function=None, margin: float = 1.0, swap: bool = False, reduction: str = "mean"):
+        super().__init__(reduction)
+        self.margin, _ = loss_ops.triplet_margin_options("TripletMarginWithDistanceLoss", margin, 2.0)
+        self.swap = bool(swap)
+        self.distance_function = distance_function if distance_function is not None else PairwiseDistance()
+
+    def forward(self, anchor, positive, negative):
+        return loss_ops._triplet_margin_with_distance_loss(type(self).__name__, anchor, positive, negative,
+                                                           self.distance_function, self.margin, self.swap,
+                                                           self.reduction)
+
+    def extra_repr(self):
+        return f"margin={self.margin}, swap={self.swap}, reduction={self.reduction!r}"
+
+
+class LinearCrossEntropyLoss(_Loss):
+    """A ``Linear`` map to class logits and their cross-entropy in one module, as ``torch.nn.LinearCrossEntropyLoss``
+    (PyTorch's reference path: ``CrossEntropyLoss`` of ``linear(input)``; ``ud.ops.linear_cross_entropy``).
+
+    ``forward(input, target)``: input (N, in_features) (or one sample's (in_features,)), target class labels (N,)
+    (or (N, *out_features), or ()) or class probabilities (N, C, *out_features) (or (C,)). The logits are
+    (N, C, *out_features): with ``out_features`` a K-dimensional loss, one class distribution per position.
+
+    Args:
+        in_features: each input sample's size.
+        num_classes: C.
+        out_features: (d1, ..., dK), () by default; the ``Linear`` (submodule ``linear``) holds C * d1 * ... * dK
+            rows, its weight and bias stored flat as PyTorch's (``linear.weight`` (C * prod, in), ``linear.bias``).
+        bias: whether ``linear`` has a bias (False by default, as PyTorch's).
+        reduction: 'mean', 'sum' or 'none'.
+        weight: one weight per class (C,) (a buffer ``weight``), or None; another shape is a ``LossShapeError``.
+        ignore_index: the label that adds nothing; None means -100 for labels, and anything else beside class
+            probabilities is an ``InvalidOptionError``.
+        label_smoothing: in [0, 1] (outside it an ``InvalidOptionError``; both PyTorch's ``RuntimeError``).
+        options: PyTorch's chunking ``LinearCrossEntropyOptions``: anything but None is an
+            ``UnsupportedOptionError`` on every backend (unidl computes the logits whole; ignored, it would silently
+            use the memory the option was given to save).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, *, out_features: tuple = (), bias: bool = False,
+                 reduction: str = "mean", weight=None, ignore_index=None, label_smoothing: float = 0.0, options=None):
+        owner = "LinearCrossEntropyLoss"
+        loss_ops.refuse_chunking(owner, options)
+        if weight is not None:
+            weight = np.asarray(to_numpy(weight), dtype=np.float64)
+            if weight.shape != (num_classes,):
+                raise LossShapeError(f"{owner} needs a weight of shape {(num_classes,)} (one per class), got "
+                                     f"{weight.shape}")
+        label_smoothing = loss_ops.linear_label_smoothing(owner, label_smoothing)
+        super().__init__(reduction)
+        _class_weight_buffer(self, weight)
+        self.num_classes, self.out_features = int(num_classes), tuple(int(d) for d in out_features)
+        self.ignore_index, self.label_smoothing, self.options = ignore_index, label_smoothing, None
+        self.linear = Linear(in_features, math.prod(self.out_features, start=self.num_classes), bias=bias)
+
+    def forward(self, x, target):
+        return loss_ops._linear_cross_entropy(type(self).__name__, x, self.linear.weight, self.linear.bias, target,
+                                              self.num_classes, self.out_features, self.weight, self.reduction,
+                                              self.ignore_index, self.label_smoothing)
+
+    def extra_repr(self):
+        return (f"in_features={self.linear.in_features}, num_classes={self.num_classes}, "
+                f"out_features={self.out_features}, bias={self.linear.bias is not None}, "
+                f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, "
+                f"label_smoothing={self.label_smoothing}, options=None")
 
 
 def _class_weight_buffer(loss, weight) -> None:

@@ -42,7 +42,7 @@ from unidl.backends.keras.metrics import NativeMetrics, epoch_logs
 from unidl.backends.keras.optimizer import NativeOptimizer, keep_train_function_current
 from unidl.optim.param_groups import ConstantOptions
 from unidl.data.epoch import xy
-from unidl.errors import marked_error_from
+from unidl.errors import UnsupportedOptionError, marked_error_from
 from unidl.nn.freezing import requires_grad_method
 from unidl.nn.module import step_modes, training_modes
 from unidl.tracing import warn_running_eagerly
@@ -88,6 +88,22 @@ def _tensorflow_left_unimported():
         yield
     finally:
         tensorflow._available = None
+
+
+def _refuse_trained_loss_parameters(model, loss_fn, optimizer) -> None:
+    """An ``UnsupportedOptionError`` where the optimizer trains a parameter of the loss module and not of the model
+    (``LinearCrossEntropyLoss``'s ``linear``): Keras's trainer trains the Keras model's variables only, so that
+    parameter would silently keep its value, where every other backend trains it."""
+    owned = {id(p) for p in model.parameters()}
+    trained = {id(p) for p in getattr(optimizer, "params", ())}
+    held = [name for name, p in (loss_fn.named_parameters() if hasattr(loss_fn, "named_parameters") else ())
+            if id(p) in trained and id(p) not in owned]
+    if held:
+        raise UnsupportedOptionError(
+            f"the keras backend trains through Keras's trainer, which trains the model's variables only; the "
+            f"optimizer also holds the loss {type(loss_fn).__name__}'s parameters {held}, which it would leave "
+            f"untrained. Move them into the model (e.g. its last Linear, with CrossEntropyLoss for "
+            f"LinearCrossEntropyLoss), or train on torch, tensorflow or jax")
 
 
 class Backend(BackendInterface):
@@ -318,6 +334,7 @@ class Backend(BackendInterface):
         (loss, optimizer, metrics, eager, precision, accumulation, frozen set, modes) combination: a combination
         compiled before is restored with Keras's compiled step (``_Compilations``), not compiled again."""
         native = model.native
+        _refuse_trained_loss_parameters(model, loss_fn, optimizer)
         # Keras's compiled steps bake in which variables they train and each module's train/eval mode: freezing
         # one, or ``model.bn.eval()``, is another compile
         # and the job it was compiled in (``job_key``): a job's step holds its collectives, one made outside has none
