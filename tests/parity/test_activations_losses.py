@@ -715,6 +715,11 @@ def test_a_train_step_trains_linear_cross_entropys_linear_as_torch_or_refuses_it
     if backend == "keras":
         with pytest.raises(UnsupportedOptionError, match=r"loss LinearCrossEntropyLoss's parameters \['linear"):
             step(x, y)
+        # fit too, with sample or class weights, which wrap the loss (they had let it through untrained)
+        for weights in ({"sample_weight": np.ones(len(x))}, {"class_weight": {0: 1.0, 1: 2.0, 2: 1.0, 3: 1.0}}):
+            with pytest.raises(UnsupportedOptionError, match=r"loss LinearCrossEntropyLoss's parameters"):
+                ud.fit(body, x, y, batch_size=len(x), verbose=0, loss=loss,
+                       optimizer=ud.optim.SGD(body.parameters() + loss.parameters(), lr=0.5), **weights)
         return
     optimizer = torch.optim.SGD([*theirs.parameters(), *their_loss.parameters()], lr=0.5)
     for _ in range(3):

@@ -96,6 +96,8 @@ def _refuse_trained_loss_parameters(model, loss_fn, optimizer) -> None:
     parameter would silently keep its value, where every other backend trains it."""
     owned = {id(p) for p in model.parameters()}
     trained = {id(p) for p in getattr(optimizer, "params", ())}
+    # fit's sample or class weights wrap the user's loss (``SampleWeightedLoss``), holding it outside its modules
+    loss_fn = getattr(loss_fn, "loss", loss_fn) if type(loss_fn).__name__ == "SampleWeightedLoss" else loss_fn
     held = [name for name, p in (loss_fn.named_parameters() if hasattr(loss_fn, "named_parameters") else ())
             if id(p) in trained and id(p) not in owned]
     if held:
