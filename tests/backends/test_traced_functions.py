@@ -824,6 +824,51 @@ def test_a_train_step_whose_label_is_out_of_range_keeps_the_forwards_writes_as_e
             np.testing.assert_allclose(first[key], torchs[key], rtol=1e-6, atol=0, err_msg=key)
 
 
+class _IndexedAfterANorm(ud.nn.Module):
+    """A BatchNorm1d, then an Embedding looking up the step's extra input: a token out of range fails the
+    forward's own index check after the BatchNorm wrote its statistics."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn, self.embed, self.head = ud.nn.BatchNorm1d(3), ud.nn.Embedding(5, 3), ud.nn.Linear(3, 2)
+
+    def forward(self, x, tokens):
+        return self.head(self.bn(x) + ud.ops.sum(self.embed(tokens), axis=1))
+
+
+@pytest.mark.parametrize("backend_name", _JIT_BACKENDS)
+def test_a_train_step_whose_forward_check_fails_keeps_the_writes_made_before_it(backend_name):
+    """``ud.train_step`` whose forward fails its own index check (an Embedding's token out of range) after a
+    BatchNorm: as torch's eager step, the eager and the compiled step keep the statistics and
+    ``num_batches_tracked`` the BatchNorm wrote and change nothing else, each as its passing call writes them (the
+    jax backend's and Keras-on-JAX's eager steps dropped them: the check raised inside ``jax.value_and_grad``)."""
+    with ud.use_backend(backend_name):
+        ud.manual_seed(0)
+        model = _IndexedAfterANorm()
+        x = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+        labels, good, bad = np.array([0, 1, 0, 1]), np.array([[0, 4]] * 4), np.array([[0, 9]] * 4)
+
+        def state():
+            return {key: ud.to_numpy(value).copy() for key, value in model.state_dict().items()}
+
+        before = state()
+        for eager in (True, False):
+            model.load_state_dict(before)
+            step = ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(model.parameters(), lr=0.1),
+                                 eager=eager)
+            with pytest.raises(ud.IndexOutOfRangeError, match=r"Embedding indices must lie in \[0, 5\)"):
+                step(x, labels, bad)
+            failed = state()
+            model.load_state_dict(before)
+            step(x, labels, good)
+            passed = state()
+            changed = changed_by(before, failed)
+            assert sorted(changed) == ["bn.num_batches_tracked", "bn.running_mean", "bn.running_var"], (eager, changed)
+            assert int(failed["bn.num_batches_tracked"]) == int(before["bn.num_batches_tracked"]) + 1
+            for key in changed:
+                np.testing.assert_array_equal(failed[key], passed[key], err_msg=f"eager={eager}: {key}")
+
+
 @pytest.mark.keras_framework("tensorflow")
 @pytest.mark.parametrize("backend_name", [name for name in _JIT_BACKENDS if name != "jax"])
 def test_a_train_steps_graph_orders_its_writes_and_checks(backend_name):

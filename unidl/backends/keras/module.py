@@ -8,6 +8,7 @@ import re
 
 import keras
 import numpy as np
+from keras.src.backend.common.stateless_scope import in_stateless_scope  # (not re-exported by Keras)
 from keras.src.losses.loss import scale_loss_for_distribution  # Keras's rule, not re-exported
 
 from unidl import config
@@ -105,9 +106,10 @@ class NativeModel(keras.Model):
             loss = _loss_marked_in_a_gradient(self, loss, aux[0], trainable_variables)
         return loss, aux
 
-    def compute_loss(self, *args, **kwargs):
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        # (Keras's signature: its trainer passes ``training`` only to a compute_loss that names it)
         try:
-            return super().compute_loss(*args, **kwargs)
+            return super().compute_loss(x, y, y_pred, sample_weight, training=training)
         except Exception as error:  # (a label out of range: the forward's writes stand, as in torch)
             _writes_before_the_error_noted(self, error)
             raise
@@ -718,8 +720,9 @@ def _writes_before_the_error_noted(native, error) -> None:
     the transformation's state, where torch's eager step keeps what its forward wrote in place
     (``_write_state_back_with_the_writes_before`` writes them). Nothing where Keras writes its variables in place
     (TensorFlow, torch), where a write is abstract (a step being traced by ``jax.jit``: its checks, staged, select
-    the writes), or where an inner call noted them already."""
-    if HOST.keras_state_in_place or hasattr(error, "_unidl_writes_before"):
+    the writes), outside a ``StatelessScope`` (not a step of Keras's trainer: a forward called by itself, whose
+    variables ``fit`` may have emptied), or where an inner call noted them already."""
+    if HOST.keras_state_in_place or not in_stateless_scope() or hasattr(error, "_unidl_writes_before"):
         return
     values = HOST.concrete_values([variable.value for variable in native.non_trainable_variables])
     if values is not None:
