@@ -19,7 +19,8 @@ fi
 # its own, with UNIDL_TEST_KERAS_ONLY=1 (only the tests run on the keras backend, tests/conftest.py): the parity
 # suite in one, the other files whose claims docs/guarantees.md names for every Keras framework in another (on JAX
 # the two take 310 and 130 s of CPU, on torch 20-40 and 175 s, of which test_traced_functions.py's torch.compile of
-# its jit-compiled functions 135: one process would run last, alone on one core).
+# its jit-compiled functions 135, tests/nn/test_sparse.py 10 and 7 s of those: one process would run last, alone
+# on one core).
 # Made for the whole suite only: an argument naming a file or folder (`tests/nn`, `tests/x.py::test_y`) runs that
 # selection alone, as before. Of the caller's other arguments the Keras runs take those that choose and report
 # tests (`-q`, `-v`, `-x`, `-k EXPR`, `-m EXPR`, `-r...`, `--tb=...`, `--maxfail=N`, `--durations=N`); the ones that
@@ -31,7 +32,7 @@ keras_hosts="${UNIDL_TEST_KERAS_HOSTS-jax torch}"
 keras_groups=("tests/parity"
               "tests/nn/test_freeze.py tests/test_dynamic_forward.py tests/test_precision.py
                tests/test_export_inputs_outputs.py tests/backends/test_keras_jax_step_checks.py
-               tests/backends/test_traced_functions.py tests/test_scan_value_checks.py")
+               tests/backends/test_traced_functions.py tests/test_scan_value_checks.py tests/nn/test_sparse.py")
 keras_group_names=(parity others)  # (in their JUnit reports' names)
 keras_args=(-p no:cacheprovider)
 junit=""

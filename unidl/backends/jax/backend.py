@@ -525,6 +525,14 @@ class Backend(BackendInterface):
         _, dynamic, rebuild = _with_static_arguments(args)
         return jax.eval_shape(lambda values: f(*rebuild(values)), dynamic)
 
+    @staticmethod
+    def concrete_values(values: list):
+        """``values`` (arrays, or the tracers of a transformation running eagerly) as the arrays they hold, or None
+        where one is abstract (a ``jax.jit`` being traced). The keras backend writes so the state Keras-on-JAX's
+        eager step computed before an error (keras/module.py ``_writes_before_the_error_noted``), which Keras's
+        ``jax.value_and_grad`` would discard with the error."""
+        return concrete_values(values)
+
     def value_checked(self, f, given_back=None):
         """``(checked, raise_failed)``: ``checked(*args)`` is ``(failed checks, f(*args))``, with the value checks
         of unidl's ops inside ``f`` (an index or a label out of range, a size known only at run time) staged into
@@ -546,7 +554,10 @@ class Backend(BackendInterface):
     def _value_and_grad(self, f, args, argnums, params, with_aux=False, none_for_unused=False, name=None):
         """``value_and_grad``; with ``with_aux``, ``f`` returns ``(value, aux)`` and the result is
         ``((value, aux), grads)``. Variables ``f`` writes (batch norm statistics, the dropout key)
-        come out as auxiliary results and are written after the transformation, so no tracer leaks.
+        come out as auxiliary results and are written after the transformation, so no tracer leaks. Called eagerly,
+        an ``f`` that raises (a label out of range in the loss, after the forward) leaves the variables it wrote
+        before the error written, as torch's forward writes them in place before its loss raises
+        (``_concrete_writes``); inside a trace the compiled function's checks select them.
 
         JAX differentiates by tracing, even outside ``jax.jit``: a value read in Python (``if``, ``float``) that
         depends on what is differentiated cannot be had there. Called eagerly (``ud.grad``, ``eager=True``), that is
@@ -566,6 +577,8 @@ class Backend(BackendInterface):
         randomness = python_randomness_state()  # the usage analysis below replays the same draws
         target_serials = [p.serial for p in params] if argnums is None else []
 
+        kept = {}  # (the writes of an eager ``f`` that raised, by index in ``live``: concrete values)
+
         def value_of(target_values):
             call_args = list(args)
             if argnums is not None:
@@ -582,20 +595,19 @@ class Backend(BackendInterface):
                 return {i: v._value for i, v in enumerate(live)
                         if v._value is not (given[v.serial] if v.serial in given else before[i])}
 
-            raised = True
             try:
                 value = f(*call_args)
                 value, aux = value if with_aux else (value, None)
                 check_scalar(value, self.name)
-                written, raised = writes(), False
+                written = writes()
+            except _CONCRETIZATION:
+                raise
+            except Exception:
+                kept.update(_concrete_writes(writes()))
+                raise
             finally:
-                # where f raised (a value check of an eager step) the writes it made before stand, as an eager torch
-                # call's: each a value had at once (an eager gradient's tracer: its primal); a trace's are let go
-                made = _values_had_at_once(writes()) if raised else {}
                 for v, b in zip(live, before):
                     v.value = b
-                for index, new in made.items():
-                    live[index].value = new
             return jnp.reshape(value, ()), (value, aux, written)
 
         try:
@@ -604,6 +616,11 @@ class Backend(BackendInterface):
             if inside_a_trace((targets, args)) or jax_variable.recording():
                 raise
             raise _differentiated_value_error(error, name or "the differentiated function") from None
+        except Exception:
+            if not (inside_a_trace((targets, args)) or jax_variable.recording()):  # (a trace's checks select them)
+                for index, new in kept.items():  # (the transformation has ended: concrete values, no tracer leaks)
+                    live[index].value = new
+            raise
         grads = list(grads)
         if argnums is None or none_for_unused:  # PyTorch's rule: None for what the value does not depend on
             with python_randomness_preserved(replay=randomness):
@@ -669,13 +686,22 @@ def _differentiated_value_error(error, name: str):
         f"{str(error).splitlines()[0]})")
 
 
-def _values_had_at_once(written: dict) -> dict:
-    """Those of ``written`` (index: value) whose values are had now: an array, or an eager gradient's tracer as
-    its primal value; a value of a trace (``jax.jit``) is left out."""
-    from jax._src import core  # (a tracer's concrete value: no public API gives it)
+def _concrete_writes(written: dict) -> dict:
+    """``written`` (variables' new values by index, made by a differentiated function that then raised) as concrete
+    arrays (``concrete_values``), or empty where one is abstract (a ``jax.jit`` being traced: the compiled
+    function selects its writes by its checks, ``jax_ops.unless_a_check_failed``)."""
+    values = concrete_values(list(written.values()))
+    return {} if values is None else dict(zip(written, values))
 
-    had = {index: core.to_concrete_value(value) for index, value in written.items()}
-    return {index: value for index, value in had.items() if value is not None}
+
+def concrete_values(values: list):
+    """``Backend.concrete_values``: each of ``values`` as the array it holds, or None where one is abstract. JAX's
+    eager ``jax.value_and_grad`` computes each value as it traces it, and its tracer carries that value (its
+    primal), which an error raised inside the transformation would discard with it."""
+    from jax._src import core  # (an eager tracer's value: no public API gives it)
+
+    concrete = [core.to_concrete_value(value) for value in values]
+    return None if any(value is None for value in concrete) else concrete
 
 
 def _used_inputs(fn, inputs, live, before, randomness) -> list[bool]:

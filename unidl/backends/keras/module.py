@@ -8,6 +8,7 @@ import re
 
 import keras
 import numpy as np
+from keras.src.backend.common.stateless_scope import in_stateless_scope  # (not re-exported by Keras)
 from keras.src.losses.loss import scale_loss_for_distribution  # Keras's rule, not re-exported
 
 from unidl import config
@@ -105,6 +106,14 @@ class NativeModel(keras.Model):
             loss = _loss_marked_in_a_gradient(self, loss, aux[0], trainable_variables)
         return loss, aux
 
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        # (Keras's signature: its trainer passes ``training`` only to a compute_loss that names it)
+        try:
+            return super().compute_loss(x, y, y_pred, sample_weight, training=training)
+        except Exception as error:  # (a label out of range: the forward's writes stand, as in torch)
+            _writes_before_the_error_noted(self, error)
+            raise
+
     def make_train_function(self, force=False):
         with _step_function_of_its_own(self, "train_step"):
             return super().make_train_function(force)
@@ -170,6 +179,9 @@ class NativeModel(keras.Model):
                         f"the train step of {type(self).__name__} writes new variables each time it is traced "
                         f"({again.variables}): create modules and variables outside the forward and call them "
                         f"inside it") from None
+            except Exception as error:  # (a step run eagerly: what its forward wrote before the error stands)
+                _write_state_back_with_the_writes_before(self, state, error)
+                raise
             finally:
                 if token is not None:
                     _PREDICT_STEP_TRACED.reset(token)
@@ -207,6 +219,7 @@ class NativeModel(keras.Model):
             finally:
                 restore_modes(modes)
         except Exception as error:
+            _writes_before_the_error_noted(self, error)
             # Keras's call wrapper (traceback filtering: its predict, its fit on torch) would raise a copy whose
             # text is "Exception encountered when calling NativeModel.call()" around this one's and the
             # arguments: the error (unidl's, or the user's own in a forward) keeps the text it has on every other
@@ -697,6 +710,36 @@ def _some_variable_emptied(native, groups: int) -> bool:
             if value is None or getattr(value, "is_deleted", lambda: False)():
                 return True
     return False
+
+
+def _writes_before_the_error_noted(native, error) -> None:
+    """Notes on ``error``, raised inside a step of ``native`` that Keras-on-JAX's trainer runs eagerly (``eager=True``:
+    its ``jax.value_and_grad`` traces the forward on values), the values of the non-trainable variables as the
+    forward left them before it (a BatchNorm's statistics and ``num_batches_tracked``, written before the loss's
+    label check raised), read in Keras's ``StatelessScope`` that holds them, as concrete arrays: the error discards
+    the transformation's state, where torch's eager step keeps what its forward wrote in place
+    (``_write_state_back_with_the_writes_before`` writes them). Nothing where Keras writes its variables in place
+    (TensorFlow, torch), where a write is abstract (a step being traced by ``jax.jit``: its checks, staged, select
+    the writes), outside a ``StatelessScope`` (not a step of Keras's trainer: a forward called by itself, whose
+    variables ``fit`` may have emptied), or where an inner call noted them already."""
+    if HOST.keras_state_in_place or not in_stateless_scope() or hasattr(error, "_unidl_writes_before"):
+        return
+    values = HOST.concrete_values([variable.value for variable in native.non_trainable_variables])
+    if values is not None:
+        with contextlib.suppress(AttributeError):  # (an exception type without a __dict__)
+            error._unidl_writes_before = (native, values)
+
+
+def _write_state_back_with_the_writes_before(native, state, error) -> None:
+    """``state`` (the one the step that raised ``error`` was given), its non-trainable variables as the step's
+    forward left them before the error (``_writes_before_the_error_noted``), written into ``native``'s variables,
+    as torch's eager step leaves them; nothing where the error holds none."""
+    noted = getattr(error, "_unidl_writes_before", None)
+    if noted is None or noted[0] is not native:
+        return
+    groups = _STATE_GROUPS[len(state)]
+    _write_state_back(native, tuple(list(noted[1]) if name == "non_trainable_variables" else group
+                                    for name, group in zip(groups, state)))
 
 
 def _write_state_back(native, state) -> None:
