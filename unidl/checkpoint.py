@@ -9,6 +9,7 @@ it skips, so training can always resume.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
@@ -19,6 +20,7 @@ from unidl.arguments import INT64_END
 from unidl.distributed import process_group
 from unidl import backends, random as unidl_random
 from unidl.errors import CheckpointStateError, CorruptFileError, StateDictError
+from unidl.nn.rollback import restored_on_failure
 from unidl.io.safetensors import SafetensorsFile, StoredTensor, check_readable_file, save_file
 from unidl.optim.optimizer import Optimizer
 from unidl.training import job_window_state
@@ -28,6 +30,9 @@ from unidl.serialization import (MODEL_PREFIX, check_entries, checked_load, deco
 OPTIMIZER_PREFIX = "optimizer/"
 #: prefix of the summed gradients of an accumulation window in progress (``optimizer_window/<param index>``)
 WINDOW_PREFIX = "optimizer_window/"
+#: prefix of the training loss module's state, its parameters and buffers (``loss/<state-dict key>``: a
+#: ``LinearCrossEntropyLoss``'s ``linear``, which the optimizer trains with the model)
+LOSS_PREFIX = "loss/"
 #: prefix of the model-shaped arrays a callback keeps (``callbacks/<class>#<count>/<state-dict key>``)
 CALLBACK_PREFIX = "callbacks/"
 _FILE_PATTERN = re.compile(r"^checkpoint-(\d{4,})-(\d{7,})\.safetensors$")
@@ -128,10 +133,12 @@ def _check_arguments(function: str, model, optimizer, loader, scheduler, method:
 
 
 def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: int = 0, loader=None,
-                    scheduler=None, callbacks=None, extra: dict | None = None, keep: int | None = 3) -> str:
+                    scheduler=None, callbacks=None, extra: dict | None = None, keep: int | None = 3,
+                    loss=None) -> str:
     """Write a checkpoint of ``model`` (and ``optimizer``, ``loader``, ``scheduler``, the state of each of
     ``callbacks`` that has a ``state_dict``, and the model-shaped weights one keeps (``state_weights()``),
-    unidl's RNG, ``extra``) into ``directory``.
+    unidl's RNG, ``extra``, and the parameters and buffers of ``loss``, a loss module the optimizer may train
+    with the model) into ``directory``.
 
     Returns the new file's path. ``extra`` must be JSON-serializable. Stale temporary files of writers
     that died mid-save are removed first. After writing, all but the newest ``keep`` checkpoints of the
@@ -155,6 +162,9 @@ def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: i
         raise NotADirectoryError(f"{directory!r} is a file, expected a checkpoint directory")
 
     tensors = {MODEL_PREFIX + name: value for name, value in model.state_dict().items()}
+    if loss is not None:  # (a resume that restored the optimizer's slots of a loss's weights but not the weights
+        # restarted them from their initial values)
+        tensors.update({LOSS_PREFIX + name: value for name, value in loss.state_dict().items()})
     metadata = model_metadata(model)
     metadata.update(kind="checkpoint", epoch=epoch, step=step, optimizer=None, loader=None, scheduler=None,
                     callbacks=None, rng=unidl_random.get_rng_state(), extra=extra)
@@ -390,9 +400,10 @@ def _check_state(owner, state, what: str) -> None:
 
 
 def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, scheduler=None, callbacks=None,
-                    check=None) -> dict:
-    """Restore ``model`` (strictly), and ``optimizer``, ``loader``, ``scheduler``, ``callbacks`` and unidl's
-    RNG, from a checkpoint.
+                    check=None, loss=None) -> dict:
+    """Restore ``model`` (strictly), and ``optimizer``, ``loader``, ``scheduler``, ``callbacks``, unidl's RNG and
+    ``loss``'s parameters and buffers (strictly, where the checkpoint holds a loss's state: one written without it
+    leaves ``loss`` as it is), from a checkpoint.
 
     Given a directory, the newest intact checkpoint is used; corrupt ones (bad checksum, truncated,
     malformed) are skipped with a warning naming them. Returns ``{'epoch', 'step', 'extra', 'path',
@@ -466,11 +477,17 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
         callback_states.append((callback, saved_callbacks[key], weight_names))
     if check is not None:
         check(metadata, path)
+    load_loss = None  # (after ``check``: fit's refusal of another loss names the loss, not its tensors)
+    loss_names = {key[len(LOSS_PREFIX):]: key for key in reader.entries if key.startswith(LOSS_PREFIX)}
+    if loss is not None and loss_names:
+        load_loss = checked_load(loss, reader, loss_names, what=f"{path!r} loss state")
 
     # ---- then read every tensor into fresh memory, its checksum verified again (an I/O error, a MemoryError or a
     # file changed in place since the checks raises here, before anything changed): the model's, the optimizer's
     # slots (given away to the optimizer's load, each freed as it is written) and the callbacks' weights ----
     load_model.stage()
+    if load_loss is not None:
+        load_loss.stage()
     for entry in (optimizer_state or {}).get("slots", ()):
         for value in entry.values():
             if isinstance(value, StoredTensor):
@@ -485,7 +502,12 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
     previous_rng = unidl_random.get_rng_state()
     unidl_random.set_rng_state(metadata["rng"])
     try:
-        load_model()
+        # the loss's variables copied to the host first (whole), where it loads: a model that refuses its state after
+        # the loss took its own puts the loss back too
+        with restored_on_failure(loss, whole=True) if load_loss is not None else contextlib.nullcontext():
+            if load_loss is not None:
+                load_loss()
+            load_model()
     except BaseException:
         unidl_random.set_rng_state(previous_rng)
         raise
