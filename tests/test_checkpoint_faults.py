@@ -580,6 +580,11 @@ def test_a_loss_state_is_checkpointed_staged_and_put_back_when_the_load_fails(tm
         ud.nn.LinearCrossEntropyLoss(3, 4)
     saved = {key: np.array(value) for key, value in loss.state_dict().items()}
     bare = ud.save_checkpoint(tmp_path / "without", model)
+    for load in (lambda: ud.save_checkpoint(tmp_path / "refused", model, loss="cross_entropy"),
+                 lambda: ud.load_checkpoint(bare, model, loss=len)):
+        with pytest.raises(TypeError, match="loss must be a unidl.nn.Module"):
+            load()
+    assert not (tmp_path / "refused").exists()
     model.version = 1  # (saved: refused by the load)
     path = ud.save_checkpoint(tmp_path / "with", model, loss=loss)
     model.version = 0

@@ -114,15 +114,17 @@ def _stateful(callbacks) -> list[tuple[str, object]]:
 _warned_newer: set[str] = set()
 
 
-def _check_arguments(function: str, model, optimizer, loader, scheduler, method: str) -> None:
-    """A ``TypeError`` naming the argument where ``model`` is not a unidl module, or ``optimizer``, ``loader`` or
-    ``scheduler`` (each optional) lacks the ``method`` a checkpoint calls (``state_dict`` to save, ``load_state_dict``
-    to load; an optimizer its ``params`` too): a string, or a framework's own object, gave an ``AttributeError``
-    deep inside, after the checkpoint's directory was made."""
+def _check_arguments(function: str, model, optimizer, loader, scheduler, method: str, loss=None) -> None:
+    """A ``TypeError`` naming the argument where ``model`` (or ``loss``, where given) is not a unidl module, or
+    ``optimizer``, ``loader`` or ``scheduler`` (each optional) lacks the ``method`` a checkpoint calls (``state_dict``
+    to save, ``load_state_dict`` to load; an optimizer its ``params`` too): a string, or a framework's own object,
+    gave an ``AttributeError`` deep inside, after the checkpoint's directory was made."""
     from unidl.nn.module import Module
 
     if not isinstance(model, Module):
         raise TypeError(f"{function}: model must be a unidl.nn.Module, got {type(model).__name__}")
+    if loss is not None and not isinstance(loss, Module):
+        raise TypeError(f"{function}: loss must be a unidl.nn.Module (a ud.nn loss), got {type(loss).__name__}")
     for name, value, needs, what in (("optimizer", optimizer, ("params", method), "a unidl.optim optimizer"),
                                      ("loader", loader, (method,), "a unidl.data.DataLoader"),
                                      ("scheduler", scheduler, (method,), "a unidl.optim.lr_scheduler scheduler")):
@@ -146,7 +148,7 @@ def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: i
     An OS error while writing (full disk, file-size limit) names the file and leaves the previous
     checkpoints as they were.
     """
-    _check_arguments("save_checkpoint", model, optimizer, loader, scheduler, "state_dict")
+    _check_arguments("save_checkpoint", model, optimizer, loader, scheduler, "state_dict", loss)
     epoch, step = _check_count("epoch", epoch), _check_count("step", step)
     if keep is not None and (_check_count("keep", keep) < 1):
         raise ValueError(f"keep must be a positive integer or None, got {keep!r}")
@@ -427,7 +429,7 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
     tensors cost about the file's size beyond the model at the peak; each is freed (or adopted as its variable's
     memory) as it is written.
     """
-    _check_arguments("load_checkpoint", model, optimizer, loader, scheduler, "load_state_dict")
+    _check_arguments("load_checkpoint", model, optimizer, loader, scheduler, "load_state_dict", loss)
     target = os.fspath(path_or_directory)
     if os.path.isdir(target):
         reader = _open_newest(target)
