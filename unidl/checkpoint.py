@@ -427,7 +427,8 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
     ``MemoryError`` or another program changing the file in place during the load (a ``CorruptFileError`` naming
     the tensor) leaves the generators, model, loader, optimizer, scheduler and callbacks as they were. The staged
     tensors cost about the file's size beyond the model at the peak; each is freed (or adopted as its variable's
-    memory) as it is written.
+    memory) as it is written. A loss's state is loaded before the model, its variables copied to the host first, so
+    that a model that still refuses its load (its ``set_extra_state``) puts the loss back too.
     """
     _check_arguments("load_checkpoint", model, optimizer, loader, scheduler, "load_state_dict", loss)
     target = os.fspath(path_or_directory)
