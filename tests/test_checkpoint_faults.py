@@ -552,3 +552,61 @@ def test_load_and_load_weights_with_load_hooks_that_fail_reading_change_nothing(
     for loaded in (model, ud.load(path)):
         for key, value in loaded.state_dict().items():
             np.testing.assert_array_equal(value, saved[key])
+
+
+class _RefusingLinear(ud.nn.Linear):
+    """A layer whose ``set_extra_state`` refuses a version other than 0: a model that refuses a load after its
+    checks (and takes its own state back)."""
+
+    version = 0
+
+    def get_extra_state(self):
+        return np.array([self.version])
+
+    def set_extra_state(self, state):
+        if int(np.asarray(state)[0]) != 0:
+            raise ValueError("refused by set_extra_state")
+
+
+@pytest.mark.parametrize("fault", ["read", "set_extra_state"])
+def test_a_loss_state_is_checkpointed_staged_and_put_back_when_the_load_fails(tmp_path, backend, monkeypatch, fault):
+    """Checkpoints held no loss state: a loss whose parameters the optimizer trains (``LinearCrossEntropyLoss``'s
+    ``linear``) restarted from its initial values at a resume. ``save_checkpoint(loss=)`` writes its parameters and
+    buffers (``loss/`` tensors) and ``load_checkpoint(loss=)`` restores them, staged with the model's: a read that
+    fails after the checks, or a model whose ``set_extra_state`` refuses after the loss took its state, leaves the
+    loss as it was. A checkpoint written without a loss leaves the loss as it is."""
+    ud.manual_seed(0)
+    model, loss = _RefusingLinear(3, 3) if fault == "set_extra_state" else ud.nn.Linear(3, 3), \
+        ud.nn.LinearCrossEntropyLoss(3, 4)
+    saved = {key: np.array(value) for key, value in loss.state_dict().items()}
+    bare = ud.save_checkpoint(tmp_path / "without", model)
+    for load in (lambda: ud.save_checkpoint(tmp_path / "refused", model, loss="cross_entropy"),
+                 lambda: ud.load_checkpoint(bare, model, loss=len)):
+        with pytest.raises(TypeError, match="loss must be a unidl.nn.Module"):
+            load()
+    assert not (tmp_path / "refused").exists()
+    model.version = 1  # (saved: refused by the load)
+    path = ud.save_checkpoint(tmp_path / "with", model, loss=loss)
+    model.version = 0
+    with SafetensorsFile(path) as reader:
+        assert sorted(name for name in reader.entries if name.startswith("loss/")) == ["loss/linear.weight"]
+
+    ud.manual_seed(1)
+    target = ud.nn.LinearCrossEntropyLoss(3, 4)
+    before = {key: np.array(value) for key, value in target.state_dict().items()}
+    assert not np.array_equal(before["linear.weight"], saved["linear.weight"])
+    ud.load_checkpoint(bare, model, loss=target)  # (no loss state: the loss as it is)
+    assert all(np.array_equal(target.state_dict()[key], value) for key, value in before.items())
+    if fault == "read":
+        _fail_reading(monkeypatch, "loss/linear.weight", OSError(5, "Input/output error"))
+        with pytest.raises(OSError):
+            ud.load_checkpoint(path, model, loss=target)
+    else:
+        with pytest.raises(ValueError, match="refused by set_extra_state") as refused:
+            ud.load_checkpoint(path, model, loss=target)
+        assert not getattr(refused.value, "__notes__", None)  # (the model and the loss were put back)
+    assert all(np.array_equal(target.state_dict()[key], value) for key, value in before.items())
+    if fault == "read":
+        monkeypatch.undo()
+        ud.load_checkpoint(path, model, loss=target)
+        assert all(np.array_equal(target.state_dict()[key], value) for key, value in saved.items())

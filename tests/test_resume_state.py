@@ -414,6 +414,125 @@ def test_a_checkpoint_holding_only_the_loss_class_name_resumes_as_before(tmp_pat
     assert history.epochs == 2
 
 
+def _linear_cross_entropy_run(directory, epochs, *, resume_from=None, loss=None, crash_at=None):
+    """A linear body trained with ``LinearCrossEntropyLoss``, whose ``linear`` the optimizer trains too (SGD with
+    momentum: its slots of the loss's weight are restored at a resume), checkpointed every 3 steps of 4-batch
+    epochs. ``loss``: the loss to pass (default: one built anew). Returns the body, the loss and the History."""
+    ud.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 5)).astype(np.float32), rng.integers(0, 4, size=32)
+    body = ud.nn.Linear(5, 3)
+    loss = loss or ud.nn.LinearCrossEntropyLoss(3, 4)
+    optimizer = ud.optim.SGD(list(body.parameters()) + list(loss.parameters()), lr=0.5, momentum=0.9)
+    loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=8, shuffle=True, seed=1)
+    callbacks = [ud.callbacks.Checkpoint(directory, every_steps=3, keep=2)]
+    if crash_at is not None:
+        callbacks.append(CrashAt(crash_at))
+    history = None
+    try:
+        history = ud.fit(body, loader, loss=loss, optimizer=optimizer, epochs=epochs, callbacks=callbacks,
+                         verbose=0, resume_from=resume_from)
+    except Crash:
+        pass
+    return body, loss, history
+
+
+@pytest.mark.parametrize("loop", ["torch", "tensorflow", "jax"])
+def test_a_loss_whose_parameters_are_trained_resumes_as_the_uninterrupted_run(tmp_path, loop):
+    """The checkpoints held the optimizer's momentum of ``LinearCrossEntropyLoss``'s ``linear`` but not its weight:
+    a resumed run restarted the loss's weight from its initial values (its second epoch's loss 1.4504 where the
+    uninterrupted run has 1.4147), and the loss's settings hashed that weight, so the trained loss object itself
+    was refused at resume. Now the loss's parameters are checkpointed and restored, and are no settings: a run
+    stopped mid-epoch and resumed, with the loss built anew or with the trained loss object, ends bit for bit as the
+    uninterrupted run (losses, the body's and the loss's weights). (Keras's trainer refuses a loss's parameters in
+    the optimizer: tests/parity/test_activations_losses.py.)"""
+    pytest.importorskip(loop)
+    with ud.use_backend(loop):
+        body, loss, history = _linear_cross_entropy_run(tmp_path / "straight", 3)
+        for case, given in (("rebuilt", lambda trained: None), ("trained", lambda trained: trained)):
+            directory = tmp_path / case
+            _, trained, _ = _linear_cross_entropy_run(directory, 3, crash_at=6)  # (mid-way through epoch 2)
+            resumed_body, resumed_loss, resumed = _linear_cross_entropy_run(directory, 3, resume_from="auto",
+                                                                            loss=given(trained))
+            assert resumed.history["loss"] == history.history["loss"], case
+            for mine, theirs in ((resumed_body, body), (resumed_loss, loss)):
+                for key, value in theirs.state_dict().items():
+                    assert np.array_equal(mine.state_dict()[key], value), (case, key)
+
+
+def _script_class(module):
+    """A loss class defined in a script, as seen from ``module``: ``__main__`` where the script runs directly, the
+    script's name where it is imported (``import train``)."""
+    class ScaledMSE(ud.nn.Module):
+        def __init__(self, scale=1.0):
+            super().__init__()
+            self.scale = scale
+
+        def forward(self, prediction, target):
+            return self.scale * ud.ops.mean((prediction - target) ** 2)
+
+    ScaledMSE.__module__ = module
+    return ScaledMSE
+
+
+def _script_function(module):
+    """``squared_error`` as a script defines it, its module ``module`` (as ``_script_class``)."""
+    import types
+
+    function = types.FunctionType(squared_error.__code__, globals(), "squared_error")
+    function.__module__ = module
+    return function
+
+
+def test_a_loss_of_a_script_resumes_whether_the_script_ran_or_was_imported(tmp_path, backend):
+    """The loss's class (and a function it holds) was compared as ``module.qualname``: a loss defined in a script is
+    ``__main__.ScaledMSE`` run directly (``python train.py``) and ``train.ScaledMSE`` imported (``import train;
+    train.main()``), so the same loss was refused. The qualified name is compared without the module, as the
+    model's class is; the module is named in the message, and another setting is still refused."""
+    _run(tmp_path / "class", 1, loss=_script_class("__main__")())
+    with pytest.raises(ResumeMismatchError, match=r"loss __main__\.[\w.<>]*ScaledMSE\(scale=1.0\); this run passes "
+                                                  r"train\.[\w.<>]*ScaledMSE\(scale=2.0\)"):
+        _run(tmp_path / "class", 2, loss=_script_class("train")(2.0), resume_from="auto")
+    _, _, history, _ = _run(tmp_path / "class", 2, loss=_script_class("train")(), resume_from="auto")
+    assert history.epochs == 2
+    _run(tmp_path / "function", 1, loss=FunctionLoss(_script_function("__main__")))
+    with pytest.raises(ResumeMismatchError, match=r"function='function __main__.squared_error'\); this run passes "
+                                                  r".*function='function [\w.]*absolute_error'"):
+        _run(tmp_path / "function", 2, loss=FunctionLoss(absolute_error), resume_from="auto")
+    _, _, history, _ = _run(tmp_path / "function", 2, loss=FunctionLoss(_script_function("train")),
+                            resume_from="auto")
+    assert history.epochs == 2
+
+
+def test_a_setting_one_side_lacks_is_not_held_against_the_resume(tmp_path, backend):
+    """A setting only one side held was a mismatch: a later unidl that gives a loss class another public attribute
+    would strand every checkpoint written before it (here a loss given an attribute by hand, on either side). A
+    setting both hold that differs is still refused."""
+    def with_note(loss):
+        loss.note = "added by a later version"
+        return loss
+
+    _run(tmp_path / "saved", 1, loss=with_note(ud.nn.MSELoss()))
+    _, _, history, _ = _run(tmp_path / "saved", 2, loss=ud.nn.MSELoss(), resume_from="auto")
+    assert history.epochs == 2
+    _run(tmp_path / "given", 1, loss=ud.nn.MSELoss())
+    _, _, history, _ = _run(tmp_path / "given", 2, loss=with_note(ud.nn.MSELoss()), resume_from="auto")
+    assert history.epochs == 2
+    with pytest.raises(ResumeMismatchError, match=r"MSELoss\(reduction='mean'\); this run passes "
+                                                  r"unidl.nn.loss.MSELoss\(reduction='sum'\)"):
+        _run(tmp_path / "given", 3, loss=with_note(ud.nn.MSELoss(reduction="sum")), resume_from="auto")
+
+
+def test_a_float32_setting_resumes_with_the_same_number_written_as_a_python_float(tmp_path, backend):
+    """``label_smoothing=np.float32(0.2)`` was stored as 0.20000000298023224, refusing a resume given 0.2: numbers
+    compare as equal in float32, where the loss computes them; another number is still refused."""
+    _classify(tmp_path / "float32", 1, loss=ud.nn.CrossEntropyLoss(label_smoothing=np.float32(0.2)))
+    assert len(_classify(tmp_path / "float32", 2, resume_from="auto",
+                         loss=ud.nn.CrossEntropyLoss(label_smoothing=0.2))["loss"]) == 2
+    with pytest.raises(ResumeMismatchError, match=r"label_smoothing=0.2\); this run passes .*label_smoothing=0.3\)"):
+        _classify(tmp_path / "float32", 3, resume_from="auto", loss=ud.nn.CrossEntropyLoss(label_smoothing=0.3))
+
+
 def test_a_refused_resume_leaves_the_data_loader_where_it_was(tmp_path, backend):
     """fit positioned its loader at its first epoch before the resume was checked: a refused resume (a changed
     loss, another optimizer class) left a loader that was mid-way through epoch 4 at epoch 1's first batch."""

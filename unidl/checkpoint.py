@@ -9,6 +9,7 @@ it skips, so training can always resume.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
@@ -19,6 +20,7 @@ from unidl.arguments import INT64_END
 from unidl.distributed import process_group
 from unidl import backends, random as unidl_random
 from unidl.errors import CheckpointStateError, CorruptFileError, StateDictError
+from unidl.nn.rollback import restored_on_failure
 from unidl.io.safetensors import SafetensorsFile, StoredTensor, check_readable_file, save_file
 from unidl.optim.optimizer import Optimizer
 from unidl.training import job_window_state
@@ -28,6 +30,9 @@ from unidl.serialization import (MODEL_PREFIX, check_entries, checked_load, deco
 OPTIMIZER_PREFIX = "optimizer/"
 #: prefix of the summed gradients of an accumulation window in progress (``optimizer_window/<param index>``)
 WINDOW_PREFIX = "optimizer_window/"
+#: prefix of the training loss module's state, its parameters and buffers (``loss/<state-dict key>``: a
+#: ``LinearCrossEntropyLoss``'s ``linear``, which the optimizer trains with the model)
+LOSS_PREFIX = "loss/"
 #: prefix of the model-shaped arrays a callback keeps (``callbacks/<class>#<count>/<state-dict key>``)
 CALLBACK_PREFIX = "callbacks/"
 _FILE_PATTERN = re.compile(r"^checkpoint-(\d{4,})-(\d{7,})\.safetensors$")
@@ -109,15 +114,17 @@ def _stateful(callbacks) -> list[tuple[str, object]]:
 _warned_newer: set[str] = set()
 
 
-def _check_arguments(function: str, model, optimizer, loader, scheduler, method: str) -> None:
-    """A ``TypeError`` naming the argument where ``model`` is not a unidl module, or ``optimizer``, ``loader`` or
-    ``scheduler`` (each optional) lacks the ``method`` a checkpoint calls (``state_dict`` to save, ``load_state_dict``
-    to load; an optimizer its ``params`` too): a string, or a framework's own object, gave an ``AttributeError``
-    deep inside, after the checkpoint's directory was made."""
+def _check_arguments(function: str, model, optimizer, loader, scheduler, method: str, loss=None) -> None:
+    """A ``TypeError`` naming the argument where ``model`` (or ``loss``, where given) is not a unidl module, or
+    ``optimizer``, ``loader`` or ``scheduler`` (each optional) lacks the ``method`` a checkpoint calls (``state_dict``
+    to save, ``load_state_dict`` to load; an optimizer its ``params`` too): a string, or a framework's own object,
+    gave an ``AttributeError`` deep inside, after the checkpoint's directory was made."""
     from unidl.nn.module import Module
 
     if not isinstance(model, Module):
         raise TypeError(f"{function}: model must be a unidl.nn.Module, got {type(model).__name__}")
+    if loss is not None and not isinstance(loss, Module):
+        raise TypeError(f"{function}: loss must be a unidl.nn.Module (a ud.nn loss), got {type(loss).__name__}")
     for name, value, needs, what in (("optimizer", optimizer, ("params", method), "a unidl.optim optimizer"),
                                      ("loader", loader, (method,), "a unidl.data.DataLoader"),
                                      ("scheduler", scheduler, (method,), "a unidl.optim.lr_scheduler scheduler")):
@@ -128,10 +135,12 @@ def _check_arguments(function: str, model, optimizer, loader, scheduler, method:
 
 
 def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: int = 0, loader=None,
-                    scheduler=None, callbacks=None, extra: dict | None = None, keep: int | None = 3) -> str:
+                    scheduler=None, callbacks=None, extra: dict | None = None, keep: int | None = 3,
+                    loss=None) -> str:
     """Write a checkpoint of ``model`` (and ``optimizer``, ``loader``, ``scheduler``, the state of each of
     ``callbacks`` that has a ``state_dict``, and the model-shaped weights one keeps (``state_weights()``),
-    unidl's RNG, ``extra``) into ``directory``.
+    unidl's RNG, ``extra``, and the parameters and buffers of ``loss``, a loss module the optimizer may train
+    with the model) into ``directory``.
 
     Returns the new file's path. ``extra`` must be JSON-serializable. Stale temporary files of writers
     that died mid-save are removed first. After writing, all but the newest ``keep`` checkpoints of the
@@ -139,7 +148,7 @@ def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: i
     An OS error while writing (full disk, file-size limit) names the file and leaves the previous
     checkpoints as they were.
     """
-    _check_arguments("save_checkpoint", model, optimizer, loader, scheduler, "state_dict")
+    _check_arguments("save_checkpoint", model, optimizer, loader, scheduler, "state_dict", loss)
     epoch, step = _check_count("epoch", epoch), _check_count("step", step)
     if keep is not None and (_check_count("keep", keep) < 1):
         raise ValueError(f"keep must be a positive integer or None, got {keep!r}")
@@ -155,6 +164,9 @@ def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: i
         raise NotADirectoryError(f"{directory!r} is a file, expected a checkpoint directory")
 
     tensors = {MODEL_PREFIX + name: value for name, value in model.state_dict().items()}
+    if loss is not None:  # (a resume that restored the optimizer's slots of a loss's weights but not the weights
+        # restarted them from their initial values)
+        tensors.update({LOSS_PREFIX + name: value for name, value in loss.state_dict().items()})
     metadata = model_metadata(model)
     metadata.update(kind="checkpoint", epoch=epoch, step=step, optimizer=None, loader=None, scheduler=None,
                     callbacks=None, rng=unidl_random.get_rng_state(), extra=extra)
@@ -390,9 +402,10 @@ def _check_state(owner, state, what: str) -> None:
 
 
 def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, scheduler=None, callbacks=None,
-                    check=None) -> dict:
-    """Restore ``model`` (strictly), and ``optimizer``, ``loader``, ``scheduler``, ``callbacks`` and unidl's
-    RNG, from a checkpoint.
+                    check=None, loss=None) -> dict:
+    """Restore ``model`` (strictly), and ``optimizer``, ``loader``, ``scheduler``, ``callbacks``, unidl's RNG and
+    ``loss``'s parameters and buffers (strictly, where the checkpoint holds a loss's state: one written without it
+    leaves ``loss`` as it is), from a checkpoint.
 
     Given a directory, the newest intact checkpoint is used; corrupt ones (bad checksum, truncated,
     malformed) are skipped with a warning naming them. Returns ``{'epoch', 'step', 'extra', 'path',
@@ -414,9 +427,10 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
     ``MemoryError`` or another program changing the file in place during the load (a ``CorruptFileError`` naming
     the tensor) leaves the generators, model, loader, optimizer, scheduler and callbacks as they were. The staged
     tensors cost about the file's size beyond the model at the peak; each is freed (or adopted as its variable's
-    memory) as it is written.
+    memory) as it is written. A loss's state is loaded before the model, its variables copied to the host first, so
+    that a model that still refuses its load (its ``set_extra_state``) puts the loss back too.
     """
-    _check_arguments("load_checkpoint", model, optimizer, loader, scheduler, "load_state_dict")
+    _check_arguments("load_checkpoint", model, optimizer, loader, scheduler, "load_state_dict", loss)
     target = os.fspath(path_or_directory)
     if os.path.isdir(target):
         reader = _open_newest(target)
@@ -466,11 +480,17 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
         callback_states.append((callback, saved_callbacks[key], weight_names))
     if check is not None:
         check(metadata, path)
+    load_loss = None  # (after ``check``: fit's refusal of another loss names the loss, not its tensors)
+    loss_names = {key[len(LOSS_PREFIX):]: key for key in reader.entries if key.startswith(LOSS_PREFIX)}
+    if loss is not None and loss_names:
+        load_loss = checked_load(loss, reader, loss_names, what=f"{path!r} loss state")
 
     # ---- then read every tensor into fresh memory, its checksum verified again (an I/O error, a MemoryError or a
     # file changed in place since the checks raises here, before anything changed): the model's, the optimizer's
     # slots (given away to the optimizer's load, each freed as it is written) and the callbacks' weights ----
     load_model.stage()
+    if load_loss is not None:
+        load_loss.stage()
     for entry in (optimizer_state or {}).get("slots", ()):
         for value in entry.values():
             if isinstance(value, StoredTensor):
@@ -485,7 +505,12 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
     previous_rng = unidl_random.get_rng_state()
     unidl_random.set_rng_state(metadata["rng"])
     try:
-        load_model()
+        # the loss's variables copied to the host first (whole), where it loads: a model that refuses its state after
+        # the loss took its own puts the loss back too
+        with restored_on_failure(loss, whole=True) if load_loss is not None else contextlib.nullcontext():
+            if load_loss is not None:
+                load_loss()
+            load_model()
     except BaseException:
         unidl_random.set_rng_state(previous_rng)
         raise

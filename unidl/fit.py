@@ -554,6 +554,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     if validation is not None:  # (a monitored name none of these is refused before training: check_monitor)
         trainer.log_names |= {"val_loss"} | {f"val_{m.name}" for m in (validation_metrics.metrics
                                                                        if validation_metrics else ())}
+    trainer.loss = plain_loss  # (its parameters and buffers go into every checkpoint, and a resume restores them)
     trainer.fit_settings = {"loss": type(plain_loss).__name__, "optimizer": type(optimizer).__name__,
                             "loss_settings": fit_options.loss_settings(plain_loss),  # (a resume compares them)
                             "lr": float(optimizer.lr), "hyper": dict(optimizer.hyper)}
@@ -816,34 +817,112 @@ def _check_resumable(metadata: dict, path: str, trainer, backend=None, metrics=N
 
 def _check_same_loss_settings(saved, mine: dict, path: str) -> None:
     """``ResumeMismatchError`` naming both when the checkpointed run's loss (``fit_options.loss_settings``: its
-    class's qualified name, its settings such as ``reduction`` and ``label_smoothing``, a function it holds) differs
-    from this run's: the same class with other settings computes another loss. A checkpoint written before the
-    settings were saved holds only the class's name, which ``_check_resumable`` compares: its settings are unknown,
-    and refusing it would strand every run checkpointed by the earlier code, so it resumes as it did then."""
+    class, its settings such as ``reduction`` and ``label_smoothing``, a function it holds, its child modules')
+    differs from this run's: the same class with other settings computes another loss. A checkpoint written before
+    the settings were saved holds only the class's name, which ``_check_resumable`` compares: its settings are
+    unknown, and refusing it would strand every run checkpointed by the earlier code, so it resumes as it did then.
+    Classes and functions compare by their qualified names without their modules, as the model's class is compared
+    (a loss defined in a script is ``__main__.X`` run directly and ``train.X`` imported: the same loss); only the
+    settings both sides hold are compared (a later unidl that gives a loss class another public attribute must not
+    strand the checkpoints written before it); numbers compare as equal in float32 (``_same_setting``)."""
     import json
 
     from unidl.errors import CorruptFileError, ResumeMismatchError
 
     if saved is None:
         return
-    if not (isinstance(saved, dict) and isinstance(saved.get("class"), str)
-            and isinstance(saved.get("settings"), dict)):
+    if not _well_formed_loss_settings(saved):
         raise CorruptFileError(f"{path}: malformed loss settings {saved!r}")
     mine = json.loads(json.dumps(mine))  # (as the file holds it: tuples as lists)
-    if saved == mine:
-        return
-    if saved["class"] != mine["class"]:
+    if not _same_loss_class(saved, mine):
         old, new = saved["class"], mine["class"]
     else:
-        missing = object()  # (a setting one side lacks: another class of the same name's, or another version's)
-        names = sorted(set(saved["settings"]) | set(mine["settings"]))
-        differ = [name for name in names
-                  if saved["settings"].get(name, missing) != mine["settings"].get(name, missing)]
-        old, new = (", ".join(f"{name}={side['settings'][name]!r}" if name in side["settings"] else f"no {name}"
-                              for name in differ) for side in (saved, mine))
+        differ = _loss_differences(saved, mine)
+        if not differ:
+            return
+        old = ", ".join(f"{name}={_shown_setting(value)!r}" for name, value, _ in differ)
+        new = ", ".join(f"{name}={_shown_setting(value)!r}" for name, _, value in differ)
         old, new = f"{saved['class']}({old})", f"{mine['class']}({new})"
     raise ResumeMismatchError(f"the run in {path} trained with loss {old}; this run passes {new}: a changed loss "
                               f"cannot resume (start a new run instead)")
+
+
+def _well_formed_loss_settings(settings) -> bool:
+    """Whether ``settings`` is ``fit_options.loss_settings``'s layout: a class's name and a dict of settings."""
+    return (isinstance(settings, dict) and isinstance(settings.get("class"), str)
+            and isinstance(settings.get("name", ""), str) and isinstance(settings.get("settings"), dict))
+
+
+def _same_loss_class(saved: dict, mine: dict) -> bool:
+    """Whether two ``loss_settings`` name the same class by its qualified name, its module aside (a checkpoint of
+    the earlier layout, without ``name``: its ``module.qualname`` ends with this run's qualified name)."""
+    if "name" in saved:
+        return saved["name"] == mine["name"]
+    return saved["class"] == mine["class"] or saved["class"].endswith("." + mine["name"])
+
+
+def _loss_differences(saved: dict, mine: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """``(name, saved value, this run's value)`` of each setting both losses hold that differs, a child module's
+    as ``child.setting`` (a child of another class: ``child`` and both classes)."""
+    differ = []
+    for name in sorted(set(saved["settings"]) & set(mine["settings"])):
+        old, new = saved["settings"][name], mine["settings"][name]
+        if _well_formed_loss_settings(old) and _well_formed_loss_settings(new):
+            differ += (_loss_differences(old, new, f"{prefix}{name}.") if _same_loss_class(old, new)
+                       else [(prefix + name, old["class"], new["class"])])
+        elif not _same_setting(old, new):
+            differ.append((prefix + name, old, new))
+    return differ
+
+
+def _named_kind(value) -> str | None:
+    """``'function'`` or ``'object'`` where ``value`` is ``fit_options._setting``'s record of a function or an
+    object (``{'function': qualname, 'module': module}``), else None."""
+    if isinstance(value, dict) and len(value) == 2 and "module" in value:
+        return next((kind for kind in ("function", "object") if kind in value), None)
+    return None
+
+
+def _shown_setting(value):
+    """A setting as the message shows it: a function or class as ``'function module.qualname'`` (its module named,
+    though not compared), the rest as stored."""
+    kind = _named_kind(value)
+    if kind is not None:
+        return f"{kind} {value['module']}.{value[kind]}"
+    if isinstance(value, dict):
+        return {key: _shown_setting(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shown_setting(item) for item in value]
+    return value
+
+
+def _same_setting(old, new) -> bool:
+    """Whether two settings (``fit_options._setting``'s JSON) are the same. Numbers compare in float32: a setting
+    given as a NumPy float32 (``label_smoothing=np.float32(0.2)``) is stored as its exact value, 0.20000000298...,
+    and the same setting given as 0.2 must resume it; the losses compute in float32, where the two are one number.
+    A function or class compares by its qualified name without its module (as ``_same_loss_class``); one of the
+    earlier layout, a string ``'function module.qualname'``, by the name it ends with."""
+    numbers = (int, float)
+    if isinstance(old, numbers) and isinstance(new, numbers) and not isinstance(old, bool) \
+            and not isinstance(new, bool):
+        if old == new:
+            return True
+        if isinstance(old, int) and isinstance(new, int):  # (integers exactly: 2**24 + 1 is no float32)
+            return False
+        finite = all(abs(value) < float(np.finfo(np.float32).max) for value in (old, new))
+        return finite and np.float32(old) == np.float32(new)
+    kind = _named_kind(new)
+    if kind is not None:
+        if _named_kind(old) == kind:
+            return old[kind] == new[kind]
+        if isinstance(old, str) and old.startswith(kind + " "):
+            name = old[len(kind) + 1:]
+            return name == new[kind] or name.endswith("." + str(new[kind]))
+    if isinstance(old, list) and isinstance(new, list):
+        return len(old) == len(new) and all(_same_setting(a, b) for a, b in zip(old, new))
+    if isinstance(old, dict) and isinstance(new, dict):
+        return set(old) == set(new) and all(_same_setting(old[key], new[key]) for key in old)
+    return old == new
 
 
 def _check_epoch_totals(totals: dict, epoch: int, backend, metrics) -> None:
@@ -904,6 +983,7 @@ def _resume(target: str, trainer, callbacks, backend=None, metrics=None) -> int:
         with given_settings_win():  # (and each schedule's load keeps its settings given anew)
             info = load_checkpoint(target, model, optimizer,
                                    loader=loader if isinstance(loader, DataLoader) else None, callbacks=callbacks,
+                                   loss=getattr(trainer, "loss", None),
                                    check=lambda metadata, path: _check_resumable(metadata, path, trainer, backend,
                                                                                  metrics))
     finally:

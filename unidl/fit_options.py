@@ -54,16 +54,21 @@ def resolve_loss(loss):
 
 def loss_settings(loss) -> dict:
     """What makes ``loss`` compute what it computes, as plain JSON values that are the same in every process and on
-    every backend: ``{'class': 'module.QualName', 'settings': {...}}``. The settings are the module's public
-    attributes (its constructor's arguments as PyTorch's losses keep them: ``reduction``, ``label_smoothing``, a
-    function it holds, ...), its buffers (a class ``weight``) and its child modules, so that a resume can tell a
-    loss built with other settings from the same loss built again (``fit``'s ``ResumeMismatchError``)."""
+    every backend: ``{'class': 'module.QualName', 'name': 'QualName', 'settings': {...}}``. The settings are the
+    module's public attributes (its constructor's arguments as PyTorch's losses keep them: ``reduction``,
+    ``label_smoothing``, a function it holds, ...), its buffers (a class ``weight``) and its child modules, so that a
+    resume can tell a loss built with other settings from the same loss built again (``fit``'s
+    ``ResumeMismatchError``). Its parameters are not settings (a ``LinearCrossEntropyLoss``'s ``linear``, which the
+    optimizer may train: the trained loss and one built again are the same loss); the checkpoint holds their values
+    as state, and a resume restores them. ``name`` is what a resume compares: the module a class is defined in is
+    ``__main__`` in a script run directly and the script's name where it is imported."""
+    parameters = set(getattr(loss, "_parameters", {}))
     settings = {name: _setting(value) for name, value in sorted(vars(loss).items())
-                if not name.startswith("_") and not isinstance(value, Module)}
+                if not name.startswith("_") and not isinstance(value, Module) and name not in parameters}
     settings.update({name: _setting(value) for name, value in getattr(loss, "_buffers", {}).items()})
     settings.update({name: loss_settings(child) if child is not None else None
                      for name, child in getattr(loss, "_modules", {}).items()})
-    return {"class": _qualified_name(type(loss)), "settings": settings}
+    return {"class": _qualified_name(type(loss)), "name": type(loss).__qualname__, "settings": settings}
 
 
 def _qualified_name(thing) -> str:
@@ -76,7 +81,9 @@ def _setting(value):
     they are (a float that is not finite as its name: JSON has none), a function or class by its qualified name, an
     array or tensor as its shape and the SHA-256 of its values in float32 (a class weight may be stored in float64 on
     one backend and float32 on another), anything else by its class's qualified name (its repr may hold an
-    address: two instances of a callable class of the user's compare equal)."""
+    address: two instances of a callable class of the user's compare equal). A function's or class's module is kept
+    beside its name, for the message only (``fit``'s ``_same_setting``: ``__main__`` run directly, the script's name
+    imported)."""
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
@@ -88,8 +95,8 @@ def _setting(value):
     if isinstance(value, functools.partial):  # (a function with settings of its own: they count too)
         return {"partial": _setting(value.func), "args": _setting(value.args), "keywords": _setting(value.keywords)}
     # a function, a class, a bound method (a lambda's name is '<lambda>': two lambdas of one module compare equal)
-    if callable(value) and hasattr(value, "__qualname__"):
-        return f"function {_qualified_name(value)}"
+    if callable(value) and hasattr(value, "__qualname__"):  # (its module for the message: a resume compares the name)
+        return {"function": value.__qualname__, "module": getattr(value, "__module__", None)}
     if isinstance(value, (np.integer, np.floating, np.bool_)):  # (before arrays: a NumPy scalar has a shape too)
         return _setting(value.item())
     if hasattr(value, "shape") and hasattr(value, "dtype"):
@@ -101,7 +108,7 @@ def _setting(value):
         if array.dtype.kind in "fc":
             array = array.astype(np.float32)
         return {"shape": list(array.shape), "sha256": hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()}
-    return f"object {_qualified_name(type(value))}"
+    return {"object": type(value).__qualname__, "module": type(value).__module__}
 
 
 def check_reduced_loss(loss_fn, where: str) -> None:

@@ -138,7 +138,8 @@ class Checkpoint(Callback):
                  "fit": getattr(trainer, "fit_settings", None), "epoch_ended": epoch_ended}
         path = save_checkpoint(self.directory, trainer.model, trainer.optimizer, epoch=trainer.epoch,
                                step=trainer.global_step, loader=position, keep=self.keep,
-                               callbacks=getattr(trainer, "callbacks", None), extra=extra)
+                               callbacks=getattr(trainer, "callbacks", None), extra=extra,
+                               loss=getattr(trainer, "loss", None))
         self.saved.append(path)
 
     def on_batch_end(self, batch, logs=None):
