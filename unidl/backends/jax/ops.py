@@ -721,8 +721,9 @@ def _scan_reporting_checks(fn, init, xs, at_once: bool):
     check where the scan is in another scan's body), or raised at once where the values are (``at_once``: eagerly,
     in an eager gradient too). Checkify reports a check inside the body itself only where the scan is not
     differentiated (a ``ud.train_step`` computed with the index out of range: a NaN row, a wrapped negative index),
-    and ``checks_passed`` could not read it after the scan, so a write after the scan stood. The steps after the failing one still run (their
-    values are never read: the error is raised); a body with no check is the plain scan, with no more outputs."""
+    and ``checks_passed`` could not read it after the scan, so a write after the scan stood. The steps after the
+    failing one still run (their values are never read: the error is raised); a body with no check is the plain
+    scan, with no more outputs."""
     traced = []  # (lax.scan may trace the body again where a carry's weak type changed: the last trace is the scan)
 
     def body(carry, x):
