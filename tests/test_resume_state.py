@@ -524,13 +524,66 @@ def test_a_setting_one_side_lacks_is_not_held_against_the_resume(tmp_path, backe
 
 
 def test_a_float32_setting_resumes_with_the_same_number_written_as_a_python_float(tmp_path, backend):
-    """``label_smoothing=np.float32(0.2)`` was stored as 0.20000000298023224, refusing a resume given 0.2: numbers
-    compare as equal in float32, where the loss computes them; another number is still refused."""
+    """``label_smoothing=np.float32(0.2)`` was stored as 0.20000000298023224, refusing a resume given 0.2: floats
+    one float32 apart by rounding are one setting; another number is still refused."""
     _classify(tmp_path / "float32", 1, loss=ud.nn.CrossEntropyLoss(label_smoothing=np.float32(0.2)))
     assert len(_classify(tmp_path / "float32", 2, resume_from="auto",
                          loss=ud.nn.CrossEntropyLoss(label_smoothing=0.2))["loss"]) == 2
     with pytest.raises(ResumeMismatchError, match=r"label_smoothing=0.2\); this run passes .*label_smoothing=0.3\)"):
         _classify(tmp_path / "float32", 3, resume_from="auto", loss=ud.nn.CrossEntropyLoss(label_smoothing=0.3))
+
+
+class _WeightedMSE(ud.nn.Module):
+    """A user's loss that registers its ``weight`` buffer only when given one."""
+
+    def __init__(self, weight=None):
+        super().__init__()
+        self.reduction = "mean"
+        if weight is not None:
+            self.register_buffer("weight", np.asarray(weight, dtype=np.float32))
+
+    def forward(self, prediction, target):
+        squared = (prediction - target) ** 2
+        return ud.ops.mean(squared * self.weight) if "weight" in self._buffers else ud.ops.mean(squared)
+
+
+def test_a_buffer_or_number_one_side_lacks_or_changed_slightly_is_refused(tmp_path, backend):
+    """Settings one side alone holds are let through only where they are plain attributes: a buffer registered
+    only when given (a weight of 100 added at the resume) let a changed loss resume silently; and numbers that are
+    one float32 but not one number (1e-50 and 0) compared as the same setting."""
+    _run(tmp_path / "buffer", 1, loss=_WeightedMSE())
+    with pytest.raises(ResumeMismatchError, match=r"_WeightedMSE\(weight='absent'\); this run passes "
+                                                  r".*_WeightedMSE\(weight=\{'shape': \[1\]"):
+        _run(tmp_path / "buffer", 2, loss=_WeightedMSE([100.0]), resume_from="auto")
+    _run(tmp_path / "tiny", 1, loss=ud.nn.HuberLoss(delta=1e-46))  # (both 0 in float32)
+    with pytest.raises(ResumeMismatchError, match=r"delta=1e-46\); this run passes .*delta=1e-47\)"):
+        _run(tmp_path / "tiny", 2, loss=ud.nn.HuberLoss(delta=1e-47), resume_from="auto")
+
+
+def test_load_checkpoint_of_a_trained_loss_without_the_loss_is_refused_before_anything_changes(tmp_path, backend):
+    """A checkpoint holding a loss's state, loaded with an optimizer over the loss's parameters but without
+    ``loss=``, restored the optimizer's slots for them while their values stayed as built: a
+    ``CheckpointStateError`` naming the tensors and ``loss=``, nothing changed; with ``loss=`` it loads."""
+    def built():
+        ud.manual_seed(0)
+        body, loss = ud.nn.Linear(3, 4), ud.nn.LinearCrossEntropyLoss(4, 3)
+        return body, loss, ud.optim.SGD(body.parameters() + loss.parameters(), lr=0.5, momentum=0.9)
+
+    body, loss, optimizer = built()
+    x, y = np.ones((4, 3), np.float32), np.array([0, 1, 2, 0])
+    step = ud.train_step(body, loss, optimizer)
+    for _ in range(2):
+        step(x, y)
+    ud.save_checkpoint(tmp_path, body, optimizer, loss=loss)
+    body2, loss2, optimizer2 = built()
+    before = {k: ud.to_numpy(v).copy() for k, v in body2.state_dict().items()}
+    optimizer_before = repr(optimizer2.state_dict())
+    with pytest.raises(CheckpointStateError, match=r"loss its run trained \(loss/linear.weight\).*pass loss="):
+        ud.load_checkpoint(tmp_path, body2, optimizer2)
+    assert all(np.array_equal(ud.to_numpy(v), before[k]) for k, v in body2.state_dict().items())
+    assert repr(optimizer2.state_dict()) == optimizer_before
+    ud.load_checkpoint(tmp_path, body2, optimizer2, loss=loss2)
+    np.testing.assert_array_equal(ud.to_numpy(loss2.linear.weight), ud.to_numpy(loss.linear.weight))
 
 
 def test_a_refused_resume_leaves_the_data_loader_where_it_was(tmp_path, backend):

@@ -405,7 +405,11 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
                     check=None, loss=None) -> dict:
     """Restore ``model`` (strictly), and ``optimizer``, ``loader``, ``scheduler``, ``callbacks``, unidl's RNG and
     ``loss``'s parameters and buffers (strictly, where the checkpoint holds a loss's state: one written without it
-    leaves ``loss`` as it is), from a checkpoint.
+    leaves ``loss`` as it is), from a checkpoint. A checkpoint that holds a loss's state, loaded with an optimizer
+    that trains parameters outside ``model`` but without ``loss``, is a ``CheckpointStateError`` before anything
+    changes: the optimizer's slots for those parameters would be restored while their values stayed as built (a
+    resumed ``LinearCrossEntropyLoss`` restarting its ``linear`` under restored momentum); without such parameters
+    the loss's state (a class ``weight`` buffer, a setting the caller builds the loss with) is left unread.
 
     Given a directory, the newest intact checkpoint is used; corrupt ones (bad checksum, truncated,
     malformed) are skipped with a warning naming them. Returns ``{'epoch', 'step', 'extra', 'path',
@@ -484,6 +488,13 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
     loss_names = {key[len(LOSS_PREFIX):]: key for key in reader.entries if key.startswith(LOSS_PREFIX)}
     if loss is not None and loss_names:
         load_loss = checked_load(loss, reader, loss_names, what=f"{path!r} loss state")
+    elif loss_names and optimizer is not None:
+        owned = {id(p) for p in model.parameters()}
+        if any(id(p) not in owned for p in getattr(optimizer, "params", None) or ()):
+            raise CheckpointStateError(
+                f"{path!r} holds the state of the loss its run trained ({', '.join(sorted(loss_names.values()))}) "
+                f"and the optimizer trains parameters outside the model: pass loss= (the loss module) so that their "
+                f"values are restored with the optimizer's slots")
 
     # ---- then read every tensor into fresh memory, its checksum verified again (an I/O error, a MemoryError or a
     # file changed in place since the checks raises here, before anything changed): the model's, the optimizer's

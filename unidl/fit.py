@@ -863,8 +863,13 @@ def _same_loss_class(saved: dict, mine: dict) -> bool:
 
 def _loss_differences(saved: dict, mine: dict, prefix: str = "") -> list[tuple[str, object, object]]:
     """``(name, saved value, this run's value)`` of each setting both losses hold that differs, a child module's
-    as ``child.setting`` (a child of another class: ``child`` and both classes)."""
+    as ``child.setting`` (a child of another class: ``child`` and both classes), and of each buffer or child one side
+    alone holds (``state``; shown as ``'absent'`` on the other). A plain attribute one side alone holds is not held
+    against the resume: a later unidl may give a loss class an attribute with its default."""
     differ = []
+    state = set(saved.get("state", ())) | set(mine.get("state", ()))
+    for name in sorted((set(saved["settings"]) ^ set(mine["settings"])) & state):
+        differ.append((prefix + name, saved["settings"].get(name, "absent"), mine["settings"].get(name, "absent")))
     for name in sorted(set(saved["settings"]) & set(mine["settings"])):
         old, new = saved["settings"][name], mine["settings"][name]
         if _well_formed_loss_settings(old) and _well_formed_loss_settings(new):
@@ -897,11 +902,12 @@ def _shown_setting(value):
 
 
 def _same_setting(old, new) -> bool:
-    """Whether two settings (``fit_options._setting``'s JSON) are the same. Numbers compare in float32: a setting
-    given as a NumPy float32 (``label_smoothing=np.float32(0.2)``) is stored as its exact value, 0.20000000298...,
-    and the same setting given as 0.2 must resume it; the losses compute in float32, where the two are one number.
-    A function or class compares by its qualified name without its module (as ``_same_loss_class``); one of the
-    earlier layout, a string ``'function module.qualname'``, by the name it ends with."""
+    """Whether two settings (``fit_options._setting``'s JSON) are the same. Integers exactly; floats equal or one
+    float32 apart from each other's rounding (the same float32 and within 2**-24 of each other relatively): a loss
+    that stores ``float(label_smoothing)`` of a NumPy float32 holds 0.20000000298..., which the same setting given
+    as 0.2 must resume, while 1e-50 and 0, one float32 but not one number, are two settings. A function or class
+    by its qualified name without its module (as ``_same_loss_class``); one of the earlier layout, a string
+    ``'function module.qualname'``, by the name it ends with."""
     numbers = (int, float)
     if isinstance(old, numbers) and isinstance(new, numbers) and not isinstance(old, bool) \
             and not isinstance(new, bool):
@@ -910,7 +916,8 @@ def _same_setting(old, new) -> bool:
         if isinstance(old, int) and isinstance(new, int):  # (integers exactly: 2**24 + 1 is no float32)
             return False
         finite = all(abs(value) < float(np.finfo(np.float32).max) for value in (old, new))
-        return finite and np.float32(old) == np.float32(new)
+        return (finite and np.float32(old) == np.float32(new)
+                and abs(old - new) <= 2.0 ** -24 * max(abs(old), abs(new)))
     kind = _named_kind(new)
     if kind is not None:
         if _named_kind(old) == kind:

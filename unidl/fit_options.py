@@ -58,17 +58,19 @@ def loss_settings(loss) -> dict:
     module's public attributes (its constructor's arguments as PyTorch's losses keep them: ``reduction``,
     ``label_smoothing``, a function it holds, ...), its buffers (a class ``weight``) and its child modules, so that a
     resume can tell a loss built with other settings from the same loss built again (``fit``'s
-    ``ResumeMismatchError``). Its parameters are not settings (a ``LinearCrossEntropyLoss``'s ``linear``, which the
+    ``ResumeMismatchError``); ``state`` names its buffers and children, which a resume compares even where one side
+    lacks them (a buffer registered only when a weight is given). Its parameters are not settings (a ``LinearCrossEntropyLoss``'s ``linear``, which the
     optimizer may train: the trained loss and one built again are the same loss); the checkpoint holds their values
     as state, and a resume restores them. ``name`` is what a resume compares: the module a class is defined in is
     ``__main__`` in a script run directly and the script's name where it is imported."""
     parameters = set(getattr(loss, "_parameters", {}))
     settings = {name: _setting(value) for name, value in sorted(vars(loss).items())
                 if not name.startswith("_") and not isinstance(value, Module) and name not in parameters}
-    settings.update({name: _setting(value) for name, value in getattr(loss, "_buffers", {}).items()})
-    settings.update({name: loss_settings(child) if child is not None else None
-                     for name, child in getattr(loss, "_modules", {}).items()})
-    return {"class": _qualified_name(type(loss)), "name": type(loss).__qualname__, "settings": settings}
+    buffers, children = getattr(loss, "_buffers", {}), getattr(loss, "_modules", {})
+    settings.update({name: _setting(value) for name, value in buffers.items()})
+    settings.update({name: loss_settings(child) if child is not None else None for name, child in children.items()})
+    return {"class": _qualified_name(type(loss)), "name": type(loss).__qualname__, "settings": settings,
+            "state": sorted({*buffers, *children})}
 
 
 def _qualified_name(thing) -> str:
@@ -97,7 +99,10 @@ def _setting(value):
     # a function, a class, a bound method (a lambda's name is '<lambda>': two lambdas of one module compare equal)
     if callable(value) and hasattr(value, "__qualname__"):  # (its module for the message: a resume compares the name)
         return {"function": value.__qualname__, "module": getattr(value, "__module__", None)}
-    if isinstance(value, (np.integer, np.floating, np.bool_)):  # (before arrays: a NumPy scalar has a shape too)
+    if isinstance(value, np.floating) and np.isfinite(value):  # (before arrays: a NumPy scalar has a shape too)
+        # its shortest decimal in its own precision: np.float32(0.2) is 0.2, the number a user writes for it
+        return float(str(value))
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
         return _setting(value.item())
     if hasattr(value, "shape") and hasattr(value, "dtype"):
         import hashlib

@@ -139,7 +139,7 @@ class Checkpoint(Callback):
         path = save_checkpoint(self.directory, trainer.model, trainer.optimizer, epoch=trainer.epoch,
                                step=trainer.global_step, loader=position, keep=self.keep,
                                callbacks=getattr(trainer, "callbacks", None), extra=extra,
-                               loss=getattr(trainer, "loss", None))
+                               loss=_loss_module(getattr(trainer, "loss", None)))
         self.saved.append(path)
 
     def on_batch_end(self, batch, logs=None):
@@ -148,3 +148,11 @@ class Checkpoint(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._save(epoch_ended=True)
+
+
+def _loss_module(loss):
+    """The trainer's loss where it is a unidl module, whose state a checkpoint holds; None for anything else a
+    trainer of the user's may keep there (a function, a number), which ``save_checkpoint`` would refuse."""
+    from unidl.nn.module import Module
+
+    return loss if isinstance(loss, Module) else None
