@@ -1081,6 +1081,65 @@ def test_tensorflow_residual_step_keeps_activations_nhwc(rng):
     assert types.count("FusedBatchNormV3") == types.count("FusedBatchNormGradV3") == 3
 
 
+@pytest.mark.every_keras_framework
+@pytest.mark.keras_framework("torch")
+def test_keras_on_torch_residual_step_runs_torchs_convolution_and_batch_norm_kernels(rng):
+    """ResNet-18's step on the keras backend over torch was 1.05-1.08x plain Keras's (benchmarks/RESULTS.md,
+    2026-12-06, stop 63): each padded convolution was an explicit pad (``constant_pad_nd``, and its gradient) then
+    a "valid" ``keras.ops.conv``, each training-mode batch norm a dozen element-wise ops (shifted moments). Both now
+    run torch's own kernels on Keras's tensors (``keras_native_ops``): no pad, one ``native_batch_norm`` and one
+    backward per batch norm; two steps' losses, weights and running statistics are the torch backend's."""
+    import torch
+
+    x, y = rng.standard_normal((4, 3, 6, 6)).astype(np.float32), np.array([0, 1, 2, 1])
+    results = {}
+    for name in ("keras", "torch"):
+        with ud.use_backend(name):
+            ud.manual_seed(0)
+            model = _ResidualNet()
+            step = ud.train_step(model, ud.nn.CrossEntropyLoss(),
+                                 ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+            step(x, y)
+            with torch.profiler.profile() as profile:
+                loss = float(step(x, y))
+            results[name] = (loss, {k: ud.to_numpy(v) for k, v in model.state_dict().items()},
+                             [event.name for event in profile.events()])
+    (loss, state, ops), (torch_loss, torch_state, _) = results["keras"], results["torch"]
+    assert loss == pytest.approx(torch_loss, rel=1e-5)
+    for key, value in torch_state.items():
+        np.testing.assert_allclose(state[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+    assert "aten::constant_pad_nd" not in ops
+    assert ops.count("aten::native_batch_norm") == ops.count("aten::native_batch_norm_backward") == 3, ops
+    # the guard: one fused check over the loss and every gradient, as the torch backend's (isfinite read each
+    # gradient four times: 5% of ResNet-18's step)
+    assert "aten::isfinite" not in ops and ops.count("aten::_amp_foreach_non_finite_check_and_unscale_") == 1, ops
+
+
+@pytest.mark.every_keras_framework
+@pytest.mark.keras_framework("torch")
+def test_keras_on_torch_guard_check_is_every_value_finite():
+    """The keras backend's non-finite check on torch (the host's fused kernel, ``keras_native_ops``) is NumPy's
+    ``isfinite(...).all()`` over every value, whatever tensor and dtype holds a NaN or an infinity, leaves the values
+    as they were, and takes None entries and no values at all (True)."""
+    import torch
+
+    from unidl.backends.keras import ops as keras_ops
+
+    values = [torch.ones(()), torch.arange(12.0).reshape(3, 4), torch.ones(5, dtype=torch.float64),
+              torch.ones(4, dtype=torch.float16), torch.ones(2, dtype=torch.bfloat16)]
+    assert bool(keras_ops.all_finite(values)) and bool(keras_ops.all_finite([None, *values, None]))
+    assert bool(keras_ops.all_finite([])) and bool(keras_ops.all_finite([torch.tensor([1, 2])]))  # (integers)
+    for index in range(len(values)):
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            changed = [v.clone() for v in values]
+            changed[index].view(-1)[-1] = bad
+            kept = [v.clone() for v in changed]
+            assert not bool(keras_ops.all_finite(changed)), (index, bad)
+            assert not bool(keras_ops.PORTABLE["all_finite"](changed)), (index, bad)
+            for value, before in zip(changed, kept):
+                torch.testing.assert_close(value, before, equal_nan=True, rtol=0, atol=0)
+
+
 def test_function_follows_the_mode_it_is_called_in(backend, rng):
     """A ``ud.function`` first traced in training mode runs the eval graph after ``model.eval()`` (dropout the
     identity, batch norm on its running statistics), as the eager forward and torch do, and back again."""

@@ -579,6 +579,14 @@ def pad(x, pad, mode="constant", value=0.0):
     return x
 
 
+def all_finite(values):
+    """A boolean scalar: every element of every tensor in ``values`` (None entries ignored) is finite: the
+    non-finite guard of the keras backend's optimizer (optimizer.py ``guarded_apply``), over the step's loss and
+    gradients. A host's fused check replaces it where it has one (``keras_native_ops``)."""
+    flags = [K.all(K.isfinite(v)) for v in values if v is not None]
+    return K.all(K.stack(flags)) if flags else K.convert_to_tensor(True)
+
+
 def _input_read(op):
     """The host's ``op`` with its first argument, the input, read through ``_tensor`` (the JAX and TensorFlow hosts'
     max pooling takes no Keras variable)."""
@@ -592,6 +600,10 @@ def _input_read(op):
 #: the host kernels below whose first argument is an input that may be a Keras variable the host's kernel refuses
 #: (the others take it as it is, or write it: the momentum update's first argument is the parameter it updates)
 _INPUT_READ = ("gather", "max_pool2d", "take", "take_in_range")
+
+#: the portable spellings that the host's kernels below replace, by name (benchmarks/keras_torch_step_ab.py times
+#: a step with them put back)
+PORTABLE = {name: globals()[name] for name in HOST.keras_native_ops if name in globals()}
 
 # the host's own kernels where they take Keras's tensors as they are (faster than keras.ops' spellings)
 globals().update({name: _input_read(getattr(HOST.ops, name)) if name in _INPUT_READ else getattr(HOST.ops, name)

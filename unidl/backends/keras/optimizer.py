@@ -273,7 +273,7 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
         elif not local and not (accumulate > 1 and keras_distributed.reduces_window_in_step()):
             # in a data-parallel job the job's gradients and loss (keras/distributed.py), before the guard
             loss, grads, present = keras_distributed.average_in_step(loss, grads, variables)
-        finite = all_finite([loss, *grads])
+        finite = self._unidl_ops.all_finite([loss, *grads])  # (the host's fused check where it has one)
         self.finite.assign(finite)
         if accumulate > 1 and not local:  # the count moves on the device (in a graph, or a functional trainer's)
             self.set_window_position(None)
@@ -543,12 +543,6 @@ def _value(variable):
 
 def _false():
     return K.convert_to_tensor(False)
-
-
-def all_finite(values):
-    """A boolean scalar: every element of every tensor in ``values`` (None entries ignored) is finite."""
-    flags = [K.all(K.isfinite(v)) for v in values if v is not None]
-    return K.all(K.stack(flags)) if flags else K.convert_to_tensor(True)
 
 
 def trainer_values_in_optimizer_order(inner, stateless_apply, optimizer_variables, grads, trainable_variables):

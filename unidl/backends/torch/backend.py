@@ -37,13 +37,17 @@ class Backend(BackendInterface):
     rounds_half_activations_once = True  # (silu and softplus: ATen's half kernels compute in float32)
     ops = torch_ops
     # Keras's torch variables unwrap themselves in torch's functions (``__torch_function__``): F.linear's addmm,
-    # F.layer_norm's and F.scaled_dot_product_attention's kernels, where keras.ops composes them; F.max_pool2d's
+    # F.layer_norm's, F.batch_norm's and F.scaled_dot_product_attention's kernels, where keras.ops composes them;
+    # F.conv2d's padding, where keras.ops pads a copy of the input first (its "same" is not PyTorch's at stride 2);
+    # the guard's fused non-finite check over all gradients (ResNet-18's step: 1.05x plain Keras's before these
+    # three, 0.8x after, benchmarks/RESULTS.md, stop 63); F.max_pool2d's
     # padding, which no window's gradient or value is taken from (Keras pads with -inf, which a window of -inf
     # alone gave its gradient to, and cannot pad integers with it)
     # (gather: keras.ops.take_along_axis is torch.take_along_dim, whose torch.export trace fixes the batch size;
     # take: keras.ops.take squeezes an axis of any size, which torch's ONNX export writes as an invalid Squeeze;
     # fused_interpolate: F.interpolate's kernels, where unidl composes products for finite inputs and taps for others)
-    keras_native_ops = ("fused_attention", "fused_interpolate", "gather", "layer_norm", "linear", "max_pool2d", "take")
+    keras_native_ops = ("all_finite", "batch_norm", "conv2d", "fused_attention", "fused_interpolate", "gather",
+                        "layer_norm", "linear", "max_pool2d", "take")
 
     def __init__(self):
         self.check_ops()
