@@ -54,15 +54,16 @@ def resolve_loss(loss):
 
 def loss_settings(loss) -> dict:
     """What makes ``loss`` compute what it computes, as plain JSON values that are the same in every process and on
-    every backend: ``{'class': 'module.QualName', 'name': 'QualName', 'settings': {...}}``. The settings are the
-    module's public attributes (its constructor's arguments as PyTorch's losses keep them: ``reduction``,
-    ``label_smoothing``, a function it holds, ...), its buffers (a class ``weight``) and its child modules, so that a
-    resume can tell a loss built with other settings from the same loss built again (``fit``'s
+    every backend: ``{'class': 'module.QualName', 'name': 'QualName', 'settings': {...}, 'state': [...]}``. The settings are the module's
+    public attributes (its constructor's arguments as PyTorch's losses keep them: ``reduction``,
+    ``label_smoothing``, a function it holds, ...), its buffers (a class ``weight``) and its child modules, so that
+    a resume can tell a loss built with other settings from the same loss built again (``fit``'s
     ``ResumeMismatchError``); ``state`` names its buffers and children, which a resume compares even where one side
-    lacks them (a buffer registered only when a weight is given). Its parameters are not settings (a ``LinearCrossEntropyLoss``'s ``linear``, which the
-    optimizer may train: the trained loss and one built again are the same loss); the checkpoint holds their values
-    as state, and a resume restores them. ``name`` is what a resume compares: the module a class is defined in is
-    ``__main__`` in a script run directly and the script's name where it is imported."""
+    lacks them (a buffer registered only when a weight is given). Its parameters are not settings (a
+    ``LinearCrossEntropyLoss``'s ``linear``, which the optimizer may train: the trained loss and one built again are
+    the same loss); the checkpoint holds their values as state, and a resume restores them. ``name`` is what a
+    resume compares: the module a class is defined in is ``__main__`` in a script run directly and the script's name
+    where it is imported."""
     parameters = set(getattr(loss, "_parameters", {}))
     settings = {name: _setting(value) for name, value in sorted(vars(loss).items())
                 if not name.startswith("_") and not isinstance(value, Module) and name not in parameters}
