@@ -56,8 +56,8 @@ def loss_settings(loss) -> dict:
     """What makes ``loss`` compute what it computes, as plain JSON values that are the same in every process and on
     every backend: ``{'class': 'module.QualName', 'name': 'QualName', 'settings': {...}, 'state': [...]}``. The
     settings are the module's public attributes (its constructor's arguments as PyTorch's losses keep them:
-    ``reduction``, ``label_smoothing``, a function it holds, ...), its buffers (a class ``weight``) and its child modules, so that
-    a resume can tell a loss built with other settings from the same loss built again (``fit``'s
+    ``reduction``, ``label_smoothing``, a function it holds, ...), its buffers (a class ``weight``) and its child
+    modules, so that a resume can tell a loss built with other settings from the same loss built again (``fit``'s
     ``ResumeMismatchError``); ``state`` names its buffers and children, which a resume compares even where one side
     lacks them (a buffer registered only when a weight is given). Its parameters are not settings (a
     ``LinearCrossEntropyLoss``'s ``linear``, which the optimizer may train: the trained loss and one built again are
