@@ -569,11 +569,8 @@ def test_load_checkpoint_of_a_trained_loss_without_the_loss_is_refused_before_an
         body, loss = ud.nn.Linear(3, 4), ud.nn.LinearCrossEntropyLoss(4, 3)
         return body, loss, ud.optim.SGD(body.parameters() + loss.parameters(), lr=0.5, momentum=0.9)
 
-    body, loss, optimizer = built()
-    x, y = np.ones((4, 3), np.float32), np.array([0, 1, 2, 0])
-    step = ud.train_step(body, loss, optimizer)
-    for _ in range(2):
-        step(x, y)
+    body, loss, optimizer = built()  # (the loss moved by hand: keras refuses to train it, Known differences)
+    loss.load_state_dict({key: ud.to_numpy(value) + 1.0 for key, value in loss.state_dict().items()})
     ud.save_checkpoint(tmp_path, body, optimizer, loss=loss)
     body2, loss2, optimizer2 = built()
     before = {k: ud.to_numpy(v).copy() for k, v in body2.state_dict().items()}
