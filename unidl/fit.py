@@ -822,9 +822,10 @@ def _check_same_loss_settings(saved, mine: dict, path: str) -> None:
     the settings were saved holds only the class's name, which ``_check_resumable`` compares: its settings are
     unknown, and refusing it would strand every run checkpointed by the earlier code, so it resumes as it did then.
     Classes and functions compare by their qualified names without their modules, as the model's class is compared
-    (a loss defined in a script is ``__main__.X`` run directly and ``train.X`` imported: the same loss); only the
-    settings both sides hold are compared (a later unidl that gives a loss class another public attribute must not
-    strand the checkpoints written before it); numbers compare as equal in float32 (``_same_setting``)."""
+    (a loss defined in a script is ``__main__.X`` run directly and ``train.X`` imported: the same loss); a plain
+    attribute only one side holds is not compared (a later unidl that gives a loss class another public attribute
+    must not strand the checkpoints written before it), a buffer or child only one side holds is
+    (``_loss_differences``); floats as ``_same_setting`` compares them."""
     import json
 
     from unidl.errors import CorruptFileError, ResumeMismatchError
