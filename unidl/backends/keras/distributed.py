@@ -45,7 +45,7 @@ def engine():
     ``DistributedError`` naming what works."""
     found = HOST.distributed_engine()
     if found is not None and hasattr(found, "reduce_in_step"):  # (TensorFlow's strategy, or JAX's in-step average)
-        return _OneDevicePerProcess(found)
+        return _HostEngine(found)
     if found is not None and hasattr(found, "wrap_forward"):
         return _ForwardWrappingEngine(found)
     raise DistributedError(
@@ -55,10 +55,11 @@ def engine():
         f"backend for a data-parallel job")
 
 
-class _OneDevicePerProcess:
-    """The host's engine, refusing several devices in one process: Keras's optimizer updates its variables in
-    every replica of a ``MirroredStrategy`` unless Keras made them under the strategy's scope, which unidl's
-    keras models do not (so N replicas would apply N updates)."""
+class _HostEngine:
+    """The host's engine, carrying Keras's step. Several devices of one process (``start_devices``) only where
+    it runs Keras's step in replicas that read one copy of each variable and has the update run once for all of
+    them (``update_once``: TensorFlow's ``MirroredStrategy``, whose replicas each run Keras's forward and backward
+    on their share of the batch); refused on the other hosts, which have no such engine."""
 
     def __init__(self, host_engine):
         self._host_engine = host_engine
@@ -67,14 +68,17 @@ class _OneDevicePerProcess:
         return getattr(self._host_engine, name)
 
     def start_devices(self, devices, timeout):
+        if hasattr(self._host_engine, "update_once"):
+            return self._host_engine.start_devices(devices, timeout)
         raise DistributedError(
-            f"the keras backend trains one device per process (devices={list(devices)} in one process is not "
-            f"available: Keras's optimizer would update once per replica); use unidl's tensorflow backend for "
-            f"several devices in one process, or one process per device (unidl.distributed.launch(fn, "
+            f"the keras backend trains one device per process on Keras-on-{HOST.name} (devices={list(devices)} in "
+            f"one process is not available: its engine runs no replicas of Keras's step in one process); use "
+            f"KERAS_BACKEND=tensorflow or unidl's tensorflow backend (tf.distribute.MirroredStrategy) for several "
+            f"devices in one process, or one process per device (unidl.distributed.launch(fn, "
             f"nprocs={len(devices)}))")
 
 
-class _ForwardWrappingEngine(_OneDevicePerProcess):
+class _ForwardWrappingEngine(_HostEngine):
     """The host's engine where it averages gradients in the backward of a wrapped forward (torch's
     ``DistributedDataParallel``): Keras's own train step runs its forward through the wrapper
     (``forward_through_engine``), so that ``loss.backward()`` in Keras's trainer leaves every rank the averaged
@@ -107,10 +111,50 @@ class _ForwardWrappingEngine(_OneDevicePerProcess):
 
 
 def _running():
+    """The engine of the job this process trains in: its ranks' (``init()`` in a launched job), or its devices'
+    (``init(devices=...)``); None outside one."""
     from unidl.distributed import process_group
 
     group = process_group.current()
-    return group.engine if group is not None and group.engine is not None else None
+    if group is None:
+        return None
+    return group.engine if group.engine is not None else group.device_engine
+
+
+def replicas_in_process() -> bool:
+    """Whether this process runs several replicas of Keras's step that read one copy of each variable
+    (``init(devices=...)``: TensorFlow's ``MirroredStrategy``): their gradients summed over them inside the step
+    (``sum_in_step``), the update then run once (``update_once``), and Keras's logs read after every replica ran
+    (``logs_after_replicas``)."""
+    running = _running()
+    return running is not None and getattr(running, "replicas_in_process", lambda: False)()
+
+
+def update_once(update):
+    """``update()`` (a closure over the job's gradients: the non-finite guard, clipping, a window's micro-step and
+    the optimizer's update) run once per step where several replicas of this process share the variables (the
+    engine's ``update_once``: in its cross-replica context, every replica getting its result), as the tensorflow
+    backend runs its optimizer's; called as it is elsewhere (one replica a process)."""
+    running = _running()
+    once = getattr(running, "update_once", None) if running is not None else None
+    return update() if once is None else once(update)
+
+
+def writes_state_here() -> bool:
+    """Whether this replica writes the state a forward updates (BatchNorm's running statistics): the first of the
+    replicas of this process that share the variables (the engine's ``writes_state_here``, as the tensorflow
+    backend's: each replica writing in turn would chain their updates), and True elsewhere."""
+    running = _running()
+    here = getattr(running, "writes_state_here", None) if running is not None else None
+    return True if here is None else here()
+
+
+def refuse_replicas_in_process(what: str) -> None:
+    """The engine's ``DistributedError`` for ``what`` (a training setting the tensorflow backend refuses with
+    several devices in one process: a mixed precision with ``accumulate`` N > 1), where this process runs several
+    replicas (``replicas_in_process``); nothing elsewhere."""
+    if replicas_in_process():
+        _running().refuse_replicas_in_process(what)
 
 
 def job_key():
@@ -197,7 +241,8 @@ def accumulates_locally() -> bool:
     (``averages_in_step``): Keras's functional trainer keeps the optimizer's window in its state, reduced inside
     the step where it closes (``reduces_window_in_step``)."""
     running = _running()
-    return running is not None and not getattr(running, "averages_in_step", False)
+    return (running is not None and not getattr(running, "averages_in_step", False)
+            and not replicas_in_process())  # (replicas of one process share one window: summed at every micro-step)
 
 
 def averages_in_step() -> bool:
