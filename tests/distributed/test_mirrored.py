@@ -266,15 +266,21 @@ def test_several_devices_in_one_process_elsewhere_is_a_clear_error(backend):
                                                        r"logical devices here \(cpu:0"),
                 "torch": (DistributedError, r"torch backend trains one device per process .*launch\(fn, nprocs=2\)"),
                 "jax": (DistributedError, "the jax backend cannot train on several devices of one process")}
+    on_tensorflow = backend == "tensorflow"
     if backend == "keras":
         from tests.distributed.jobs import _framework
 
-        expected["keras"] = ((DistributedError, "the keras backend trains one device per process") if
-                             _framework() in ("tensorflow", "torch") else
-                             (DistributedError, "Keras-on-TensorFlow .* and Keras-on-torch .* only"))
+        # Keras-on-TensorFlow trains on TensorFlow's logical devices (test_two_devices_of_one_process_train_keras_on_
+        # tensorflow_...); Keras-on-torch and Keras-on-JAX have no engine of replicas in one process
+        on_tensorflow = _framework() == "tensorflow"
+        expected["keras"] = (expected["tensorflow"] if on_tensorflow else
+                             (DistributedError, rf"the keras backend trains one device per process on "
+                                                rf"Keras-on-{_framework()} \(devices=\['cpu:0', 'cpu:1'\] in one "
+                                                rf"process is not available: its engine runs no replicas of Keras's "
+                                                rf"step in one process\); use KERAS_BACKEND=tensorflow"))
     error, message = expected[backend]
     with pytest.raises(error, match=message):
-        ud.distributed.init(devices=["cpu:0", "cpu:7" if backend == "tensorflow" else "cpu:1"])
+        ud.distributed.init(devices=["cpu:0", "cpu:7" if on_tensorflow else "cpu:1"])
     assert not ud.distributed.is_initialized()
 
 
