@@ -27,6 +27,14 @@ one collective per update, as torch's ``no_sync()`` accumulation (Keras-on-torch
 under ``no_sync()``, float16's window, Keras's loss scaler's, too; Keras-on-TensorFlow: a graph without a
 collective for the other micro-steps, ``graph_per_window_place``). Whether a micro-step closes the window is
 decided in Python, from the window's count kept there (``optimizer.LocalWindow.closes_window``).
+
+One process on several devices (``init(devices=...)``) trains on Keras-on-TensorFlow only, through the tensorflow
+engine's ``MirroredStrategy``: Keras's train step runs in each replica on its share of the batch, and its
+gradients are summed over the replicas inside the step (``sum_in_step``, as between ranks); the replicas read one
+copy of each variable (unidl's Keras variables are not made under the strategy's scope), so the guard, clipping,
+a window's micro-step and Keras's update run once, in the strategy's cross-replica context (``update_once``),
+Keras's trackers are read after every replica added its share (``replicas_in_process``), and the first replica
+writes BatchNorm's statistics (``writes_state_here``). The other hosts have no such engine (``start_devices``).
 """
 
 from __future__ import annotations
@@ -231,15 +239,16 @@ def average_in_step(loss, grads, variables):
 
 
 def accumulates_locally() -> bool:
-    """Whether a step with ``accumulate`` N > 1 keeps its window on this rank and reduces it over the ranks once,
-    at the window's last micro-step (``reduce_window``), as DDP's ``no_sync()`` accumulation: in any group (the
-    keras backend trains one device per process). On torch's DDP the micro-steps' backwards run under
-    ``no_sync()`` (``forward_through_engine``): Keras's trainer zeroes ``.grad`` before every backward, so the
+    """Whether a step with ``accumulate`` N > 1 keeps its window on this rank and reduces it over the ranks once, at
+    the window's last micro-step (``reduce_window``), as DDP's ``no_sync()`` accumulation: in any group of one
+    replica a process. Not where replicas of one process share one window (``replicas_in_process``): they sum every
+    micro-step's gradients and add them to it once (``update_once``). On torch's DDP the micro-steps' backwards run
+    under ``no_sync()`` (``forward_through_engine``): Keras's trainer zeroes ``.grad`` before every backward, so the
     window cannot wait in ``.grad`` for the last backward's all-reduce as in torch's own idiom, and is the
-    optimizer's. On TensorFlow's strategy the step has a graph without a collective for the micro-steps that do
-    not close the window, and one with it for those that do (``graph_per_window_place``). Not on JAX's engine
-    (``averages_in_step``): Keras's functional trainer keeps the optimizer's window in its state, reduced inside
-    the step where it closes (``reduces_window_in_step``)."""
+    optimizer's. On TensorFlow's strategy the step has a graph without a collective for the micro-steps that do not
+    close the window, and one with it for those that do (``graph_per_window_place``). Not on JAX's engine
+    (``averages_in_step``): Keras's functional trainer keeps the optimizer's window in its state, reduced inside the
+    step where it closes (``reduces_window_in_step``)."""
     running = _running()
     return (running is not None and not getattr(running, "averages_in_step", False)
             and not replicas_in_process())  # (replicas of one process share one window: summed at every micro-step)

@@ -44,7 +44,9 @@ def eager_train_step(native):
 
 
 def _train_step(native, per_batch: bool):
-    """``step(x, y, *inputs)``: Keras's ``train_step`` on one batch (see ``train_step_graph``)."""
+    """``step(x, y, *inputs)``: Keras's ``train_step`` on one batch (see ``train_step_graph``). With several
+    replicas in this process (``keras_distributed.replicas_in_process``) each runs Keras's step on its share and
+    adds it to the same loss and metric trackers: they are reset before the replicas and read after them."""
     replicas = keras_distributed.replicas_in_process()
 
     def train_step(x, y, *inputs):  # extra step inputs reach the forward as model(x, *inputs)
