@@ -133,7 +133,7 @@ def replicas_in_process() -> bool:
     """Whether this process runs several replicas of Keras's step that read one copy of each variable
     (``init(devices=...)``: TensorFlow's ``MirroredStrategy``): their gradients summed over them inside the step
     (``sum_in_step``), the update then run once (``update_once``), and Keras's logs read after every replica ran
-    (``logs_after_replicas``)."""
+    (``function._train_step``)."""
     running = _running()
     return running is not None and getattr(running, "replicas_in_process", lambda: False)()
 

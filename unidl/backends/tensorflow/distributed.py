@@ -268,10 +268,10 @@ def require_replica_context() -> None:
     if not tf.distribute.has_strategy() or tf.distribute.get_strategy() is not _strategy \
             or tf.distribute.in_cross_replica_context():
         raise DistributedError(
-            f"a training step of this data-parallel job runs outside the replica context of its "
-            f"tf.distribute.{type(_strategy).__name__}, so its gradients would not be averaged over the ranks: "
-            f"train with ud.train_step or ud.fit (on keras compiled: its eager train_on_batch, eager=True, is not "
-            f"data-parallel)")
+            "a training step of this data-parallel job runs outside the replica context of its "
+            f"tf.distribute.{type(_strategy).__name__}, so its gradients would not be averaged over the ranks (or "
+            "devices): train with ud.train_step or ud.fit (on keras compiled: its eager train_on_batch, eager=True, "
+            "is not data-parallel)")
 
 
 def reduce_in_step(values, op="mean"):
