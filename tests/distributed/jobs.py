@@ -353,6 +353,30 @@ def uneven_batches_warning():
     return [str(warning.message) for warning in caught if "splits unevenly" in str(warning.message)]
 
 
+def two_layer_with_options(precision=None, accumulate=1, clip_grad_norm=None, poisoned=False):
+    """The two-layer net (float32, SGD with momentum, whose step grows with the gradient) after 3 updates of global
+    batch 6 (``accumulate`` micro-steps of 6 each), with ``precision``, ``clip_grad_norm``, and where ``poisoned``
+    an infinite target in the second half of the first batch (another device's share than the first half's): the
+    weights, each call's ``last_step_finite`` and loss, and the loss scale after them (float16)."""
+    ud.manual_seed(1)
+    rng = np.random.default_rng(1)
+    samples = 18 * accumulate
+    x, y = (rng.standard_normal((samples, width)).astype(np.float32) for width in (5, 3))
+    if poisoned:
+        y[4] = np.inf
+    model = ud.models.TwoLayerNet(5, 7, 3)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, clip_grad_norm=clip_grad_norm)
+    step = ud.train_step(model, ud.nn.MSELoss(), optimizer, precision=precision, accumulate=accumulate,
+                         check_finite=False)
+    flags, losses = [], []
+    for start in range(0, samples, 6):
+        losses.append(float(ud.to_numpy(step(x[start:start + 6], y[start:start + 6]))))
+        flags.append(optimizer.last_step_finite)
+    scale = (ud.training.scaler_state(optimizer) or {}).get("scale")
+    return {"weights": {k: ud.to_numpy(v).tolist() for k, v in model.state_dict().items()}, "finite": flags,
+            "losses": losses, "scale": scale}
+
+
 def too_small_last_batch():
     """``fit`` over 9 samples in batches of 4: the last batch of 1 cannot be shared by 2 ranks."""
     x, y = cnn_data()

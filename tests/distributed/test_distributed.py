@@ -961,7 +961,7 @@ def test_a_job_torchrun_started_is_refused_by_the_jax_engine_naming_unidls_launc
     listen: rank 0 failed to start its server ('Failed to start RPC server', or SIGSEGV) with no word of unidl's.
     A process torchrun started (its ``TORCHELASTIC_RUN_ID``) is refused before anything starts, on the jax backend
     and on Keras-on-JAX (whose engine is the jax one), saying to launch with ``unidl train --nproc N``."""
-    from unidl.backends.keras.distributed import _OneDevicePerProcess
+    from unidl.backends.keras.distributed import _HostEngine
     from unidl.distributed.environment import free_port
 
     port = free_port()
@@ -974,7 +974,7 @@ def test_a_job_torchrun_started_is_refused_by_the_jax_engine_naming_unidls_launc
     with pytest.raises(DistributedError, match=expected):
         ud.distributed.init(backend="jax")
     assert not ud.distributed.is_initialized()
-    keras_on_jax = _OneDevicePerProcess(ud.backends.load("jax").distributed_engine())  # (Keras-on-JAX's engine)
+    keras_on_jax = _HostEngine(ud.backends.load("jax").distributed_engine())  # (Keras-on-JAX's engine)
     with pytest.raises(DistributedError, match=expected):
         keras_on_jax.start(0, 2, "127.0.0.1", port, 1.0)
 

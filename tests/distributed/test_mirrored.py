@@ -82,6 +82,70 @@ print(json.dumps({"place": place, "outputs": [ud.to_numpy(outputs).tolist(), bef
                   "one_loss": one["cnn"][1]["loss"], "two_loss": two["cnn"][1]["loss"]}))
 """
 
+# the keras backend on Keras-on-TensorFlow: Keras's own train step in each replica, the update once (the same checks
+# as TWO_DEVICES' where they apply, and the optimizer's options that the tensorflow backend's step runs there too)
+KERAS_TWO_DEVICES = """
+import json, tempfile
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import unidl as ud
+from tests.distributed import jobs
+ud.set_backend("keras")
+directory = tempfile.mkdtemp()
+OPTIONS = {"plain": {}, "clipped": {"clip_grad_norm": 0.05}, "accumulated": {"accumulate": 2},
+           "poisoned": {"poisoned": True}, "bf16": {"precision": "bf16-mixed"}, "float16": {"precision": "16-mixed"},
+           "float16_poisoned": {"precision": "16-mixed", "poisoned": True}}
+def trained():
+    return {"two_layer64": jobs.train_two_layer("float64"), "cnn": jobs.train_cnn(directory + "/" + str(len(runs))),
+            **{name: jobs.two_layer_with_options(**options) for name, options in OPTIONS.items()}}
+runs = []
+runs.append(trained())
+early = ud.nn.Linear(5, 3)
+early_step = ud.train_step(early, ud.nn.MSELoss(), ud.optim.SGD(early.parameters(), lr=0.1))
+ud.distributed.init(devices=["cpu:0", "cpu:1"])
+def refusal(make):
+    try:
+        make()(np.ones((2, 5), np.float32), np.ones((2, 3), np.float32))
+    except ud.errors.DistributedError as error:
+        return str(error)
+def built(**options):
+    layer = ud.nn.Linear(5, 3)
+    return lambda: ud.train_step(layer, ud.nn.MSELoss(), ud.optim.SGD(layer.parameters(), lr=0.1), **options)
+refused = {"built_before": refusal(lambda: early_step), "eager": refusal(built(eager=True)),
+           "bf16_accumulated": refusal(built(precision="bf16-mixed", accumulate=2)),
+           "float16_accumulated": refusal(built(precision="16-mixed", accumulate=2))}
+place = [ud.distributed.rank(), ud.distributed.world_size(), ud.distributed.num_replicas()]
+with jobs.keras_step_graphs() as made:
+    runs.append(trained())
+names = [op.name for graph in made for f in getattr(graph, "concrete_functions", []) for op in f.graph.get_operations()]
+rng = np.random.default_rng(2)
+x, y = rng.standard_normal((6, 5)).astype(np.float32), rng.standard_normal((6, 3)).astype(np.float32)
+model = ud.models.TwoLayerNet(5, 7, 3)
+before = ud.to_numpy(model(x))
+step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1))
+loss = [float(ud.to_numpy(step(x, y))), float(np.mean((before - y) ** 2))]
+too_small = jobs.too_small_last_batch()
+# batch norm: one step's running statistics, its starting weights and its batch (compared with torch's from the
+# first replica's share, as in TWO_DEVICES)
+normed = ud.nn.Sequential(ud.nn.Linear(5, 4), ud.nn.BatchNorm1d(4), ud.nn.Linear(4, 3))
+initial = {k: np.asarray(ud.to_numpy(v)) for k, v in normed.state_dict().items()}
+ud.train_step(normed, ud.nn.MSELoss(), ud.optim.SGD(normed.parameters(), lr=0.0))(x * 2 + 1, y)
+batch_norm = {"initial": {k: v.tolist() for k, v in initial.items()}, "batch": (x * 2 + 1).tolist(),
+              **{name: np.asarray(ud.to_numpy(normed.state_dict()["1." + name])).tolist()
+                 for name in ("running_mean", "running_var", "num_batches_tracked")}}
+ud.distributed.shutdown()
+refused["after_shutdown"] = refusal(lambda: step)
+def listed(weights):
+    return {k: np.asarray(v).tolist() for k, v in weights.items()}
+one, two = ({"two_layer64": listed(run["two_layer64"]), "cnn": listed(run["cnn"][0]), "cnn_logs": run["cnn"][1],
+             **{name: run[name] for name in OPTIONS}} for run in runs)
+print(json.dumps({"place": place, "loss": loss, "too_small": too_small, "batch_norm": batch_norm,
+                  "refused": refused, "replica_1_ops": sum(n.startswith("replica_1/") for n in names),
+                  "one": one, "two": two}))
+"""
+
 
 def _agree(weights, expected, bound):
     assert weights.keys() == expected.keys()
@@ -92,7 +156,6 @@ def _agree(weights, expected, bound):
 @pytest.mark.skipif("tensorflow" not in ud.available_backends(), reason="the tensorflow backend is not installed")
 def test_two_devices_of_one_process_train_the_weights_of_one_device_with_the_same_global_batch():
     import numpy as np
-    import torch
 
     found = last_json_line(run_python(TWO_DEVICES, env={"UNIDL_NUM_THREADS": "1"}).stdout)
     assert found["place"] == [0, 1, 2]  # one process, two replicas
@@ -114,11 +177,9 @@ def test_two_devices_of_one_process_train_the_weights_of_one_device_with_the_sam
     # batch norm's running statistics: the first replica's share's, counted once (each replica wrote them in turn,
     # chaining two updates and counting the batch twice), as torch DDP keeps rank 0's buffers
     norm = found["batch_norm"]
-    reference = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 3))
-    reference.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in norm["initial"].items()})
-    reference(torch.tensor(np.asarray(norm["batch"], np.float32)[:3]))
-    mean = np.abs(np.asarray(norm["running_mean"]) - reference[1].running_mean.numpy()).max()
-    var = np.abs(np.asarray(norm["running_var"]) - reference[1].running_var.numpy()).max()
+    reference_mean, reference_var = _batch_norm_of_the_first_share(norm)
+    mean = np.abs(np.asarray(norm["running_mean"]) - reference_mean).max()
+    var = np.abs(np.asarray(norm["running_var"]) - reference_var).max()
     assert norm["num_batches_tracked"] == 1 and mean < 1e-6 and var < 1e-6, (norm, mean, var)
     # a mode read in the replica threads keys the step as in one thread: built again after eval(), no dropout
     assert found["modes"]["traces"] == [1, 2]
@@ -130,20 +191,96 @@ def test_two_devices_of_one_process_train_the_weights_of_one_device_with_the_sam
     assert "that this process has left" in refused["after_shutdown"], refused
 
 
+def _batch_norm_of_the_first_share(norm):
+    """The running mean and variance that torch's BatchNorm keeps after the first replica's share (the first 3
+    rows) of ``norm``'s batch, from its starting weights: torch's DistributedDataParallel keeps rank 0's buffers."""
+    import numpy as np
+    import torch
+
+    reference = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 3))
+    reference.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in norm["initial"].items()})
+    reference(torch.tensor(np.asarray(norm["batch"], np.float32)[:3]))
+    return reference[1].running_mean.numpy(), reference[1].running_var.numpy()
+
+
+@pytest.mark.keras_framework("tensorflow")
+@pytest.mark.skipif("keras" not in ud.available_backends(), reason="the keras backend is not installed")
+def test_two_devices_of_one_process_train_keras_on_tensorflow_as_one_device_with_the_same_global_batch():
+    """Keras-on-TensorFlow over ``MirroredStrategy``: Keras's forward and backward in each replica on its share of
+    the batch, the gradients summed over the replicas (Keras scales each replica's loss by 1 / replicas: their
+    mean), then ONE update per step (not one per replica) with the non-finite guard, clipping, accumulation and
+    the loss scaler deciding on the job's gradients, as the tensorflow backend's step under the same strategy."""
+    import numpy as np
+
+    found = last_json_line(run_python(KERAS_TWO_DEVICES, env={"UNIDL_NUM_THREADS": "1",
+                                                              "KERAS_BACKEND": "tensorflow"}).stdout)
+    assert found["place"] == [0, 1, 2]  # one process, two replicas
+    assert found["replica_1_ops"] > 0  # Keras's step graph runs a second replica (not one device silently)
+    one, two = found["one"], found["two"]
+
+    def arrays(weights):
+        return {name: np.asarray(value) for name, value in weights.items()}
+
+    _agree(arrays(two["two_layer64"]), arrays(one["two_layer64"]), 1e-12)  # Adam, global batch 4 split 2 + 2
+    _agree(arrays(two["cnn"]), arrays(one["cnn"]), 1e-6)  # float32, fit with SGD + momentum, batches 8, 8, 4
+    for key in ("loss", "accuracy", "f1", "precision_micro", "auc"):  # the logs: the whole batches' (each replica
+        # adds its share to the same trackers, read after both: not one replica's, nor a mean of the two)
+        np.testing.assert_allclose(two["cnn_logs"][key], one["cnn_logs"][key], rtol=1e-6, err_msg=key)
+    # the options, float32: the weights, each step's flag and loss of one device with the whole batch. Poisoned:
+    # the second replica's share is not finite, and the step is skipped as one device skips it
+    for name in ("plain", "clipped", "accumulated", "poisoned"):
+        _agree(arrays(two[name]["weights"]), arrays(one[name]["weights"]), 1e-6)
+        assert two[name]["finite"] == one[name]["finite"], name
+        np.testing.assert_allclose(two[name]["losses"], one[name]["losses"], rtol=1e-6, err_msg=name)
+    assert one["poisoned"]["finite"][0] is False and one["accumulated"]["finite"] == [True] * 6
+    # mixed precision: the forward's rounding differs with the share (a weight's gradient sums 3 rows, not 6, in
+    # the compute dtype): within one unit in the last place of bfloat16 (2 ** -7) and float16 (2 ** -10); the
+    # loss scaler's decisions and its scale those of one device (the poisoned step skipped, the scale halved)
+    for name, bound in (("bf16", 2 ** -7), ("float16", 2 ** -10), ("float16_poisoned", 2 ** -10)):
+        _agree(arrays(two[name]["weights"]), arrays(one[name]["weights"]), bound)
+        assert (two[name]["finite"], two[name]["scale"]) == (one[name]["finite"], one[name]["scale"]), name
+    assert one["float16_poisoned"]["finite"][0] is False
+    assert one["float16_poisoned"]["scale"] == one["float16"]["scale"] / 2
+    # a step's loss is the whole batch's mean (each replica returns its share's)
+    assert found["loss"][0] == pytest.approx(found["loss"][1], rel=1e-5)
+    assert "fewer samples than replicas" in found["too_small"] and "drop_last=True" in found["too_small"]
+    # batch norm's running statistics: the first replica's share's, counted once
+    norm = found["batch_norm"]
+    mean, var = _batch_norm_of_the_first_share(norm)
+    assert norm["num_batches_tracked"] == 1, norm
+    np.testing.assert_allclose(norm["running_mean"], mean, atol=1e-6)
+    np.testing.assert_allclose(norm["running_var"], var, atol=1e-6)
+    refused = found["refused"]
+    # the tensorflow backend's refusals with several devices in one process: a mixed precision's window
+    for name in ("bf16_accumulated", "float16_accumulated"):
+        assert "with accumulate=2 is not available with several devices in one process" in refused[name], refused
+    # Keras's eager train_on_batch runs outside the strategy's replicas: refused, as in a job of several processes
+    assert "outside the replica context of its tf.distribute.MirroredStrategy" in refused["eager"], refused
+    assert "built before this process joined its data-parallel job (rank 0 of 1 on keras, devices ['cpu:0', " \
+           "'cpu:1'])" in refused["built_before"], refused
+    assert "that this process has left" in refused["after_shutdown"], refused
+
+
 def test_several_devices_in_one_process_elsewhere_is_a_clear_error(backend):
     expected = {"tensorflow": (DeviceUnavailableError, r"devices \['cpu:7'\] are not among TensorFlow's "
                                                        r"logical devices here \(cpu:0"),
                 "torch": (DistributedError, r"torch backend trains one device per process .*launch\(fn, nprocs=2\)"),
                 "jax": (DistributedError, "the jax backend cannot train on several devices of one process")}
+    on_tensorflow = backend == "tensorflow"
     if backend == "keras":
         from tests.distributed.jobs import _framework
 
-        expected["keras"] = ((DistributedError, "the keras backend trains one device per process") if
-                             _framework() in ("tensorflow", "torch") else
-                             (DistributedError, "Keras-on-TensorFlow .* and Keras-on-torch .* only"))
+        # Keras-on-TensorFlow trains on TensorFlow's logical devices (test_two_devices_of_one_process_train_keras_on_
+        # tensorflow_...); Keras-on-torch and Keras-on-JAX have no engine of replicas in one process
+        on_tensorflow = _framework() == "tensorflow"
+        expected["keras"] = (expected["tensorflow"] if on_tensorflow else
+                             (DistributedError, rf"the keras backend trains one device per process on "
+                                                rf"Keras-on-{_framework()} \(devices=\['cpu:0', 'cpu:1'\] in one "
+                                                rf"process is not available: its engine runs no replicas of Keras's "
+                                                rf"step in one process\); use KERAS_BACKEND=tensorflow"))
     error, message = expected[backend]
     with pytest.raises(error, match=message):
-        ud.distributed.init(devices=["cpu:0", "cpu:7" if backend == "tensorflow" else "cpu:1"])
+        ud.distributed.init(devices=["cpu:0", "cpu:7" if on_tensorflow else "cpu:1"])
     assert not ud.distributed.is_initialized()
 
 

@@ -259,7 +259,8 @@ class Backend(BackendInterface):
         return HOST.donated_tensor(array)
 
     def write_state(self, variable, value):
-        if value is not variable:
+        # (replicas of one process that share the variables: the first writes, keras_distributed.writes_state_here)
+        if value is not variable and keras_distributed.writes_state_here():
             with HOST.unless_a_check_failed([variable]):  # (XLA on TensorFlow: written back where a check fails)
                 variable.assign(value)
             if not HOST.keras_state_in_place:

@@ -27,6 +27,14 @@ one collective per update, as torch's ``no_sync()`` accumulation (Keras-on-torch
 under ``no_sync()``, float16's window, Keras's loss scaler's, too; Keras-on-TensorFlow: a graph without a
 collective for the other micro-steps, ``graph_per_window_place``). Whether a micro-step closes the window is
 decided in Python, from the window's count kept there (``optimizer.LocalWindow.closes_window``).
+
+One process on several devices (``init(devices=...)``) trains on Keras-on-TensorFlow only, through the tensorflow
+engine's ``MirroredStrategy``: Keras's train step runs in each replica on its share of the batch, and its
+gradients are summed over the replicas inside the step (``sum_in_step``, as between ranks); the replicas read one
+copy of each variable (unidl's Keras variables are not made under the strategy's scope), so the guard, clipping,
+a window's micro-step and Keras's update run once, in the strategy's cross-replica context (``update_once``),
+Keras's trackers are read after every replica added its share (``replicas_in_process``), and the first replica
+writes BatchNorm's statistics (``writes_state_here``). The other hosts have no such engine (``start_devices``).
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ def engine():
     ``DistributedError`` naming what works."""
     found = HOST.distributed_engine()
     if found is not None and hasattr(found, "reduce_in_step"):  # (TensorFlow's strategy, or JAX's in-step average)
-        return _OneDevicePerProcess(found)
+        return _HostEngine(found)
     if found is not None and hasattr(found, "wrap_forward"):
         return _ForwardWrappingEngine(found)
     raise DistributedError(
@@ -55,10 +63,11 @@ def engine():
         f"backend for a data-parallel job")
 
 
-class _OneDevicePerProcess:
-    """The host's engine, refusing several devices in one process: Keras's optimizer updates its variables in
-    every replica of a ``MirroredStrategy`` unless Keras made them under the strategy's scope, which unidl's
-    keras models do not (so N replicas would apply N updates)."""
+class _HostEngine:
+    """The host's engine, carrying Keras's step. Several devices of one process (``start_devices``) only where
+    it runs Keras's step in replicas that read one copy of each variable and has the update run once for all of
+    them (``update_once``: TensorFlow's ``MirroredStrategy``, whose replicas each run Keras's forward and backward
+    on their share of the batch); refused on the other hosts, which have no such engine."""
 
     def __init__(self, host_engine):
         self._host_engine = host_engine
@@ -67,14 +76,17 @@ class _OneDevicePerProcess:
         return getattr(self._host_engine, name)
 
     def start_devices(self, devices, timeout):
+        if hasattr(self._host_engine, "update_once"):
+            return self._host_engine.start_devices(devices, timeout)
         raise DistributedError(
-            f"the keras backend trains one device per process (devices={list(devices)} in one process is not "
-            f"available: Keras's optimizer would update once per replica); use unidl's tensorflow backend for "
-            f"several devices in one process, or one process per device (unidl.distributed.launch(fn, "
+            f"the keras backend trains one device per process on Keras-on-{HOST.name} (devices={list(devices)} in "
+            f"one process is not available: its engine runs no replicas of Keras's step in one process); use "
+            f"KERAS_BACKEND=tensorflow or unidl's tensorflow backend (tf.distribute.MirroredStrategy) for several "
+            f"devices in one process, or one process per device (unidl.distributed.launch(fn, "
             f"nprocs={len(devices)}))")
 
 
-class _ForwardWrappingEngine(_OneDevicePerProcess):
+class _ForwardWrappingEngine(_HostEngine):
     """The host's engine where it averages gradients in the backward of a wrapped forward (torch's
     ``DistributedDataParallel``): Keras's own train step runs its forward through the wrapper
     (``forward_through_engine``), so that ``loss.backward()`` in Keras's trainer leaves every rank the averaged
@@ -107,10 +119,50 @@ class _ForwardWrappingEngine(_OneDevicePerProcess):
 
 
 def _running():
+    """The engine of the job this process trains in: its ranks' (``init()`` in a launched job), or its devices'
+    (``init(devices=...)``); None outside one."""
     from unidl.distributed import process_group
 
     group = process_group.current()
-    return group.engine if group is not None and group.engine is not None else None
+    if group is None:
+        return None
+    return group.engine if group.engine is not None else group.device_engine
+
+
+def replicas_in_process() -> bool:
+    """Whether this process runs several replicas of Keras's step that read one copy of each variable
+    (``init(devices=...)``: TensorFlow's ``MirroredStrategy``): their gradients summed over them inside the step
+    (``sum_in_step``), the update then run once (``update_once``), and Keras's logs read after every replica ran
+    (``function._train_step``)."""
+    running = _running()
+    return running is not None and getattr(running, "replicas_in_process", lambda: False)()
+
+
+def update_once(update):
+    """``update()`` (a closure over the job's gradients: the non-finite guard, clipping, a window's micro-step and
+    the optimizer's update) run once per step where several replicas of this process share the variables (the
+    engine's ``update_once``: in its cross-replica context, every replica getting its result), as the tensorflow
+    backend runs its optimizer's; called as it is elsewhere (one replica a process)."""
+    running = _running()
+    once = getattr(running, "update_once", None) if running is not None else None
+    return update() if once is None else once(update)
+
+
+def writes_state_here() -> bool:
+    """Whether this replica writes the state a forward updates (BatchNorm's running statistics): the first of the
+    replicas of this process that share the variables (the engine's ``writes_state_here``, as the tensorflow
+    backend's: each replica writing in turn would chain their updates), and True elsewhere."""
+    running = _running()
+    here = getattr(running, "writes_state_here", None) if running is not None else None
+    return True if here is None else here()
+
+
+def refuse_replicas_in_process(what: str) -> None:
+    """The engine's ``DistributedError`` for ``what`` (a training setting the tensorflow backend refuses with
+    several devices in one process: a mixed precision with ``accumulate`` N > 1), where this process runs several
+    replicas (``replicas_in_process``); nothing elsewhere."""
+    if replicas_in_process():
+        _running().refuse_replicas_in_process(what)
 
 
 def job_key():
@@ -187,17 +239,19 @@ def average_in_step(loss, grads, variables):
 
 
 def accumulates_locally() -> bool:
-    """Whether a step with ``accumulate`` N > 1 keeps its window on this rank and reduces it over the ranks once,
-    at the window's last micro-step (``reduce_window``), as DDP's ``no_sync()`` accumulation: in any group (the
-    keras backend trains one device per process). On torch's DDP the micro-steps' backwards run under
-    ``no_sync()`` (``forward_through_engine``): Keras's trainer zeroes ``.grad`` before every backward, so the
+    """Whether a step with ``accumulate`` N > 1 keeps its window on this rank and reduces it over the ranks once, at
+    the window's last micro-step (``reduce_window``), as DDP's ``no_sync()`` accumulation: in any group of one
+    replica a process. Not where replicas of one process share one window (``replicas_in_process``): they sum every
+    micro-step's gradients and add them to it once (``update_once``). On torch's DDP the micro-steps' backwards run
+    under ``no_sync()`` (``forward_through_engine``): Keras's trainer zeroes ``.grad`` before every backward, so the
     window cannot wait in ``.grad`` for the last backward's all-reduce as in torch's own idiom, and is the
-    optimizer's. On TensorFlow's strategy the step has a graph without a collective for the micro-steps that do
-    not close the window, and one with it for those that do (``graph_per_window_place``). Not on JAX's engine
-    (``averages_in_step``): Keras's functional trainer keeps the optimizer's window in its state, reduced inside
-    the step where it closes (``reduces_window_in_step``)."""
+    optimizer's. On TensorFlow's strategy the step has a graph without a collective for the micro-steps that do not
+    close the window, and one with it for those that do (``graph_per_window_place``). Not on JAX's engine
+    (``averages_in_step``): Keras's functional trainer keeps the optimizer's window in its state, reduced inside the
+    step where it closes (``reduces_window_in_step``)."""
     running = _running()
-    return running is not None and not getattr(running, "averages_in_step", False)
+    return (running is not None and not getattr(running, "averages_in_step", False)
+            and not replicas_in_process())  # (replicas of one process share one window: summed at every micro-step)
 
 
 def averages_in_step() -> bool:

@@ -44,12 +44,31 @@ def eager_train_step(native):
 
 
 def _train_step(native, per_batch: bool):
-    """``step(x, y, *inputs)``: Keras's ``train_step`` on one batch (see ``train_step_graph``)."""
+    """``step(x, y, *inputs)``: Keras's ``train_step`` on one batch (see ``train_step_graph``). With several
+    replicas in this process (``keras_distributed.replicas_in_process``) each runs Keras's step on its share and
+    adds it to the same loss and metric trackers: they are reset before the replicas and read after them."""
+    replicas = keras_distributed.replicas_in_process()
+
     def train_step(x, y, *inputs):  # extra step inputs reach the forward as model(x, *inputs)
-        if per_batch:
+        if per_batch and not replicas:
             native.reset_metrics()
         logs = native.train_step(((x, *inputs) if inputs else x, y, None))
+        if replicas:  # (each replica's logs miss the trackers' updates of the replicas after it)
+            return None
         return logs["loss"] if per_batch else logs
 
     # in a data-parallel job: run in the engine's replica context, rank 0's weights on every rank
-    return keras_distributed.data_parallel(train_step, native.weights)
+    step = keras_distributed.data_parallel(train_step, native.weights)
+    if not replicas:
+        return step
+
+    def replicated_step(x, y, *inputs):
+        # several replicas of this process add their shares to the same trackers: reset before any of them runs,
+        # and the logs read after all of them ran (the graph orders the trackers' reads and writes as made)
+        if per_batch:
+            native.reset_metrics()
+        step(x, y, *inputs)
+        logs = native.get_metrics_result()
+        return logs["loss"] if per_batch else logs
+
+    return replicated_step

@@ -273,6 +273,15 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
         elif not local and not (accumulate > 1 and keras_distributed.reduces_window_in_step()):
             # in a data-parallel job the job's gradients and loss (keras/distributed.py), before the guard
             loss, grads, present = keras_distributed.average_in_step(loss, grads, variables)
+        # the rest once per step where replicas of this process share the variables (Keras's trainer runs this in
+        # each): every replica holds the job's gradients and loss here
+        keras_distributed.update_once(
+            lambda: self._guarded_update(loss, grads, variables, present, accumulate, local))
+
+    def _guarded_update(self, loss, grads, variables, present, accumulate, local):
+        """``guarded_apply``'s update from the job's ``loss`` and ``grads`` of ``variables`` (``present``: None, or
+        per variable None or whether any rank had a gradient), or with ``local`` from this rank's own for its
+        window: the non-finite guard, a window's micro-step, clipping and Keras's update."""
         finite = self._unidl_ops.all_finite([loss, *grads])  # (the host's fused check where it has one)
         self.finite.assign(finite)
         if accumulate > 1 and not local:  # the count moves on the device (in a graph, or a functional trainer's)

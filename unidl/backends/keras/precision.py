@@ -164,6 +164,8 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
             # check reads the optimizer's gradients only, as torch's GradScaler unscales only those)
             grads, trainable_variables, _ = own_gradients(self.inner_optimizer, grads, list(trainable_variables))
         accumulate = getattr(self, "_window_size", 1)
+        if accumulate == 1 and keras_distributed.replicas_in_process():
+            return self._apply_once(grads, trainable_variables)
         if accumulate == 1:
             return super().apply(grads, trainable_variables)
         variables = list(trainable_variables) if trainable_variables is not None else list(self._trainable_variables)
@@ -214,6 +216,19 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
             return keras.ops.convert_to_tensor(True)
 
         keras.ops.cond(closes, update, wait)
+
+    def _apply_once(self, grads, trainable_variables):
+        """``apply`` where several replicas of this process share the variables (``init(devices=...)``): the
+        job's gradients and loss in one all-reduce in each replica (``job_gradients``), then Keras's overflow check,
+        scale move and the guarded update once for all of them (``keras_distributed.update_once``, as the
+        tensorflow backend's loss scaler under its ``MirroredStrategy``): the collective cannot run inside the
+        check's conditional there (``merge_call`` inside a ``tf.cond``)."""
+        inner = self.inner_optimizer
+        variables = list(trainable_variables) if trainable_variables is not None else list(self._trainable_variables)
+        loss, grads, present = inner.job_gradients(inner._step_loss, grads, variables)
+        with inner.applying_the_jobs(loss, present):
+            # (Keras's rule without its TensorFlow entry, which refuses the cross-replica context it runs in here)
+            return keras_distributed.update_once(lambda: self._common_apply(grads, trainable_variables))
 
     @property
     def window_size(self) -> int:
@@ -289,6 +304,9 @@ def keras_optimizer(optimizer, precision, accumulate=1):
     every step of it with this ``accumulate`` and precision adds to the same variables)."""
     from unidl.training import accumulation_window, loss_scale_storage, variable_window
 
+    if precision is not None and accumulate > 1:  # (the tensorflow backend's refusal, with its reason: a window
+        # that every replica of one process would add to)
+        keras_distributed.refuse_replicas_in_process(f"precision={precision.name!r} with accumulate={accumulate}")
     if precision is None or not precision.scales_loss:
         if accumulate > 1:
             accumulation_window(optimizer, accumulate, precision, lambda: optimizer.native.window(accumulate))

@@ -152,6 +152,11 @@ class Engine:
     data_parallel = staticmethod(lambda step, variables=(): data_parallel(step, variables))
     reduce_in_step = staticmethod(lambda values, op="mean": reduce_in_step(values, op))
     require_replica_context = staticmethod(lambda: require_replica_context())
+    # (for the keras backend's step on this engine, whose replicas of one process share one copy of each variable)
+    replicas_in_process = staticmethod(lambda: _replicas_in_process())
+    update_once = staticmethod(lambda update: update_once(update))
+    writes_state_here = staticmethod(lambda: writes_state_here())
+    refuse_replicas_in_process = staticmethod(lambda what: refuse_replicas_in_process(what))
 
     def stop(self):
         global _strategy
@@ -264,9 +269,9 @@ def require_replica_context() -> None:
             or tf.distribute.in_cross_replica_context():
         raise DistributedError(
             "a training step of this data-parallel job runs outside the replica context of its "
-            "tf.distribute.MultiWorkerMirroredStrategy, so its gradients would not be averaged over the ranks: "
-            "train with ud.train_step or ud.fit (on keras compiled: its eager train_on_batch, eager=True, is not "
-            "data-parallel)")
+            f"tf.distribute.{type(_strategy).__name__}, so its gradients would not be averaged over the ranks (or "
+            "devices): train with ud.train_step or ud.fit (on keras compiled: its eager train_on_batch, eager=True, "
+            "is not data-parallel)")
 
 
 def reduce_in_step(values, op="mean"):
