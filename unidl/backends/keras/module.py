@@ -164,18 +164,24 @@ class NativeModel(keras.Model):
             if checks:  # an earlier step of the call failed a check? (those that have run, without waiting)
                 _raise_failed_checks(checks, waited=len(checks) - _CHECKS_PENDING + 1)
             kept[:] = [(None, state)]
-            token = None if traced is None else _PREDICT_STEP_TRACED.set(traced)
             noted = []  # (the step's forward's writes before an error: ``_writes_before_the_error_noted``)
-            noting = _WRITES_BEFORE_THE_ERROR.set(noted)
-            # the step's outputs stored from C (``map``, slice assignment): no point between its return and the
-            # store where Python raises a Ctrl-C's KeyboardInterrupt, which would drop them
+            # the step's settings (its traced predict step, its note of the writes) in a copy of this thread's
+            # context that the step runs in and that ends with it: nothing to reset after it, where a Ctrl-C's
+            # KeyboardInterrupt, raised at the first call after the step returns, skipped the resets that
+            # followed, and the step's settings outlived it (a later predict step, of another model too, ran the
+            # interrupted one's traced step)
+            context = contextvars.copy_context()
+            context.run(_WRITES_BEFORE_THE_ERROR.set, noted)
+            context.run(_PREDICT_STEP_TRACED.set, traced)  # (None: Keras's own predict step, not a caller's)
+            # the step's outputs stored from C (``map``, ``Context.run``, slice assignment): no point between its
+            # return and the store where Python raises a Ctrl-C's KeyboardInterrupt, which would drop them
             try:
-                kept[:] = map(step_function, [state], [data])
+                kept[:] = map(context.run, [step_function], [state], [data])
             except StateOutsideTheModel as found:  # (raised while traced, before it ran: nothing donated yet)
                 state = _with_values_of(state, found.variables)  # traced again, over the longer state
                 kept[:] = [(None, state)]
                 try:
-                    kept[:] = map(step_function, [state], [data])
+                    kept[:] = map(context.run, [step_function], [state], [data])
                 except StateOutsideTheModel as again:  # (the jax backend's StatefulJit says the same)
                     raise GraphConstructError(
                         f"the train step of {type(self).__name__} writes new variables each time it is traced "
@@ -185,10 +191,7 @@ class NativeModel(keras.Model):
                 _write_state_back_with_the_writes_before(self, state, error, noted)
                 raise
             finally:
-                _WRITES_BEFORE_THE_ERROR.reset(noting)
                 noted.clear()  # (the arrays it holds go with the step, not with an error the caller keeps)
-                if token is not None:
-                    _PREDICT_STEP_TRACED.reset(token)
             if raise_failed is None:
                 return kept[0]
             (outputs, failed), state = kept[0]
@@ -727,8 +730,9 @@ def _some_variable_emptied(native, groups: int) -> bool:
 
 
 #: the notes of ``_writes_before_the_error_noted`` for the step running (``_make_function``'s ``iterator_step``),
-#: ``(error, model, values)``: kept with the step, not on the error, which a forward may raise again (one instance
-#: kept and raised at each failure) and a caller may keep (with the model's arrays)
+#: ``(error, model, values)``: kept with the step (set in the context the step runs in, which ends with it), not on
+#: the error, which a forward may raise again (one instance kept and raised at each failure) and a caller may keep
+#: (with the model's arrays)
 _WRITES_BEFORE_THE_ERROR: contextvars.ContextVar[list | None] = contextvars.ContextVar("unidl_writes_before_the_error",
                                                                                        default=None)
 
