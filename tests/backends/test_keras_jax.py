@@ -727,7 +727,29 @@ def ctrl_c_in_steps():
             outcomes.append(dict(interrupted=interrupted, deleted=dead, finite=finite, kept=kept))
         threads = (ctrl_c_in_a_prediction_beside_another_threads(model, loss) if not dead else
                    "not run: a run above left deleted arrays")
-    return dict(runs=outcomes, threads=threads, **errors_in_fit())
+    return dict(runs=outcomes, threads=threads, after=settings_after_ctrl_c(), **errors_in_fit())
+
+
+def settings_after_ctrl_c():
+    # after the Ctrl-Cs in steps above (the KeyboardInterrupt raised at the first call after the step returned): no
+    # setting of an interrupted step is left in the thread's context, and another model (of more variables than
+    # Stalled's), whose steps run eagerly (without a checked predict step of their own), predicts and evaluates with
+    # its own step (it ran Stalled's traced predict step: a ValueError)
+    from unidl.backends.keras import module
+    left = [name for name, setting in (("predict step", module._PREDICT_STEP_TRACED),
+                                       ("writes", module._WRITES_BEFORE_THE_ERROR)) if setting.get() is not None]
+    with ud.use_backend("keras"):
+        ud.manual_seed(0)
+        other = ud.nn.Sequential(ud.nn.Linear(6, 4), ud.nn.ReLU(), ud.nn.Linear(4, 3))
+        try:
+            ud.train_step(other, ud.nn.MSELoss(), ud.optim.SGD(other.parameters(), lr=0.1), eager=True)(x, y)
+            predicted = np.asarray(ud.to_numpy(ud.predict(other, x)))
+            forward = np.asarray(ud.to_numpy(other(ud.tensor(x))))
+            own = bool(np.allclose(predicted, forward, rtol=1e-5, atol=1e-6))
+            own = own and bool(np.isfinite(ud.evaluate(other, (x, y), loss=ud.nn.MSELoss())["loss"]))
+        except Exception as error:
+            own = f"{type(error).__name__}: {str(error)[:120]}"
+    return dict(left=left, own=own)
 
 
 def ctrl_c_in_a_prediction_beside_another_threads(model, loss):
@@ -1299,6 +1321,16 @@ def test_ctrl_c_in_a_prediction_on_jax_beside_another_threads_call_keeps_its_own
     so its own call found nothing to write back, and the model held the arrays the step was given)."""
     threads = result["ctrl_c"]["threads"]
     assert threads == {"interrupted": True, "deleted": 0, "finite": True}, threads
+
+
+def test_ctrl_c_in_a_step_on_jax_leaves_no_setting_of_that_step_behind(result):
+    """The settings of a Keras-on-JAX step (the traced predict step its call hands Keras's trace, the note of the
+    writes its forward made before an error) live in a context of the step's own: after the real SIGINTs of the
+    runs above, raised as the step returned, none is left in the thread's context, and another model predicts and
+    evaluates with its own step (the KeyboardInterrupt, raised at the first call after the step, had skipped the
+    resets after it: every later predict step, of another model too, ran the interrupted one's traced step, and
+    ``ud.evaluate`` and ``ud.predict`` of a model of other variables raised Keras's ValueError)."""
+    assert result["ctrl_c"]["after"] == {"left": [], "own": True}, result["ctrl_c"]["after"]
 
 
 def test_an_error_ending_fit_on_jax_keeps_the_newest_state_and_empties_nothing(result):

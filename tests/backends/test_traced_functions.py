@@ -869,6 +869,60 @@ def test_a_train_step_whose_forward_check_fails_keeps_the_writes_made_before_it(
                 np.testing.assert_array_equal(failed[key], passed[key], err_msg=f"eager={eager}: {key}")
 
 
+class _RaisingAfterANorm(ud.nn.Module):
+    """A BatchNorm1d, then the user's own exception (``error``, where set) raised by the forward after the
+    BatchNorm wrote its statistics."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn, self.head, self.error = ud.nn.BatchNorm1d(3), ud.nn.Linear(3, 2), None
+
+    def forward(self, x):
+        normed = self.bn(x)
+        if self.error is not None:
+            raise self.error
+        return self.head(normed)
+
+
+@pytest.mark.parametrize("backend_name", backends_under_test())
+def test_a_train_step_whose_forward_raises_the_users_error_keeps_the_writes_made_before_it(backend_name):
+    """The case of ``test_a_train_step_whose_forward_check_fails_keeps_the_writes_made_before_it`` where the forward
+    raises the user's own exception after the BatchNorm: ``ud.train_step(eager=True)`` raises that very exception
+    and keeps the statistics and ``num_batches_tracked`` the BatchNorm wrote, each as its passing call writes them,
+    and nothing else, as torch's step. One exception instance raised at two steps of different inputs: each keeps
+    its own step's writes. (Keras-on-JAX's abstract pass over the forward, before its eager step, raised the error
+    there, without values, and dropped the writes; and the note of the writes, kept on the exception, wrote the
+    first step's values back at the second.)"""
+    with ud.use_backend(backend_name):
+        ud.manual_seed(0)
+        model = _RaisingAfterANorm()
+        x = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+        labels, error = np.array([0, 1, 0, 1]), ValueError("the user's own error")
+
+        def state():
+            return {key: ud.to_numpy(value).copy() for key, value in model.state_dict().items()}
+
+        step = ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(model.parameters(), lr=0.1), eager=True)
+        step(x, labels)  # (a passing step first: the step traced, the optimizer built)
+        for scale in (2.0, 3.0):  # (the same instance raised again, over other statistics)
+            before = state()
+            model.error = error
+            with pytest.raises(ValueError) as raised:
+                step(x * scale, labels)
+            assert raised.value is error and str(raised.value) == "the user's own error", repr(raised.value)
+            failed = state()
+            model.error = None
+            model.load_state_dict(before)
+            step(x * scale, labels)
+            passed = state()
+            changed = changed_by(before, failed)
+            assert sorted(changed) == ["bn.num_batches_tracked", "bn.running_mean", "bn.running_var"], (scale, changed)
+            assert int(failed["bn.num_batches_tracked"]) == int(before["bn.num_batches_tracked"]) + 1
+            for key in changed:
+                np.testing.assert_array_equal(failed[key], passed[key], err_msg=f"x * {scale}: {key}")
+            model.load_state_dict(failed)
+
+
 @pytest.mark.keras_framework("tensorflow")
 @pytest.mark.parametrize("backend_name", [name for name in _JIT_BACKENDS if name != "jax"])
 def test_a_train_steps_graph_orders_its_writes_and_checks(backend_name):

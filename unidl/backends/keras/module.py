@@ -164,27 +164,34 @@ class NativeModel(keras.Model):
             if checks:  # an earlier step of the call failed a check? (those that have run, without waiting)
                 _raise_failed_checks(checks, waited=len(checks) - _CHECKS_PENDING + 1)
             kept[:] = [(None, state)]
-            token = None if traced is None else _PREDICT_STEP_TRACED.set(traced)
-            # the step's outputs stored from C (``map``, slice assignment): no point between its return and the
-            # store where Python raises a Ctrl-C's KeyboardInterrupt, which would drop them
+            noted = []  # (the step's forward's writes before an error: ``_writes_before_the_error_noted``)
+            # the step's settings (its traced predict step, its note of the writes) in a copy of this thread's
+            # context that the step runs in and that ends with it: nothing to reset after it, where a Ctrl-C's
+            # KeyboardInterrupt, raised at the first call after the step returns, skipped the resets that
+            # followed, and the step's settings outlived it (a later predict step, of another model too, ran the
+            # interrupted one's traced step)
+            context = contextvars.copy_context()
+            context.run(_WRITES_BEFORE_THE_ERROR.set, noted)
+            context.run(_PREDICT_STEP_TRACED.set, traced)  # (None: Keras's own predict step, not a caller's)
+            # the step's outputs stored from C (``map``, ``Context.run``, slice assignment): no point between its
+            # return and the store where Python raises a Ctrl-C's KeyboardInterrupt, which would drop them
             try:
-                kept[:] = map(step_function, [state], [data])
+                kept[:] = map(context.run, [step_function], [state], [data])
             except StateOutsideTheModel as found:  # (raised while traced, before it ran: nothing donated yet)
                 state = _with_values_of(state, found.variables)  # traced again, over the longer state
                 kept[:] = [(None, state)]
                 try:
-                    kept[:] = map(step_function, [state], [data])
+                    kept[:] = map(context.run, [step_function], [state], [data])
                 except StateOutsideTheModel as again:  # (the jax backend's StatefulJit says the same)
                     raise GraphConstructError(
                         f"the train step of {type(self).__name__} writes new variables each time it is traced "
                         f"({again.variables}): create modules and variables outside the forward and call them "
                         f"inside it") from None
             except Exception as error:  # (a step run eagerly: what its forward wrote before the error stands)
-                _write_state_back_with_the_writes_before(self, state, error)
+                _write_state_back_with_the_writes_before(self, state, error, noted)
                 raise
             finally:
-                if token is not None:
-                    _PREDICT_STEP_TRACED.reset(token)
+                noted.clear()  # (the arrays it holds go with the step, not with an error the caller keeps)
             if raise_failed is None:
                 return kept[0]
             (outputs, failed), state = kept[0]
@@ -528,7 +535,9 @@ def _gradients_of_used_variables(native, args):
     ``jax.grad`` gives a trainable variable the loss does not use zeros, which momentum, weight decay and Adam's
     step count would act on; PyTorch gives it no gradient and leaves it alone. For the step traced in the block,
     the optimizer learns which variables the loss uses (the host's ``inputs_used``: a walk over the loss's
-    jaxpr, at trace time) and treats the others as without a gradient (``NativeOptimizer.apply``)."""
+    jaxpr, at trace time) and treats the others as without a gradient (``NativeOptimizer.apply``). Where the
+    forward raises in that pass (other than for Python control flow on a value), every gradient is kept: the step
+    itself then raises the same error, on values where it runs eagerly, with what the forward wrote before it."""
     optimizer = getattr(native, "optimizer", None)
     inner = getattr(optimizer, "inner_optimizer", optimizer)  # (float16: the optimizer in Keras's loss scaler)
     if HOST.keras_state_in_place or len(args) != 2 or not hasattr(inner, "used_gradients"):
@@ -541,8 +550,16 @@ def _gradients_of_used_variables(native, args):
         return native.compute_loss_and_updates(values, non_trainable, metrics_variables, x, y, sample_weight,
                                                training=True, optimizer_variables=optimizer_variables)[0]
 
-    with python_randomness_preserved(replay=python_randomness_state()):  # (the step's own draws, replayed)
-        used = HOST.inputs_used(loss_of, list(trainable))
+    try:
+        with python_randomness_preserved(replay=python_randomness_state()):  # (the step's own draws, replayed)
+            used = HOST.inputs_used(loss_of, list(trainable))
+    except getattr(HOST, "tracer_value_errors", ()):
+        raise  # (Python control flow on a value: the step's own rule for it, as before this pass)
+    except Exception:
+        # the forward raised in this abstract pass (a user's own error, after a BatchNorm wrote): every gradient
+        # kept, so that the step runs and raises that error itself, on values, with the writes made before it
+        # noted (``_writes_before_the_error_noted``), as torch's step leaves them; here they are tracers
+        used = None
     object.__setattr__(inner, "used_gradients", used)
     try:
         yield
@@ -712,8 +729,16 @@ def _some_variable_emptied(native, groups: int) -> bool:
     return False
 
 
+#: the notes of ``_writes_before_the_error_noted`` for the step running (``_make_function``'s ``iterator_step``),
+#: ``(error, model, values)``: kept with the step (set in the context the step runs in, which ends with it), not on
+#: the error, which a forward may raise again (one instance kept and raised at each failure) and a caller may keep
+#: (with the model's arrays)
+_WRITES_BEFORE_THE_ERROR: contextvars.ContextVar[list | None] = contextvars.ContextVar("unidl_writes_before_the_error",
+                                                                                       default=None)
+
+
 def _writes_before_the_error_noted(native, error) -> None:
-    """Notes on ``error``, raised inside a step of ``native`` that Keras-on-JAX's trainer runs eagerly (``eager=True``:
+    """Notes for ``error``, raised inside a step of ``native`` that Keras-on-JAX's trainer runs eagerly (``eager=True``:
     its ``jax.value_and_grad`` traces the forward on values), the values of the non-trainable variables as the
     forward left them before it (a BatchNorm's statistics and ``num_batches_tracked``, written before the loss's
     label check raised), read in Keras's ``StatelessScope`` that holds them, as concrete arrays: the error discards
@@ -721,24 +746,26 @@ def _writes_before_the_error_noted(native, error) -> None:
     (``_write_state_back_with_the_writes_before`` writes them). Nothing where Keras writes its variables in place
     (TensorFlow, torch), where a write is abstract (a step being traced by ``jax.jit``: its checks, staged, select
     the writes), outside a ``StatelessScope`` (not a step of Keras's trainer: a forward called by itself, whose
-    variables ``fit`` may have emptied), or where an inner call noted them already."""
-    if HOST.keras_state_in_place or not in_stateless_scope() or hasattr(error, "_unidl_writes_before"):
+    variables ``fit`` may have emptied), outside a step that writes them back (``_WRITES_BEFORE_THE_ERROR``), or
+    where an inner call noted them already for this error."""
+    noted = _WRITES_BEFORE_THE_ERROR.get()
+    if HOST.keras_state_in_place or noted is None or not in_stateless_scope() or any(
+            earlier is error for earlier, _, _ in noted):
         return
     values = HOST.concrete_values([variable.value for variable in native.non_trainable_variables])
     if values is not None:
-        with contextlib.suppress(AttributeError):  # (an exception type without a __dict__)
-            error._unidl_writes_before = (native, values)
+        noted.append((error, native, values))
 
 
-def _write_state_back_with_the_writes_before(native, state, error) -> None:
+def _write_state_back_with_the_writes_before(native, state, error, noted: list) -> None:
     """``state`` (the one the step that raised ``error`` was given), its non-trainable variables as the step's
-    forward left them before the error (``_writes_before_the_error_noted``), written into ``native``'s variables,
-    as torch's eager step leaves them; nothing where the error holds none."""
-    noted = getattr(error, "_unidl_writes_before", None)
-    if noted is None or noted[0] is not native:
+    forward left them before the error (``_writes_before_the_error_noted``, in the step's ``noted``), written into
+    ``native``'s variables, as torch's eager step leaves them; nothing where the step noted none for this error."""
+    values = next((values for earlier, model, values in noted if earlier is error and model is native), None)
+    if values is None:
         return
     groups = _STATE_GROUPS[len(state)]
-    _write_state_back(native, tuple(list(noted[1]) if name == "non_trainable_variables" else group
+    _write_state_back(native, tuple(list(values) if name == "non_trainable_variables" else group
                                     for name, group in zip(groups, state)))
 
 
