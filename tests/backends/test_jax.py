@@ -579,3 +579,50 @@ def test_a_steps_frozen_set_is_read_again_after_every_requires_grad_change(rng):
             assert step.trace_count == traces
             assert all(np.array_equal(value, after[k]) for k, value in frozen.items()), list(frozen)
             assert all(not np.array_equal(before[k], after[k]) for k in before if k not in frozen)
+
+
+@pytest.mark.parametrize("precision", [None, "bf16-mixed"])
+def test_a_checked_momentum_step_selects_each_parameter_and_buffer_once(precision):
+    """A compiled SGD-with-momentum step whose loss stages a value check (cross-entropy's labels) selects each
+    parameter and each momentum buffer once, by the non-finite flag and the checks' together
+    (``JaxOptimizer.apply``): selected again by the checks after the update, the parameter's new value read the
+    buffer before that selection, which XLA then computed twice, reading every gradient twice a step (ResNet-18's
+    transposed kernel gradients: benchmarks/RESULTS.md, stop 64). A label out of range still leaves the weights and the buffers as they were;
+    a good step still moves them. Under mixed precision too (``precision.train_step``)."""
+    with ud.use_backend("jax"):
+        ud.manual_seed(0)
+        model = ud.nn.Sequential(ud.nn.Linear(6, 8), ud.nn.ReLU(), ud.nn.Linear(8, 3))
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        step = ud.train_step(model, ud.nn.CrossEntropyLoss(), optimizer, precision=precision)
+        x = ud.tensor(np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32))
+        step(x, ud.tensor(np.array([0, 1, 2, 0])))
+        (entry,) = step._run._compiled._compiled.values()  # (the ``StatefulJit``'s one trace: [caller, jit, ...])
+        traced = entry[1].trace([v._value for v in entry[3]], [v._value for v in entry[4]],
+                                (x, ud.tensor(np.array([0, 1, 2, 0]))))
+        selections = _selections_of_shape(traced.jaxpr.jaxpr, (8, 6))
+        weights = [ud.to_numpy(p).copy() for p in model.parameters()]
+        buffers = [np.asarray(v._value).copy() for slots in optimizer._native.slot_variables for v in slots.values()]
+        with pytest.raises(ud.IndexOutOfRangeError):
+            step(x, ud.tensor(np.array([0, 7, 2, 0])))
+        for before, now in zip(weights + buffers, [ud.to_numpy(p) for p in model.parameters()]
+                               + [np.asarray(v._value) for slots in optimizer._native.slot_variables
+                                  for v in slots.values()]):
+            np.testing.assert_array_equal(now, before)
+        step(x, ud.tensor(np.array([0, 1, 2, 0])))
+        assert not np.array_equal(ud.to_numpy(model[0].weight), weights[0])
+    # the first layer's weight and its buffer, each one selection (2 of shape (8, 6); there were 4)
+    assert selections == 2, selections
+
+
+def _selections_of_shape(jaxpr, shape) -> int:
+    """How many ``select_n`` equations of ``jaxpr`` (its inner jaxprs included) give an array of ``shape``."""
+    count = 0
+    for equation in jaxpr.eqns:
+        if equation.primitive.name == "select_n" and tuple(equation.outvars[0].aval.shape) == shape:
+            count += 1
+        for parameter in equation.params.values():
+            for inner in parameter if isinstance(parameter, (list, tuple)) else [parameter]:
+                inner = getattr(inner, "jaxpr", inner)
+                if hasattr(inner, "eqns"):
+                    count += _selections_of_shape(inner, shape)
+    return count

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unidl.backends.jax.distributed import window_in_step
-from unidl.backends.jax.ops import unless_a_check_failed
+from unidl.backends.jax.ops import checks_passed, unless_a_check_failed
 from unidl.backends.jax.variable import JaxVariable, made_beside, written_in_place
 from unidl.optim.optimizer import bound_rule, changeable_options, stepped
 from unidl.optim.param_groups import read_group_option, write_group_options
@@ -75,11 +75,22 @@ class JaxOptimizer:
     def apply(self, grads, loss=None, accumulate: int = 1, present=None) -> None:
         """``guarded_apply`` whose writes stand only where every value check staged before it in this trace passed
         (a label out of range: its error, raised after the compiled step, leaves the weights and this state as they
-        were, as torch's eager step that raises before its update)."""
-        with unless_a_check_failed([*self._spec.params, *self.variables()]):
-            self.guarded_apply(grads, loss, accumulate, present)
+        were, as torch's eager step that raises before its update). The parameters and slots take the checks'
+        flag into their update's own selection (``passed``): selected once more after the update, a parameter's new
+        value read an unselected slot, so XLA computed the slot twice, once in each (every gradient and slot read
+        twice a step, and a convolution kernel's gradient read transposed each time: benchmarks/RESULTS.md, stop
+        64)."""
+        passed = checks_passed()
+        with unless_a_check_failed(self.not_selected_by_update([*self._spec.params, *self.variables()])):
+            self.guarded_apply(grads, loss, accumulate, present, passed)
 
-    def guarded_apply(self, grads, loss=None, accumulate: int = 1, present=None) -> None:
+    def not_selected_by_update(self, variables) -> list:
+        """``variables`` less the parameters and slots, which ``_update`` selects by its flag (one that holds the
+        value checks' too, ``apply``): the ones that ``unless_a_check_failed`` must select after the update."""
+        selected = {id(v) for v in self._spec.params} | {id(v) for slots in self.slot_variables for v in slots.values()}
+        return [v for v in variables if id(v) not in selected]
+
+    def guarded_apply(self, grads, loss=None, accumulate: int = 1, present=None, passed=None) -> None:
         """One guarded update: when ``loss`` or a gradient is not finite every parameter, slot and the step count
         keep their values (``jnp.where`` on one boolean scalar inside the trace, fused by XLA into each update).
         With ``accumulate`` N > 1, one micro-step: ``grads / N`` joins the accumulated gradients and every N-th
@@ -90,7 +101,8 @@ class JaxOptimizer:
         PyTorch's rule over a window (``.grad`` summed over the micro-steps, ``step()``, ``zero_grad()``): a
         parameter updates with its sum if it had a gradient in any micro-step of the window, not at all if in
         none (``window_micro_step``). ``present``: per parameter, None or a boolean scalar, whether its gradient
-        (zeros otherwise) is one (a data-parallel job's, ``average_in_step``)."""
+        (zeros otherwise) is one (a data-parallel job's, ``average_in_step``). ``passed``: None or a boolean scalar
+        that must hold too for any parameter or slot to change (``apply``'s value checks)."""
         finite = all_finite([loss, *grads])
         self.finite.value = finite
         update, has_gradient = finite, present
@@ -106,7 +118,7 @@ class JaxOptimizer:
             self.finite.value = jnp.where(closes, window_finite, True)
             grads = sums
         grads = self._spec.clip_gradients(grads, self._ops)
-        self._update(grads, update, has_gradient)
+        self._update(grads, update if passed is None else update & passed, has_gradient)
         if accumulate > 1:
             keep = ~closes  # a window still filling; else (updated or discarded) it starts again
             keep_window(self.accumulated, self.window_has_gradient, sums, has_gradient, keep)

@@ -133,8 +133,11 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
         # window's micro-step: this rank's, the window averaged when it closes)
         checked, grads, present = jax_distributed.average_in_step(loss, [next(found) if m else None for m in mask],
                                                                   params, accumulate)
-        # a value check that failed (a label out of range) stops the step before its update, as torch's error
-        with jax_ops.unless_a_check_failed(updated):
+        # a value check that failed (a label out of range) stops the step before its update, as torch's error; the
+        # parameters and slots take its flag into their update's own selection (``JaxOptimizer.apply``: selected
+        # again after it, XLA computed every slot twice)
+        passed = jax_ops.checks_passed()
+        with jax_ops.unless_a_check_failed(native.not_selected_by_update(updated)):
             updates, has_gradient, agreed = True, present, True
             if window is not None:
                 grads, checked, updates, has_gradient = window.add(grads, checked, present)
@@ -151,10 +154,11 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
             if scaler is not None:  # a non-finite loss with finite gradients moves the scale as an overflow (torch's)
                 scaler.update(finite, when=updates)
             if window is None:
-                native.guarded_apply(grads, checked, present=present)  # skipped if not finite
+                native.guarded_apply(grads, checked, present=present, passed=passed)  # skipped if not finite
             else:  # the optimizer's guard and clipping, selected by the window's last micro-step
                 native.finite.value = jnp.where(updates, finite, True)  # inside the window nothing is skipped yet
-                native._update(native._spec.clip_gradients(grads, native._ops), updates & finite, has_gradient)
+                update = updates & finite if passed is None else updates & finite & passed
+                native._update(native._spec.clip_gradients(grads, native._ops), update, has_gradient)
         return (loss, outputs) if with_outputs else loss
 
     updated = ([*params, *native.variables()] + (scaler.variables() if scaler is not None else [])
