@@ -468,21 +468,36 @@ def _fail_reading(monkeypatch, tensor: str, error: BaseException) -> None:
     monkeypatch.setattr(SafetensorsFile, "_read_bytes", failing)
 
 
+_SAVED_CHECKPOINTS = {}  # backend -> what _saved_checkpoint returns
+
+
+def _saved_checkpoint(tmp_path_factory, backend):
+    """The checkpoint of ``_setup(0)``'s objects with a scheduler and callbacks, once per backend: ``(its file's
+    name, its bytes, their snapshot at the save)``. The nine fault cases of a backend each load the same file; each
+    built and trained the same objects again (a traced step each) only to save them."""
+    if backend not in _SAVED_CHECKPOINTS:
+        model, optimizer, loader = _setup(0)
+        scheduler, callbacks = _schedule_and_callbacks(model, optimizer, 2, 0.5)
+        path = ud.save_checkpoint(tmp_path_factory.mktemp("saved"), model, optimizer, loader=loader,
+                                  scheduler=scheduler, callbacks=callbacks)
+        saved = _snapshot(model, optimizer, loader, scheduler, callbacks)
+        _SAVED_CHECKPOINTS[backend] = os.path.basename(path), open(path, "rb").read(), saved
+    return _SAVED_CHECKPOINTS[backend]
+
+
 @pytest.mark.parametrize("fault", ["OSError", "MemoryError", "changed"])
 @pytest.mark.parametrize("tensor", ["model/linear2.weight", "optimizer/2/momentum_buffer",
                                     "callbacks/EarlyStopping#0/linear2.bias"])
-def test_a_read_that_fails_after_the_checks_leaves_every_object_as_it_was(tmp_path, backend, monkeypatch, fault,
-                                                                          tensor):
+def test_a_read_that_fails_after_the_checks_leaves_every_object_as_it_was(tmp_path, tmp_path_factory, backend,
+                                                                          monkeypatch, fault, tensor):
     """Once every check passed (``check``, the last of them, arms the fault), an ``OSError`` or a ``MemoryError``
     while a tensor is read, or the file changed in place (a ``CorruptFileError`` naming the tensor), leaves the
     model's weights, the optimizer's slots, step and lr, the generators, the loader, the scheduler and the callbacks
     (their best weights too) bit for bit as they were: every tensor is read into fresh memory, its checksum verified,
     before the first object changes. Then a load of the same checkpoint restores it all."""
-    model, optimizer, loader = _setup(0)
-    scheduler, callbacks = _schedule_and_callbacks(model, optimizer, 2, 0.5)
-    path = ud.save_checkpoint(tmp_path, model, optimizer, loader=loader, scheduler=scheduler, callbacks=callbacks)
-    saved = _snapshot(model, optimizer, loader, scheduler, callbacks)
-    original = open(path, "rb").read()
+    name, original, saved = _saved_checkpoint(tmp_path_factory, backend)
+    path = tmp_path / name
+    path.write_bytes(original)
     with SafetensorsFile(path) as reader:
         begin = reader._start + reader._offsets[tensor][0]
 
