@@ -423,24 +423,29 @@ def train_with_step_inputs():
 
 
 def too_small_step_batches():
-    """``train_step`` (checked, and ``check_finite=False``) on 1 sample over 2 devices: what it raised (a replica's
-    empty share averaged nothing: a NaN loss, ``NonFiniteLossError`` naming the learning rate, or a silently skipped
-    step) and whether the weights changed; then a batch of 2 trains."""
+    """``train_step`` (checked, ``check_finite=False``, and ``eager=True``: its batch size known as it is traced;
+    Keras-on-TensorFlow refuses an eager step here) on 1 sample over 2 devices: what it raised (a replica's empty
+    share averaged nothing: a NaN loss, ``NonFiniteLossError`` naming the learning rate, or a silently skipped step)
+    and whether the weights changed; then on a batch of 2."""
     rng = np.random.default_rng(3)
     x, y = rng.standard_normal((2, 5)).astype(np.float32), rng.standard_normal((2, 3)).astype(np.float32)
+
+    def outcome(step, size):
+        try:
+            return float(ud.to_numpy(step(x[:size], y[:size])))
+        except Exception as error:  # noqa: BLE001 - what it raised is what the test checks
+            return f"{type(error).__name__}: {error}"
+
     found = {}
-    for check_finite in (True, False):
+    for check_finite, eager in ((True, False), (False, False), (True, True)):
         model = ud.models.TwoLayerNet(5, 7, 3)
         before = {k: np.asarray(ud.to_numpy(v)).copy() for k, v in model.state_dict().items()}
         step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1),
-                             check_finite=check_finite)
-        try:
-            found[str(check_finite)] = {"result": float(ud.to_numpy(step(x[:1], y[:1])))}
-        except Exception as error:  # noqa: BLE001 - what it raised is what the test checks
-            found[str(check_finite)] = {"result": f"{type(error).__name__}: {error}"}
-        found[str(check_finite)]["changed"] = any(not np.array_equal(before[k], ud.to_numpy(v))
-                                                  for k, v in model.state_dict().items())
-        found[str(check_finite)]["then"] = float(ud.to_numpy(step(x, y)))  # (the step still trains)
+                             check_finite=check_finite, eager=eager)
+        result = outcome(step, 1)
+        changed = any(not np.array_equal(before[k], ud.to_numpy(v)) for k, v in model.state_dict().items())
+        found[f"check_finite={check_finite}, eager={eager}"] = {"result": result, "changed": changed,
+                                                                "then": outcome(step, 2)}
     return found
 
 

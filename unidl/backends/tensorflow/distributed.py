@@ -10,10 +10,10 @@ TensorFlow configures its collectives when its runtime starts, so ``Engine.start
 TensorFlow op of the process (``unidl.distributed.launch`` and ``init()`` at the top of a script do so).
 
 One process driving several devices (``init(devices=[...])``, ``Engine.start_devices``) runs the same step
-through ``tf.distribute.MirroredStrategy``: ``data_parallel`` splits each batch into contiguous shares, one per
-device, the replicas' gradients are averaged by the same ``average_gradients``, and ``update_once`` runs the
-optimizer's update once (in the strategy's cross-replica context, ``merge_call``) on the one copy of each
-variable all replicas read.
+through ``tf.distribute.MirroredStrategy``: ``data_parallel`` splits each batch (``x`` and ``y``; the step's extra
+inputs go whole to every replica) into contiguous shares, one per device, the replicas' gradients are averaged
+by the same ``average_gradients``, and ``update_once`` runs the optimizer's update once (in the strategy's
+cross-replica context, ``merge_call``) on the one copy of each variable all replicas read.
 """
 
 from __future__ import annotations
