@@ -99,7 +99,7 @@ class ValueOutOfRangeError(UnidlError, ValueError):
 
 #: where an in-graph check's message ends inside the framework's error text (what follows is the framework's)
 MARKER_END = " [unidl.end]"
-_MARKED = (IndexOutOfRangeError, ShapeMismatchError, ValueOutOfRangeError)
+_MARKED = (IndexOutOfRangeError, ShapeMismatchError, ValueOutOfRangeError)  # (and DistributedError, below)
 
 
 #: the values an assertion printed after a marked template's end: "...[unidl.end]] [2] [5]"
@@ -223,7 +223,14 @@ class DataLoaderError(UnidlError, RuntimeError):
 
 class DistributedError(UnidlError, RuntimeError):
     """A data-parallel run that cannot start or did not finish: a rank that raised or died (named), a port in
-    use, a backend without a distributed engine, an unusable environment."""
+    use, a backend without a distributed engine, an unusable environment, a batch too small for the devices of
+    one process (checked inside a compiled step where its size is known only when it runs)."""
+
+    #: the marker an in-graph check puts in the framework's error, which ``marked_error_from`` recognises
+    marker = "[unidl.DistributedError] "
+
+
+_MARKED += (DistributedError,)
 
 
 class DistributedNotInitializedError(DistributedError):

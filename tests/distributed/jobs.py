@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 
 import numpy as np
 
@@ -387,6 +388,86 @@ def too_small_last_batch():
     except ValueError as error:
         return str(error)
     return None
+
+
+class _Scaled(ud.nn.Module):
+    """A linear layer whose outputs a per-step input of shape (2,) scales: ``model(x, scale)``, a value of the step,
+    not a batch (each replica of a job needs it whole)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = ud.nn.Linear(3, 2)
+
+    def forward(self, x, scale):
+        return self.linear(x) * scale
+
+
+def train_with_step_inputs():
+    """``_Scaled`` trained by ``train_step(x, y, scale)`` on a batch of 4 (its loss and weights) and by ``fit`` with
+    ``step_inputs`` over 8 samples in batches of 4 (its weights and losses); ``scale`` (1, 10) is no batch: cut into
+    shares like x, each replica's single entry broadcast silently (0.18 away from one device's weights)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 3)).astype(np.float32), rng.standard_normal((8, 2)).astype(np.float32)
+    scale = np.array([1.0, 10.0], np.float32)
+    ud.manual_seed(0)
+    model = _Scaled()
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.01))
+    loss = float(ud.to_numpy(step(x[:4], y[:4], scale)))
+    stepped = {k: np.asarray(ud.to_numpy(v)).tolist() for k, v in model.state_dict().items()}
+    ud.manual_seed(0)
+    model = _Scaled()
+    history = ud.fit(model, x, y, batch_size=4, shuffle=False, verbose=0, loss=ud.nn.MSELoss(),
+                     optimizer=ud.optim.SGD(model.parameters(), lr=0.01), step_inputs=lambda epoch, step: (scale,))
+    return {"loss": loss, "weights": stepped, "fit_loss": history.as_dict()["loss"],
+            "fit_weights": {k: np.asarray(ud.to_numpy(v)).tolist() for k, v in model.state_dict().items()}}
+
+
+def too_small_step_batches():
+    """``train_step`` (checked, ``check_finite=False``, and ``eager=True``: its batch size known as it is traced;
+    Keras-on-TensorFlow refuses an eager step here) on 1 sample over 2 devices: what it raised (a replica's empty
+    share averaged nothing: a NaN loss, ``NonFiniteLossError`` naming the learning rate, or a silently skipped step)
+    and whether the weights changed; then on a batch of 2."""
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((2, 5)).astype(np.float32), rng.standard_normal((2, 3)).astype(np.float32)
+
+    def outcome(step, size):
+        try:
+            return float(ud.to_numpy(step(x[:size], y[:size])))
+        except Exception as error:  # noqa: BLE001 - what it raised is what the test checks
+            return f"{type(error).__name__}: {error}"
+
+    found = {}
+    for check_finite, eager in ((True, False), (False, False), (True, True)):
+        model = ud.models.TwoLayerNet(5, 7, 3)
+        before = {k: np.asarray(ud.to_numpy(v)).copy() for k, v in model.state_dict().items()}
+        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1),
+                             check_finite=check_finite, eager=eager)
+        result = outcome(step, 1)
+        changed = any(not np.array_equal(before[k], ud.to_numpy(v)) for k, v in model.state_dict().items())
+        found[f"check_finite={check_finite}, eager={eager}"] = {"result": result, "changed": changed,
+                                                                "then": outcome(step, 2)}
+    return found
+
+
+def uneven_step_loss():
+    """``train_step``'s loss on a batch of 5 over 2 devices (shares 2 + 3), and ``fit``'s over the same one batch,
+    beside the shares' average (the objective whose gradient the step applies: each share's mean counting equally,
+    as DDP's) and the whole batch's mean of the starting outputs."""
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((5, 5)).astype(np.float32), rng.standard_normal((5, 3)).astype(np.float32)
+    ud.manual_seed(1)
+    model = ud.models.TwoLayerNet(5, 7, 3)
+    errors = (np.asarray(ud.to_numpy(model(x)), np.float64) - y) ** 2
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1))
+    loss = float(ud.to_numpy(step(x, y)))
+    ud.manual_seed(1)
+    model = ud.models.TwoLayerNet(5, 7, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (fit's warning of the uneven split: jobs.uneven_batches_warning's)
+        history = ud.fit(model, x, y, batch_size=5, shuffle=False, verbose=0, loss=ud.nn.MSELoss(),
+                         optimizer=ud.optim.SGD(model.parameters(), lr=0.1))
+    return {"loss": loss, "fit_loss": history.as_dict()["loss"][0], "whole": float(errors.mean()),
+            "shares": float((errors[:2].mean() + errors[2:].mean()) / 2)}
 
 
 def data_parallel_job(directory, resumed_directory, resume_file, float16_directory):

@@ -25,6 +25,7 @@ from tests.distributed import jobs
 ud.set_backend("tensorflow")
 directory = tempfile.mkdtemp()
 one = {"two_layer64": jobs.train_two_layer("float64"), "cnn": jobs.train_cnn(directory + "/one")}
+split = {"step_inputs": [jobs.train_with_step_inputs()]}
 early = ud.nn.Linear(5, 3)
 early_step = ud.train_step(early, ud.nn.MSELoss(), ud.optim.SGD(early.parameters(), lr=0.1))
 ud.distributed.init(devices=["cpu:0", "cpu:1"])
@@ -36,6 +37,8 @@ def refusal(step):
 refused = {"built_before": refusal(early_step)}
 place = [ud.distributed.rank(), ud.distributed.world_size(), ud.distributed.num_replicas()]
 two = {"two_layer64": jobs.train_two_layer("float64"), "cnn": jobs.train_cnn(directory + "/two")}
+split["step_inputs"].append(jobs.train_with_step_inputs())
+split.update(too_small=jobs.too_small_step_batches(), uneven=jobs.uneven_step_loss())
 rng = np.random.default_rng(2)
 x, y = rng.standard_normal((6, 5)).astype(np.float32), rng.standard_normal((6, 3)).astype(np.float32)
 model = ud.models.TwoLayerNet(5, 7, 3)
@@ -75,7 +78,7 @@ def listed(weights):
     return {k: np.asarray(v).tolist() for k, v in weights.items()}
 print(json.dumps({"place": place, "outputs": [ud.to_numpy(outputs).tolist(), before.tolist()],
                   "loss": [float(ud.to_numpy(loss)), float(np.mean((before - y) ** 2))], "too_small": too_small,
-                  "batch_norm": batch_norm, "modes": modes, "refused": refused,
+                  "batch_norm": batch_norm, "modes": modes, "refused": refused, "split": split,
                   "replica_1_ops": sum(n.startswith("replica_1/") for n in names),
                   "one": {k: listed(v) for k, v in one.items() if k != "cnn"}, "one_cnn": listed(one["cnn"][0]),
                   "two": {k: listed(v) for k, v in two.items() if k != "cnn"}, "two_cnn": listed(two["cnn"][0]),
@@ -102,6 +105,7 @@ def trained():
             **{name: jobs.two_layer_with_options(**options) for name, options in OPTIONS.items()}}
 runs = []
 runs.append(trained())
+split = {"step_inputs": [jobs.train_with_step_inputs()]}
 early = ud.nn.Linear(5, 3)
 early_step = ud.train_step(early, ud.nn.MSELoss(), ud.optim.SGD(early.parameters(), lr=0.1))
 ud.distributed.init(devices=["cpu:0", "cpu:1"])
@@ -119,6 +123,8 @@ refused = {"built_before": refusal(lambda: early_step), "eager": refusal(built(e
 place = [ud.distributed.rank(), ud.distributed.world_size(), ud.distributed.num_replicas()]
 with jobs.keras_step_graphs() as made:
     runs.append(trained())
+split["step_inputs"].append(jobs.train_with_step_inputs())
+split.update(too_small=jobs.too_small_step_batches(), uneven=jobs.uneven_step_loss())
 names = [op.name for graph in made for f in getattr(graph, "concrete_functions", []) for op in f.graph.get_operations()]
 rng = np.random.default_rng(2)
 x, y = rng.standard_normal((6, 5)).astype(np.float32), rng.standard_normal((6, 3)).astype(np.float32)
@@ -143,7 +149,7 @@ one, two = ({"two_layer64": listed(run["two_layer64"]), "cnn": listed(run["cnn"]
              **{name: run[name] for name in OPTIONS}} for run in runs)
 print(json.dumps({"place": place, "loss": loss, "too_small": too_small, "batch_norm": batch_norm,
                   "refused": refused, "replica_1_ops": sum(n.startswith("replica_1/") for n in names),
-                  "one": one, "two": two}))
+                  "one": one, "two": two, "split": split}))
 """
 
 
@@ -189,6 +195,39 @@ def test_two_devices_of_one_process_train_the_weights_of_one_device_with_the_sam
     assert "built before this process joined its data-parallel job (rank 0 of 1 on tensorflow, devices ['cpu:0', " \
            "'cpu:1'])" in refused["built_before"], refused
     assert "that this process has left" in refused["after_shutdown"], refused
+    _check_the_batch_split(found["split"])
+
+
+def _check_the_batch_split(split):
+    """What ``_split_over_replicas`` cuts and what it refuses, on either backend's job (``split``: from the jobs'
+    ``train_with_step_inputs`` on one device then two, ``too_small_step_batches`` and ``uneven_step_loss``)."""
+    import numpy as np
+
+    # an extra step input (a (2,) scale) reaches every replica whole, as every process of a job gets it: the
+    # weights and losses of one device (cut into shares like x, each replica's entry broadcast: 0.18 away)
+    one, two = split["step_inputs"]
+    for weights in ("weights", "fit_weights"):
+        _agree({k: np.asarray(v) for k, v in two[weights].items()},
+               {k: np.asarray(v) for k, v in one[weights].items()}, 1e-5)
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    np.testing.assert_allclose(two["fit_loss"], one["fit_loss"], rtol=1e-5)
+    # a batch smaller than the devices: the DistributedError fit's loader check gives, before any weight changes
+    # (a replica's empty share made a NaN loss: NonFiniteLossError naming the learning rate, or with
+    # check_finite=False a NaN loss and a silently skipped step), whether or not the step checks finiteness
+    # (checked inside the graph, traced for any batch size; an eager step's when traced, its size known then)
+    for case, found in split["too_small"].items():
+        if "eager=True" in case and "outside the replica context" in found["result"]:  # (refused on Keras-on-TF)
+            continue
+        assert found["result"].startswith("DistributedError: with 2 devices in this process, a batch (size 1) has "
+                                          "fewer samples than replicas, so a device would train on none"), found
+        assert "drop_last=True" in found["result"] and not found["changed"], (case, found)
+        assert isinstance(found["then"], float) and np.isfinite(found["then"]), found  # (a batch of 2 trains)
+    # an uneven split (5 samples: 2 + 3): the loss is the shares' average, the objective whose gradient the step
+    # applies (DDP's rank losses'), on the tensorflow backend and on Keras-on-TensorFlow alike
+    uneven = split["uneven"]
+    assert abs(uneven["shares"] - uneven["whole"]) > 1e-2  # (the case tells them apart)
+    assert uneven["loss"] == pytest.approx(uneven["shares"], rel=1e-6)
+    assert uneven["fit_loss"] == pytest.approx(uneven["shares"], rel=1e-6)  # (fit's logs: Keras's loss tracker)
 
 
 def _batch_norm_of_the_first_share(norm):
@@ -259,6 +298,7 @@ def test_two_devices_of_one_process_train_keras_on_tensorflow_as_one_device_with
     assert "built before this process joined its data-parallel job (rank 0 of 1 on keras, devices ['cpu:0', " \
            "'cpu:1'])" in refused["built_before"], refused
     assert "that this process has left" in refused["after_shutdown"], refused
+    _check_the_batch_split(found["split"])
 
 
 def test_several_devices_in_one_process_elsewhere_is_a_clear_error(backend):

@@ -157,6 +157,15 @@ def writes_state_here() -> bool:
     return True if here is None else here()
 
 
+def share_loss_weight():
+    """In a replica of this process's engine that splits each batch over its devices (TensorFlow's
+    ``MirroredStrategy``): the weight of its share's mean loss in Keras's loss tracker (the engine's: the whole
+    batch's samples over the replicas), so that the step reports the shares' average; None elsewhere."""
+    running = _running()
+    weight = getattr(running, "share_loss_weight", None) if running is not None else None
+    return None if weight is None else weight()
+
+
 def refuse_replicas_in_process(what: str) -> None:
     """The engine's ``DistributedError`` for ``what`` (a training setting the tensorflow backend refuses with
     several devices in one process: a mixed precision with ``accumulate`` N > 1), where this process runs several

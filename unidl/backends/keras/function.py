@@ -61,6 +61,7 @@ def _train_step(native, per_batch: bool):
     step = keras_distributed.data_parallel(train_step, native.weights)
     if not replicas:
         return step
+    _loss_counted_per_share(native._loss_tracker)
 
     def replicated_step(x, y, *inputs):
         # several replicas of this process add their shares to the same trackers: reset before any of them runs,
@@ -72,3 +73,22 @@ def _train_step(native, per_batch: bool):
         return logs["loss"] if per_batch else logs
 
     return replicated_step
+
+
+def _loss_counted_per_share(tracker):
+    """Make Keras's loss ``tracker`` (a ``Mean`` that counts each update by its share's samples) count a replica's
+    share by the engine's ``share_loss_weight`` (the batch's samples over the replicas) where one is in force:
+    a batch split unevenly (5 samples: 2 + 3) then reports the shares' average, as the tensorflow backend's step
+    and DDP's rank losses do, the objective whose gradient the summed replica gradients are, not the whole
+    batch's mean; an epoch's running loss weighs each batch by its size, as ``fit``'s own loop. As it is
+    elsewhere (outside a replica no weight is in force). Once per tracker (a compile has its own)."""
+    if getattr(tracker, "_unidl_counted_per_share", False):
+        return
+    update = tracker.update_state
+
+    def update_state(values, sample_weight=None):
+        weight = keras_distributed.share_loss_weight()
+        return update(values, sample_weight=sample_weight if weight is None else weight)
+
+    object.__setattr__(tracker, "update_state", update_state)
+    object.__setattr__(tracker, "_unidl_counted_per_share", True)

@@ -10,10 +10,10 @@ TensorFlow configures its collectives when its runtime starts, so ``Engine.start
 TensorFlow op of the process (``unidl.distributed.launch`` and ``init()`` at the top of a script do so).
 
 One process driving several devices (``init(devices=[...])``, ``Engine.start_devices``) runs the same step
-through ``tf.distribute.MirroredStrategy``: ``data_parallel`` splits each batch into contiguous shares, one per
-device, the replicas' gradients are averaged by the same ``average_gradients``, and ``update_once`` runs the
-optimizer's update once (in the strategy's cross-replica context, ``merge_call``) on the one copy of each
-variable all replicas read.
+through ``tf.distribute.MirroredStrategy``: ``data_parallel`` splits each batch (``x`` and ``y``; the step's extra
+inputs go whole to every replica) into contiguous shares, one per device, the replicas' gradients are averaged
+by the same ``average_gradients``, and ``update_once`` runs the optimizer's update once (in the strategy's
+cross-replica context, ``merge_call``) on the one copy of each variable all replicas read.
 """
 
 from __future__ import annotations
@@ -156,6 +156,7 @@ class Engine:
     replicas_in_process = staticmethod(lambda: _replicas_in_process())
     update_once = staticmethod(lambda update: update_once(update))
     writes_state_here = staticmethod(lambda: writes_state_here())
+    share_loss_weight = staticmethod(lambda: share_loss_weight())
     refuse_replicas_in_process = staticmethod(lambda what: refuse_replicas_in_process(what))
 
     def stop(self):
@@ -200,12 +201,21 @@ def data_parallel(step, variables=()):
     return replicated
 
 
+#: in a replica of this process's ``MirroredStrategy``: the whole batch's sample count over the replicas (each
+#: replica's thread runs in a copy of the context ``_split_over_replicas`` set it in); None elsewhere
+_share_loss_weight = contextvars.ContextVar("unidl_share_loss_weight", default=None)
+
+
 def _split_over_replicas(step):
-    """``step`` run by every replica of the process's ``MirroredStrategy`` on its contiguous share of each
-    batch argument (the shares differ by one sample at most, as a ``DataLoader``'s rank shares do), and its
-    results combined as one device over the whole batch would return them: scalars (the loss) averaged over
-    the replicas, batched tensors (the outputs) concatenated; what every replica returns alike (the finite flag
-    of ``update_once``) as it is."""
+    """``step(x, y, *inputs)`` run by every replica of the process's ``MirroredStrategy`` on its contiguous share
+    of the batch, ``x`` and ``y`` (each tensor in them; ``fit``'s sample weights travel in ``y``), the shares
+    differing by one sample at most, as a ``DataLoader``'s rank shares do; the extra step ``inputs`` (a dynamic
+    net's depth, a per-feature scale) whole to every replica, as every process of a job gets them. The results are
+    combined as one device over the whole batch would return them: scalars (the loss) averaged over the replicas
+    (the shares' average: the objective whose gradient the averaged gradients are, as DDP's rank losses),
+    batched tensors (the outputs) concatenated; what every replica returns alike (the finite flag of
+    ``update_once``) as it is. A batch with fewer samples than replicas, whose empty share would average nothing
+    (a NaN loss), is a ``DistributedError``."""
     replicas = _strategy.num_replicas_in_sync
 
     def share(value, replica):
@@ -222,15 +232,54 @@ def _split_over_replicas(step):
             return tf.concat(parts, axis=0)
         return tf.add_n(parts) / len(parts) if parts[0].dtype.is_floating else parts[0]
 
+    def in_replica(weight, values):
+        _share_loss_weight.set(weight)
+        return step(*values)
+
     @functools.wraps(step)
-    def replicated(*args):
+    def replicated(x, y, *inputs):
         context = contextvars.copy_context()  # (see data_parallel), one copy per replica thread
+        x, y = _at_least_one_sample_per_replica((x, y), replicas)
+        first = tf.nest.flatten(x)[0]
+        weight = tf.cast(tf.shape(first)[0], tf.float32) / replicas if isinstance(first, tf.Tensor) else None
         shares = _strategy.experimental_distribute_values_from_function(
-            lambda where: tuple(share(a, where.replica_id_in_sync_group) for a in args))
-        result = _strategy.run(lambda *values: context.copy().run(step, *values), args=shares)
+            lambda where: tf.nest.map_structure(lambda value: share(value, where.replica_id_in_sync_group), (x, y)))
+        result = _strategy.run(lambda *values: context.copy().run(in_replica, weight, (*values, *inputs)),
+                               args=shares)
         return tf.nest.map_structure(combined, result)
 
     return replicated
+
+
+def _at_least_one_sample_per_replica(batch, replicas):
+    """``batch`` (``(x, y)``), checked to hold at least one sample per replica: a ``DistributedError`` now where
+    the trace knows its size, else an in-graph check that raises it when the step runs (``fit`` refuses such a
+    loader before training; a step of one's own meets it here, not as a NaN loss)."""
+    from unidl.backends.tensorflow.ops import marked_check
+
+    sizes = [value for value in tf.nest.flatten(batch) if isinstance(value, (tf.Tensor, tf.Variable))
+             and value.shape.rank]
+    if not sizes:
+        return batch
+    message = (f"with {replicas} devices in this process, a batch (size {{}}) has fewer samples than replicas, "
+               f"so a device would train on none; use batches of at least {replicas} samples (fit: "
+               f"drop_last=True, or a batch_size that leaves every batch at least one sample per replica)")
+    known = sizes[0].shape[0]
+    if known is not None:
+        if known < replicas:
+            raise DistributedError(message.format(known))
+        return batch
+    count = tf.shape(sizes[0])[0]
+    check = marked_check(count >= replicas, DistributedError, message, (count,))
+    with tf.control_dependencies([check]):
+        return tf.nest.map_structure(lambda value: tf.identity(value) if value is sizes[0] else value, batch)
+
+
+def share_loss_weight():
+    """In a replica of this process's ``MirroredStrategy``: the weight of its share's mean loss in a running mean
+    counted by samples (Keras's loss tracker), the whole batch's sample count over the replicas, so that the
+    batch's loss is the shares' average, as ``_split_over_replicas`` returns it; None elsewhere."""
+    return _share_loss_weight.get()
 
 
 def update_once(update):
