@@ -91,3 +91,82 @@ def _primitive_counts(jaxpr) -> dict:
                     for name, count in _primitive_counts(inner).items():
                         counts[name] = counts.get(name, 0) + count
     return counts
+
+
+@pytest.mark.every_keras_framework
+@pytest.mark.keras_framework("jax")
+def test_failed_eager_train_steps_on_keras_on_jax_leave_no_arrays_alive():
+    """Keras-on-JAX's eager train step whose forward raises the user's exception (a new one at each step, none
+    kept) after a BatchNorm: six failed steps leave no more live arrays than one did (the abstract pass over the
+    forward before the step, ``_gradients_of_used_variables``, was a ``jax.make_jaxpr`` the error aborted, whose
+    trace stayed alive with its arrays: four more live arrays per failed step), as the jax backend's step."""
+    import gc
+
+    import jax
+
+    from tests.backends.test_traced_functions import _RaisingAfterANorm
+
+    def live() -> int:
+        gc.collect()
+        return len(jax.live_arrays())
+
+    def failed_steps(count):
+        for _ in range(count):
+            model.error = ValueError("a new error at each step")
+            with pytest.raises(ValueError):
+                step(x * 2, labels)
+        model.error = None
+        step(x, labels)
+
+    with ud.use_backend("keras"):
+        ud.manual_seed(0)
+        model = _RaisingAfterANorm()
+        x = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+        labels = np.array([0, 1, 0, 1])
+        step = ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(model.parameters(), lr=0.1), eager=True)
+        step(x, labels)
+        failed_steps(1)  # (whatever a first failure builds once)
+        after_one = live()
+        failed_steps(6)
+        assert live() <= after_one, (after_one, live())
+
+
+class _ReadingItsActivations(ud.nn.Module):
+    """A BatchNorm1d and a Linear, then (where ``read``) the sum of the activations read in Python, the error of
+    that read wrapped in the user's own (``raise ... from``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn, self.head, self.read = ud.nn.BatchNorm1d(3), ud.nn.Linear(3, 2), False
+
+    def forward(self, x):
+        h = self.head(self.bn(x))
+        if self.read:
+            try:
+                float(ud.ops.sum(h))
+            except Exception as error:
+                raise RuntimeError("could not read the activations") from error
+        return h
+
+
+@pytest.mark.every_keras_framework
+@pytest.mark.keras_framework("jax")
+def test_a_wrapped_traced_value_error_in_keras_on_jax_eager_step_changes_nothing():
+    """Keras-on-JAX's eager train step whose forward reads a differentiated value in Python, the tracer's error
+    wrapped in the user's own (``raise RuntimeError(...) from error``): the abstract pass before the step raises
+    it at once, the step's own rule for Python control flow on a value (``GraphConstructError``), and the step
+    changes nothing (the pass matched the tracer's error as the outer exception only: a wrapped one was taken for
+    the user's own, the step ran and kept what its BatchNorm wrote)."""
+    with ud.use_backend("keras"):
+        ud.manual_seed(0)
+        model = _ReadingItsActivations()
+        x = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+        labels = np.array([0, 1, 0, 1])
+        step = ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(model.parameters(), lr=0.1), eager=True)
+        step(x, labels)
+        before = {key: ud.to_numpy(value).copy() for key, value in model.state_dict().items()}
+        model.read = True
+        with pytest.raises(ud.GraphConstructError, match="uses the value of a tensor in Python control flow"):
+            step(x * 2, labels)
+        after = {key: ud.to_numpy(value) for key, value in model.state_dict().items()}
+        assert [key for key in after if not np.array_equal(after[key], before[key])] == []

@@ -1,6 +1,8 @@
 """What a traced step or ``ud.function`` bakes in: the ops of TensorFlow's step graph for sequence models
 (a Linear on (batch, length, features) input), and the modules' train/eval mode on every backend."""
 
+import contextvars
+
 import numpy as np
 import pytest
 
@@ -921,6 +923,126 @@ def test_a_train_step_whose_forward_raises_the_users_error_keeps_the_writes_made
             for key in changed:
                 np.testing.assert_array_equal(failed[key], passed[key], err_msg=f"x * {scale}: {key}")
             model.load_state_dict(failed)
+
+
+class _RaisingOnceAfterANorm(ud.nn.Module):
+    """A BatchNorm1d, then the user's own exception (``error``, where set) raised once by the forward, which clears
+    it as it raises; and a Linear the forward never uses."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn, self.head, self.unused, self.error = ud.nn.BatchNorm1d(3), ud.nn.Linear(3, 2), ud.nn.Linear(3, 3), None
+        self.tag = 0
+
+    def forward(self, x):
+        normed = self.bn(x)
+        _TAG_SEEN.set(self.tag)  # (the user's own context variable, set by the forward)
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+        return self.head(normed)
+
+
+_TAG_SEEN: contextvars.ContextVar = contextvars.ContextVar("test_tag_seen", default=None)
+
+
+@pytest.mark.parametrize("backend_name", backends_under_test())
+def test_a_train_step_whose_forward_raises_once_raises_it_and_moves_no_weight(backend_name):
+    """``ud.train_step(eager=True)`` whose forward raises the user's exception once (a one-shot flag, cleared as it
+    raises), under SGD with momentum and weight decay, beside a Linear the forward never uses: the step raises that
+    very exception and changes no weight, and the unused Linear never moves (no gradient: PyTorch's rule), as
+    torch's step. (Keras-on-JAX's abstract pass over the forward, before its eager step, met the error and kept
+    every gradient; the step's forward then passed, and the step trained silently, the unused Linear moved by
+    momentum and weight decay on zero gradients.)"""
+    with ud.use_backend(backend_name):
+        ud.manual_seed(0)
+        model = _RaisingOnceAfterANorm()
+        x = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+        labels, error = np.array([0, 1, 0, 1]), ValueError("the user's own error, once")
+
+        def weights():
+            return {name: ud.to_numpy(value).copy() for name, value in model.named_parameters()}
+
+        unused = ud.to_numpy(model.unused.weight).copy()
+        step = ud.train_step(model, ud.nn.CrossEntropyLoss(),
+                             ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1), eager=True)
+        step(x, labels)  # (a passing step first: the step traced, the optimizer built)
+        before = weights()
+        model.error = error
+        with pytest.raises(ValueError) as raised:
+            step(x * 2, labels)
+        assert raised.value is error, repr(raised.value)
+        assert model.error is None  # (the forward ran, and raised)
+        after = weights()
+        assert changed_by(before, after) == [], changed_by(before, after)
+        for _ in range(2):
+            step(x, labels)
+        trained = sorted(changed_by(before, weights()))
+        assert trained == ["bn.bias", "bn.weight", "head.bias", "head.weight"], trained  # (the unused Linear: not)
+        np.testing.assert_array_equal(ud.to_numpy(model.unused.weight), unused)
+
+
+class _Stop(BaseException):
+    """An exception outside ``Exception`` (as ``KeyboardInterrupt``), raised by a forward."""
+
+
+@pytest.mark.parametrize("backend_name", backends_under_test())
+def test_a_train_step_whose_forward_raises_a_base_exception_keeps_the_writes_made_before_it(backend_name):
+    """``test_a_train_step_whose_forward_raises_the_users_error_keeps_the_writes_made_before_it`` for an exception
+    outside ``Exception`` (a ``BaseException`` such as ``KeyboardInterrupt``): the step raises it and keeps the
+    statistics and ``num_batches_tracked`` the BatchNorm wrote, as its passing call writes them, and nothing else,
+    as torch's step (the jax backend's and Keras-on-JAX's eager steps noted the writes for an ``Exception`` only,
+    and dropped them)."""
+    with ud.use_backend(backend_name):
+        ud.manual_seed(0)
+        model = _RaisingAfterANorm()
+        x = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+        labels, error = np.array([0, 1, 0, 1]), _Stop("stop")
+
+        def state():
+            return {key: ud.to_numpy(value).copy() for key, value in model.state_dict().items()}
+
+        step = ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(model.parameters(), lr=0.1), eager=True)
+        step(x, labels)
+        before = state()
+        model.error = error
+        with pytest.raises(_Stop) as raised:
+            step(x * 2, labels)
+        assert raised.value is error, repr(raised.value)
+        failed = state()
+        model.error = None
+        model.load_state_dict(before)
+        step(x * 2, labels)
+        passed = state()
+        changed = changed_by(before, failed)
+        assert sorted(changed) == ["bn.num_batches_tracked", "bn.running_mean", "bn.running_var"], changed
+        for key in changed:
+            np.testing.assert_array_equal(failed[key], passed[key], err_msg=key)
+
+
+@pytest.mark.parametrize("backend_name", backends_under_test())
+def test_a_context_variable_the_forward_sets_outlives_the_eager_train_step(backend_name):
+    """A ``ContextVar`` the user's forward sets holds its value after ``ud.train_step(eager=True)``, a passing step
+    and one whose forward raised, as after torch's step (Keras-on-JAX's step runs in a context of its own, for its
+    own settings, and dropped the forward's with it)."""
+    with ud.use_backend(backend_name):
+        ud.manual_seed(0)
+        model = _RaisingOnceAfterANorm()
+        x = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+        labels = np.array([0, 1, 0, 1])
+        step = ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(model.parameters(), lr=0.1), eager=True)
+        token = _TAG_SEEN.set(None)
+        try:
+            for tag in (1, 2):
+                model.tag = tag
+                step(x, labels)
+                assert _TAG_SEEN.get() == tag, (tag, _TAG_SEEN.get())
+            model.tag, model.error = 3, ValueError("raised")
+            with pytest.raises(ValueError, match="raised"):
+                step(x, labels)
+            assert _TAG_SEEN.get() == 3, _TAG_SEEN.get()
+        finally:
+            _TAG_SEEN.reset(token)
 
 
 @pytest.mark.keras_framework("tensorflow")

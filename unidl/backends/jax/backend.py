@@ -602,7 +602,7 @@ class Backend(BackendInterface):
                 written = writes()
             except _CONCRETIZATION:
                 raise
-            except Exception:
+            except BaseException:  # (a KeyboardInterrupt too: the writes before it stand, as in torch)
                 kept.update(_concrete_writes(writes()))
                 raise
             finally:
@@ -616,7 +616,7 @@ class Backend(BackendInterface):
             if inside_a_trace((targets, args)) or jax_variable.recording():
                 raise
             raise _differentiated_value_error(error, name or "the differentiated function") from None
-        except Exception:
+        except BaseException:
             if not (inside_a_trace((targets, args)) or jax_variable.recording()):  # (a trace's checks select them)
                 for index, new in kept.items():  # (the transformation has ended: concrete values, no tracer leaks)
                     live[index].value = new

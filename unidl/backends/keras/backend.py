@@ -37,7 +37,8 @@ from unidl.backends.keras import stateless as keras_stateless
 from unidl.backends.keras.host import HOST
 from unidl.backends.keras.module import (BatchRelay, KeptStepState, NativeLoss, NativeModel,
                                          metric_tracker_variables, note_state_written, reached_modes,
-                                         restore_metric_totals, step_key, swallowed_ctrl_c_raised)
+                                         restore_metric_totals, step_key, swallowed_ctrl_c_raised,
+                                         traced_value_error)
 from unidl.backends.keras.metrics import NativeMetrics, epoch_logs
 from unidl.backends.keras.optimizer import NativeOptimizer, keep_train_function_current
 from unidl.optim.param_groups import ConstantOptions
@@ -557,7 +558,7 @@ class Backend(BackendInterface):
                     marked = marked_error_from(error, escaped=True)
                     if marked is not None:
                         raise marked from None
-                    traced = _traced_value_error(error)
+                    traced = traced_value_error(error)
                     if traced is None:
                         raise
             eager.append(True)
@@ -638,22 +639,13 @@ def _read_variables(value):
     return value
 
 
-def _traced_value_error(error):
-    """The host's error for a traced value used in Python (``tracer_value_errors``) that ``error`` is or was raised
-    from (Keras wraps it), or None."""
-    cause = error
-    while cause is not None and not isinstance(cause, getattr(HOST, "tracer_value_errors", ())):
-        cause = cause.__cause__ or cause.__context__
-    return cause
-
-
 def _raise_if_traced_value(error, model, step_inputs: bool) -> None:
     """``GraphConstructError`` in place of Keras's own error (its model build's, or its train step's) when the
     forward used a traced value in Python control flow (``if`` on a tensor's value; ``range(depth)`` of a step input:
     ``train_step``'s extra inputs, ``fit``'s ``step_inputs``) on a host whose Keras trainer traces every step (JAX:
     even with ``run_eagerly``, Keras builds the model by tracing it; its raw TracerBoolConversionError or "Unable to
     automatically build the model" named neither the forward nor the fix)."""
-    cause = _traced_value_error(error)
+    cause = traced_value_error(error)
     if cause is not None:
         from unidl.errors import GraphConstructError
 

@@ -70,11 +70,14 @@ class NativeModel(keras.Model):
         written = []
         try:
             with recording_module_calls() as reached, keras_distributed.forward_through_engine(self), \
-                    _trainer_variables_told(self), _gradients_of_used_variables(self, args), \
+                    _trainer_variables_told(self), _gradients_of_used_variables(self, args) as raised_in_the_pass, \
                     _writes_outside_the_state_found(self), _draws_frozen_warned(self):
                 result = super().train_step(*args, **kwargs)
         except StateOutsideTheModel as found:
             written = found.variables
+        else:
+            if raised_in_the_pass:  # the forward raised in the abstract pass, and not in the step: its error
+                raise raised_in_the_pass[0]
         _note_modules_reached(self, reached)
         new = [*written, *_reads_outside_the_state(self)]  # (one more trace over them all)
         if new:
@@ -110,7 +113,7 @@ class NativeModel(keras.Model):
         # (Keras's signature: its trainer passes ``training`` only to a compute_loss that names it)
         try:
             return super().compute_loss(x, y, y_pred, sample_weight, training=training)
-        except Exception as error:  # (a label out of range: the forward's writes stand, as in torch)
+        except BaseException as error:  # (a label out of range, a Ctrl-C: the forward's writes stand, as in torch)
             _writes_before_the_error_noted(self, error)
             raise
 
@@ -187,11 +190,12 @@ class NativeModel(keras.Model):
                         f"the train step of {type(self).__name__} writes new variables each time it is traced "
                         f"({again.variables}): create modules and variables outside the forward and call them "
                         f"inside it") from None
-            except Exception as error:  # (a step run eagerly: what its forward wrote before the error stands)
+            except BaseException as error:  # (a step run eagerly: what its forward wrote before the error stands)
                 _write_state_back_with_the_writes_before(self, state, error, noted)
                 raise
             finally:
                 noted.clear()  # (the arrays it holds go with the step, not with an error the caller keeps)
+                _context_of_the_step_kept(context)
             if raise_failed is None:
                 return kept[0]
             (outputs, failed), state = kept[0]
@@ -225,7 +229,7 @@ class NativeModel(keras.Model):
                 return _as_the_loss_takes_it(outputs)
             finally:
                 restore_modes(modes)
-        except Exception as error:
+        except BaseException as error:  # (a KeyboardInterrupt too: the writes before it stand, as in torch)
             _writes_before_the_error_noted(self, error)
             # Keras's call wrapper (traceback filtering: its predict, its fit on torch) would raise a copy whose
             # text is "Exception encountered when calling NativeModel.call()" around this one's and the
@@ -535,36 +539,53 @@ def _gradients_of_used_variables(native, args):
     ``jax.grad`` gives a trainable variable the loss does not use zeros, which momentum, weight decay and Adam's
     step count would act on; PyTorch gives it no gradient and leaves it alone. For the step traced in the block,
     the optimizer learns which variables the loss uses (the host's ``inputs_used``: a walk over the loss's
-    jaxpr, at trace time) and treats the others as without a gradient (``NativeOptimizer.apply``). Where the
-    forward raises in that pass (other than for Python control flow on a value), every gradient is kept: the step
-    itself then raises the same error, on values where it runs eagerly, with what the forward wrote before it."""
+    jaxpr, at trace time) and treats the others as without a gradient (``NativeOptimizer.apply``).
+
+    Gives the list of what the forward raised in that pass (empty where it raised nothing). An error caught there
+    ends the pass's trace normally (the loss zero): an abstract trace aborted by it stayed alive, with its arrays,
+    after each failed step. Python control flow on a value (the host's ``tracer_value_errors``, or an error raised
+    from one) is raised at once, the step's own rule for it. Any other (the user's own, after a BatchNorm wrote; a
+    ``KeyboardInterrupt`` too) keeps every gradient: the step itself then raises the same error, on values where it
+    runs eagerly, with what the forward wrote before it, as torch's step; where the step raises nothing (a forward
+    that raises once), ``NativeModel.train_step`` raises the pass's error once the step is made, before its update
+    is applied: no weight changes, as torch's step whose forward raised."""
     optimizer = getattr(native, "optimizer", None)
     inner = getattr(optimizer, "inner_optimizer", optimizer)  # (float16: the optimizer in Keras's loss scaler)
+    raised = []
     if HOST.keras_state_in_place or len(args) != 2 or not hasattr(inner, "used_gradients"):
-        yield
+        yield raised
         return
     (trainable, non_trainable, optimizer_variables, metrics_variables), data = args
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
 
     def loss_of(values):
-        return native.compute_loss_and_updates(values, non_trainable, metrics_variables, x, y, sample_weight,
-                                               training=True, optimizer_variables=optimizer_variables)[0]
+        try:
+            return native.compute_loss_and_updates(values, non_trainable, metrics_variables, x, y, sample_weight,
+                                                   training=True, optimizer_variables=optimizer_variables)[0]
+        except BaseException as error:  # (kept for after the trace, which ends normally)
+            raised.append(error)
+            return keras.ops.zeros(())
 
-    try:
-        with python_randomness_preserved(replay=python_randomness_state()):  # (the step's own draws, replayed)
-            used = HOST.inputs_used(loss_of, list(trainable))
-    except getattr(HOST, "tracer_value_errors", ()):
-        raise  # (Python control flow on a value: the step's own rule for it, as before this pass)
-    except Exception:
-        # the forward raised in this abstract pass (a user's own error, after a BatchNorm wrote): every gradient
-        # kept, so that the step runs and raises that error itself, on values, with the writes made before it
-        # noted (``_writes_before_the_error_noted``), as torch's step leaves them; here they are tracers
+    with python_randomness_preserved(replay=python_randomness_state()):  # (the step's own draws, replayed)
+        used = HOST.inputs_used(loss_of, list(trainable))
+    if raised:
+        if traced_value_error(raised[0]) is not None:
+            raise raised[0]  # (Python control flow on a value: the step's own rule for it, as before this pass)
         used = None
     object.__setattr__(inner, "used_gradients", used)
     try:
-        yield
+        yield raised
     finally:
         object.__setattr__(inner, "used_gradients", None)
+
+
+def traced_value_error(error):
+    """The host's error for a traced value used in Python (``tracer_value_errors``) that ``error`` is or was raised
+    from (Keras, or the user's forward, wraps it), or None."""
+    cause = error
+    while cause is not None and not isinstance(cause, getattr(HOST, "tracer_value_errors", ())):
+        cause = cause.__cause__ or cause.__context__
+    return cause
 
 
 def _loss_marked_in_a_gradient(native, loss, unscaled, trainable_values):
@@ -735,6 +756,21 @@ def _some_variable_emptied(native, groups: int) -> bool:
 #: (with the model's arrays)
 _WRITES_BEFORE_THE_ERROR: contextvars.ContextVar[list | None] = contextvars.ContextVar("unidl_writes_before_the_error",
                                                                                        default=None)
+
+
+#: a value no context variable holds (``_context_of_the_step_kept``)
+_UNSET = object()
+
+
+def _context_of_the_step_kept(context) -> None:
+    """The context variables that a step run in ``context`` (a copy of this thread's: ``_make_function``'s
+    ``iterator_step``) set, the user's forward's among them, set in this thread's context too, as a step that runs
+    in the caller's context (torch's, the jax backend's) leaves them; not the step's own settings
+    (``_WRITES_BEFORE_THE_ERROR``, ``_PREDICT_STEP_TRACED``), which end with it."""
+    for variable, value in context.items():
+        if (variable is not _WRITES_BEFORE_THE_ERROR and variable is not _PREDICT_STEP_TRACED
+                and variable.get(_UNSET) is not value):
+            variable.set(value)
 
 
 def _writes_before_the_error_noted(native, error) -> None:
