@@ -587,8 +587,8 @@ def test_a_checked_momentum_step_selects_each_parameter_and_buffer_once(precisio
     parameter and each momentum buffer once, by the non-finite flag and the checks' together
     (``JaxOptimizer.apply``): selected again by the checks after the update, the parameter's new value read the
     buffer before that selection, which XLA then computed twice, reading every gradient twice a step (ResNet-18's
-    transposed kernel gradients: benchmarks/RESULTS.md, stop 64). A label out of range still leaves the weights and the buffers as they were;
-    a good step still moves them. Under mixed precision too (``precision.train_step``)."""
+    transposed kernel gradients: benchmarks/RESULTS.md, stop 64). A label out of range still leaves the weights
+    and the buffers as they were; a good step still moves them. Under mixed precision too (``precision.train_step``)."""
     with ud.use_backend("jax"):
         ud.manual_seed(0)
         model = ud.nn.Sequential(ud.nn.Linear(6, 8), ud.nn.ReLU(), ud.nn.Linear(8, 3))
