@@ -219,6 +219,39 @@ def test_value_checks_of_a_jit_compiled_function_raise_the_eager_error(backend_n
             assert str(eagerly.value) == str(caught.value) == message, case
 
 
+_TORCH_COMPILED = [pytest.param(name, marks=pytest.mark.keras_framework("torch")) if name == "keras" else name
+                   for name in backends_under_test() if name in ("torch", "keras")]
+
+
+@pytest.mark.parametrize("backend_name", _TORCH_COMPILED)
+def test_a_torch_compiled_function_calling_ud_ops_compiles_nothing_again_when_called_again(backend_name, monkeypatch):
+    """``torch.compile`` breaks its graph where an op reads which backend is in force (a ``ContextVar``, which
+    Dynamo does not trace) and compiles the rest of the op's Python on its own: that rest was compiled again at every
+    call (its guards held a bound method made anew each call), for each op, until Dynamo gave up on it after eight.
+    Later calls with the same inputs now run what the first ones compiled; the values are the eager ones."""
+    import functools
+
+    import torch
+    from torch._dynamo.utils import counters
+
+    # Dynamo's guards and recompiles alone, without Inductor's code generation (seconds a graph on a CPU)
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+
+    def masked(x, labels):
+        return ud.ops.where(labels > 1, x, ud.ops.zeros_like(x))
+
+    x, labels = np.array([1.0, -2.0, 3.0], np.float32), np.array([1, 2, 3])
+    with ud.use_backend(backend_name):
+        compiled = ud.function(masked, jit_compile=True)
+        # (the second call may compile once more: unidl's caches of the backend's tensor types and of dtype names,
+        # filled at the first call, are in the guards)
+        first = [ud.to_numpy(compiled(x, labels)) for _ in range(2)]
+        traced = counters["frames"]["total"]
+        again = [ud.to_numpy(compiled(x, labels)) for _ in range(2)]
+        assert counters["frames"]["total"] == traced
+        np.testing.assert_allclose([*first, *again], [ud.to_numpy(masked(x, labels))] * 4)
+
+
 def test_a_jit_compiled_function_keeps_its_checks_after_an_export_traced_it():
     """An export (``ud.export``: ``tracing_for_export``) traces the functions a forward calls into graphs of its
     own, with no extra outputs; the jit-compiled function's kept graph, which returns its checks' report beside the

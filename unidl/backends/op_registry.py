@@ -82,7 +82,11 @@ def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs:
     converted = "".join(f"    if isinstance({p}, _CONVERTED): {p} = _array_{p}({name!r}, {p!r}, {p})\n"
                         for p in arrays if p not in tensors)
     if tensors:  # (the backend's set read once a call: the backend in force, else the default, else found anew)
-        converted = "    _passing = _PASSING.get(_override.get() or _config._default_backend) or _passing_types()\n" + \
+        # (the context variable read in a statement of its own: torch.compile breaks its graph at that read and
+        # resumes with the stack as it was; a ``_PASSING.get`` bound there, a new object each call, failed the
+        # resumed code's guards at every call, which compiled it again)
+        converted = "    _in_force = _override.get() or _config._default_backend\n" + \
+            "    _passing = _PASSING.get(_in_force) or _passing_types()\n" + \
             "".join(f"    if type({p}) not in _passing: {p} = _admitted({name!r}, {p!r}, {p}"
                     f"{f', _array_{p}' if p in arrays else ''})\n" for p in tensors) + converted
     checks = "".join(f"    {p} = _check_{p}({name!r}, {p!r}, {p})\n" for p in inputs)

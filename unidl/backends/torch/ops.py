@@ -283,10 +283,17 @@ def check_index(indices, size, what="index"):
     torch.compile, as it is on the CPU. Meta tensors (shapes only) hold no values to check; nor does a program
     torch.export traces (``_exporting``)."""
     if indices.numel() and not indices.is_meta and not _exporting():
-        low, high = torch.stack(torch.aminmax(indices.detach())).tolist()  # (one read, on every device)
-        if low < 0 or high >= size:
-            raise IndexOutOfRangeError(f"{what} must lie in [0, {size}); found values from {low} to {high}")
+        _check_index_values(indices, size, what)
     return indices
+
+
+@torch.compiler.disable
+def _check_index_values(indices, size, what):
+    """``check_index``'s read and raise, which torch.compile runs as it is rather than trace: the read breaks the
+    graph either way, and a traced one compiled this function again for each rank, dtype and size it met."""
+    low, high = torch.stack(torch.aminmax(indices.detach())).tolist()  # (one read, on every device)
+    if low < 0 or high >= size:
+        raise IndexOutOfRangeError(f"{what} must lie in [0, {size}); found values from {low} to {high}")
 
 
 def check_values(x, condition, message, values=()):
