@@ -170,3 +170,57 @@ def test_a_wrapped_traced_value_error_in_keras_on_jax_eager_step_changes_nothing
             step(x * 2, labels)
         after = {key: ud.to_numpy(value) for key, value in model.state_dict().items()}
         assert [key for key in after if not np.array_equal(after[key], before[key])] == []
+
+
+class _RaisingWithANormOutside(ud.nn.Module):
+    """A Linear over a BatchNorm1d held in a plain list (outside the model's tree, its statistics written outside
+    the model's state), the forward raising ``error`` at its run number ``raise_at`` (counted in ``runs``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.head, self.outside = ud.nn.Linear(3, 2), [ud.nn.BatchNorm1d(3)]
+        self.runs, self.raise_at, self.error = 0, None, None
+
+    def forward(self, x):
+        self.runs += 1
+        if self.runs == self.raise_at:
+            raise self.error
+        return self.head(self.outside[0](x))
+
+
+@pytest.mark.every_keras_framework
+@pytest.mark.keras_framework("jax")
+@pytest.mark.parametrize("eager", [True, False])
+@pytest.mark.parametrize("error", [KeyboardInterrupt, SystemExit, ValueError])
+def test_an_error_in_keras_on_jax_steps_analysis_pass_is_raised_and_changes_nothing(eager, error):
+    """Keras-on-JAX's train step whose forward raises once, in its first run of the step (the abstract pass of
+    ``_gradients_of_used_variables``), after a new BatchNorm was put outside the model's tree (its writes: the step
+    traced again, ``StateOutsideTheModel``): the step raises the error and changes no weight, as torch's (the
+    error was lost there: the step traced again over the new state trained without it). A ``KeyboardInterrupt`` is
+    raised at once, with that one run of the forward, as torch's, where the forward's own run in the step came
+    first (a Ctrl-C a step late). A next step trains, with the new BatchNorm's statistics threaded."""
+    x = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+    y = np.random.default_rng(2).standard_normal((4, 2)).astype(np.float32)
+    with ud.use_backend("keras"):
+        ud.manual_seed(0)
+        model = _RaisingWithANormOutside()
+        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1), eager=eager)
+        step(x, y)
+        if error is KeyboardInterrupt:  # (no new state: raised at once all the same)
+            model.raise_at, model.error, start = model.runs + 1, error(), model.runs
+            with pytest.raises(KeyboardInterrupt):
+                step(np.resize(x, (5, 3)), np.resize(y, (5, 2)))  # (a new batch size: a jitted step traced again)
+            assert model.runs - start == 1
+        model.outside[0] = ud.nn.BatchNorm1d(3)
+        weight = ud.to_numpy(model.head.weight).copy()
+        model.raise_at, model.error, start = model.runs + 1, error(), model.runs
+        with pytest.raises(error):
+            step(np.resize(x, (6, 3)), np.resize(y, (6, 2)))
+        if error is KeyboardInterrupt:
+            assert model.runs - start == 1
+        assert np.array_equal(ud.to_numpy(model.head.weight), weight)
+        assert np.array_equal(ud.to_numpy(model.outside[0].running_mean), np.zeros(3, np.float32))
+        model.raise_at = None
+        step(np.resize(x, (6, 3)), np.resize(y, (6, 2)))
+        assert not np.array_equal(ud.to_numpy(model.head.weight), weight)
+        assert not np.array_equal(ud.to_numpy(model.outside[0].running_mean), np.zeros(3, np.float32))

@@ -67,7 +67,7 @@ class NativeModel(keras.Model):
         object.__setattr__(self, "train_step_runs", self.train_step_runs + 1)
         # in a data-parallel job whose engine wraps the forward (Keras-on-torch: DistributedDataParallel), Keras's
         # own step with its forward through that wrapper, so that its loss.backward() averages the gradients
-        written = []
+        written, raised_in_the_pass = [], []
         try:
             with recording_module_calls() as reached, keras_distributed.forward_through_engine(self), \
                     _trainer_variables_told(self), _gradients_of_used_variables(self, args) as raised_in_the_pass, \
@@ -75,9 +75,8 @@ class NativeModel(keras.Model):
                 result = super().train_step(*args, **kwargs)
         except StateOutsideTheModel as found:
             written = found.variables
-        else:
-            if raised_in_the_pass:  # the forward raised in the abstract pass, and not in the step: its error
-                raise raised_in_the_pass[0]
+        if raised_in_the_pass:  # the forward raised in the abstract pass, and not in the step: its error (before
+            raise raised_in_the_pass[0]  # a trace over a new outside state, whose step would train without it)
         _note_modules_reached(self, reached)
         new = [*written, *_reads_outside_the_state(self)]  # (one more trace over them all)
         if new:
@@ -544,11 +543,14 @@ def _gradients_of_used_variables(native, args):
     Gives the list of what the forward raised in that pass (empty where it raised nothing). An error caught there
     ends the pass's trace normally (the loss zero): an abstract trace aborted by it stayed alive, with its arrays,
     after each failed step. Python control flow on a value (the host's ``tracer_value_errors``, or an error raised
-    from one) is raised at once, the step's own rule for it. Any other (the user's own, after a BatchNorm wrote; a
-    ``KeyboardInterrupt`` too) keeps every gradient: the step itself then raises the same error, on values where it
-    runs eagerly, with what the forward wrote before it, as torch's step; where the step raises nothing (a forward
-    that raises once), ``NativeModel.train_step`` raises the pass's error once the step is made, before its update
-    is applied: no weight changes, as torch's step whose forward raised."""
+    from one) is raised at once, the step's own rule for it. So is a ``KeyboardInterrupt`` (a Ctrl-C, which lands
+    anywhere: the step's forward would not meet it again, and ran in full before it was raised, a step late; the
+    pass wrote no value, as torch's step interrupted before its forward). Any other (the user's own, after a
+    BatchNorm wrote; a ``SystemExit`` or another ``BaseException`` too) keeps every gradient: the step itself then
+    raises the same error, on values where it runs eagerly, with what the forward wrote before it, as torch's step;
+    where the step raises nothing (a forward that raises once), ``NativeModel.train_step`` raises the pass's error
+    once the step is made, before its update is applied, a step traced again over new state outside the model too
+    (``StateOutsideTheModel``, which trained without it): no weight changes, as torch's step whose forward raised."""
     optimizer = getattr(native, "optimizer", None)
     inner = getattr(optimizer, "inner_optimizer", optimizer)  # (float16: the optimizer in Keras's loss scaler)
     raised = []
@@ -568,6 +570,8 @@ def _gradients_of_used_variables(native, args):
 
     with python_randomness_preserved(replay=python_randomness_state()):  # (the step's own draws, replayed)
         used = HOST.inputs_used(loss_of, list(trainable))
+    if raised and isinstance(raised[0], KeyboardInterrupt):  # (at once: its trace has ended, keeping no arrays)
+        raise raised[0]
     if raised:
         if traced_value_error(raised[0]) is not None:
             raise raised[0]  # (Python control flow on a value: the step's own rule for it, as before this pass)
