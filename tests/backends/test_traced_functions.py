@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import unidl as ud
+from tests.helpers import run_python
 from unidl.testing.pytest_plugin import backends_under_test
 
 
@@ -250,6 +251,27 @@ def test_a_torch_compiled_function_calling_ud_ops_compiles_nothing_again_when_ca
         again = [ud.to_numpy(compiled(x, labels)) for _ in range(2)]
         assert counters["frames"]["total"] == traced
         np.testing.assert_allclose([*first, *again], [ud.to_numpy(masked(x, labels))] * 4)
+
+
+def test_torch_ops_checking_indices_eagerly_leave_torch_dynamo_unimported():
+    """``check_index`` runs its read untraced under torch.compile through ``torch.compiler.disable``, which imports
+    torch._dynamo (0.8 s of CPU): applied at import, every fresh process that ran a torch op (a test's subprocess,
+    a launched rank, the CLI) paid it. An eager take and Embedding forward, in a fresh interpreter, import none of
+    it and still raise unidl's error."""
+    out = run_python("""
+import sys
+import numpy as np
+import unidl as ud
+ud.set_backend("torch")
+taken = ud.ops.take(ud.tensor([1.0, 2.0]), ud.tensor([1]))
+looked = ud.nn.Embedding(4, 2)(ud.tensor(np.array([0, 3])))
+try:
+    ud.ops.take(ud.tensor([1.0, 2.0]), ud.tensor([2]))
+except ud.IndexOutOfRangeError:
+    print("raised")
+print(ud.to_numpy(taken).tolist(), tuple(looked.shape), "torch._dynamo" in sys.modules)
+""", env={"UNIDL_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+    assert out.stdout.split() == ["raised", "[2.0]", "(2,", "2)", "False"], out.stdout
 
 
 def test_a_jit_compiled_function_keeps_its_checks_after_an_export_traced_it():
