@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import unidl as ud
+from tests.helpers import run_python
 from unidl.testing.pytest_plugin import backends_under_test
 
 
@@ -250,6 +251,57 @@ def test_a_torch_compiled_function_calling_ud_ops_compiles_nothing_again_when_ca
         again = [ud.to_numpy(compiled(x, labels)) for _ in range(2)]
         assert counters["frames"]["total"] == traced
         np.testing.assert_allclose([*first, *again], [ud.to_numpy(masked(x, labels))] * 4)
+
+
+@pytest.mark.parametrize("backend_name", _TORCH_COMPILED)
+def test_a_torch_compiled_function_runs_its_index_checks_untraced(backend_name, monkeypatch):
+    """Under ``torch.compile`` (``ud.function(jit_compile=True)``) an index check reads its values outside the
+    traced graphs (``torch.compiler.disable``, applied when the function is compiled: ``untraced_checks``): traced,
+    each rank, dtype and size of indices compiled the check's own graph again. No graph holds the check's aminmax;
+    the values and the error are the eager ones."""
+    import functools
+
+    import torch
+
+    from unidl.backends.torch import ops as torch_ops
+
+    graphs = []
+
+    def recording(graph_module, example_inputs):
+        graphs.append([str(node.target) for node in graph_module.graph.nodes])
+        return graph_module.forward
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=recording))
+    monkeypatch.setattr(torch_ops, "_untraced_check_index_values", None)  # (as in a fresh process)
+    x = np.arange(12.0, dtype=np.float32).reshape(4, 3)
+    with ud.use_backend(backend_name):
+        compiled = ud.function(lambda x, indices: ud.ops.take(x, indices, axis=0) * 2, jit_compile=True)
+        for indices in (np.array([3]), np.array([0, 2]), np.array([[1, 3]])):
+            np.testing.assert_array_equal(ud.to_numpy(compiled(x, indices)), x[indices] * 2)
+        with pytest.raises(ud.IndexOutOfRangeError, match=r"found values from 0 to 9"):
+            compiled(x, np.array([0, 9]))
+    assert graphs and not [graph for graph in graphs if any("aminmax" in target for target in graph)], graphs
+
+
+def test_torch_ops_checking_indices_eagerly_leave_torch_dynamo_unimported():
+    """``check_index`` runs its read untraced under torch.compile through ``torch.compiler.disable``, which imports
+    torch._dynamo (0.8 s of CPU): applied at import, every fresh process that ran a torch op (a test's subprocess,
+    a launched rank, the CLI) paid it. An eager take and Embedding forward, in a fresh interpreter, import none of
+    it and still raise unidl's error."""
+    out = run_python("""
+import sys
+import numpy as np
+import unidl as ud
+ud.set_backend("torch")
+taken = ud.ops.take(ud.tensor([1.0, 2.0]), ud.tensor([1]))
+looked = ud.nn.Embedding(4, 2)(ud.tensor(np.array([0, 3])))
+try:
+    ud.ops.take(ud.tensor([1.0, 2.0]), ud.tensor([2]))
+except ud.IndexOutOfRangeError:
+    print("raised")
+print(ud.to_numpy(taken).tolist(), tuple(looked.shape), "torch._dynamo" in sys.modules)
+""", env={"UNIDL_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+    assert out.stdout.split() == ["raised", "[2.0]", "(2,", "2)", "False"], out.stdout
 
 
 def test_a_jit_compiled_function_keeps_its_checks_after_an_export_traced_it():

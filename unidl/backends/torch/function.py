@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from unidl.backends.torch import ops as torch_ops
+
 
 class EagerFunction:
     """``fn`` run eagerly, or through ``torch.compile`` when ``jit_compile`` (``ud.function`` has made its array
@@ -16,6 +18,8 @@ class EagerFunction:
     trace_count = None  # nothing is traced eagerly; torch.compile keeps its own cache
 
     def __init__(self, fn, jit_compile: bool, name: str):
+        if jit_compile:
+            torch_ops.untraced_checks()  # (torch.compile imports torch._dynamo: unidl's import does not)
         self._run = torch.compile(fn) if jit_compile else fn
         self.__name__ = name
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 
@@ -283,17 +285,39 @@ def check_index(indices, size, what="index"):
     torch.compile, as it is on the CPU. Meta tensors (shapes only) hold no values to check; nor does a program
     torch.export traces (``_exporting``)."""
     if indices.numel() and not indices.is_meta and not _exporting():
-        _check_index_values(indices, size, what)
+        # (Dynamo reads is_compiling as True while it traces; eagerly it is a flag's read, which imports nothing)
+        if not torch.compiler.is_compiling():
+            if _untraced_check_index_values is None and "torch._dynamo" in sys.modules:
+                untraced_checks()  # (for a user's own torch.compile of code that ran eagerly first)
+            _check_index_values(indices, size, what)
+        else:
+            (_untraced_check_index_values or _check_index_values)(indices, size, what)
     return indices
 
 
-@torch.compiler.disable
 def _check_index_values(indices, size, what):
-    """``check_index``'s read and raise, which torch.compile runs as it is rather than trace: the read breaks the
-    graph either way, and a traced one compiled this function again for each rank, dtype and size it met."""
+    """``check_index``'s read and raise. Under torch.compile it runs untraced (``untraced_checks``): the read
+    breaks the graph either way, and a traced one compiled this function again for each rank, dtype and size it
+    met."""
     low, high = torch.stack(torch.aminmax(indices.detach())).tolist()  # (one read, on every device)
     if low < 0 or high >= size:
         raise IndexOutOfRangeError(f"{what} must lie in [0, {size}); found values from {low} to {high}")
+
+
+#: ``_check_index_values`` as torch.compile runs it, untraced (``torch.compiler.disable``); built by
+#: ``untraced_checks`` where torch.compile is called, not at import: ``torch.compiler.disable`` imports torch._dynamo
+#: (0.8 s of CPU in every process that ran a torch op), and building it inside a traced frame breaks the graph there.
+_untraced_check_index_values = None
+
+
+def untraced_checks():
+    """Builds the checks that torch.compile runs untraced (``_untraced_check_index_values``); called where unidl
+    calls torch.compile (``ud.function(jit_compile=True)``), which imports torch._dynamo anyway, and by an eager check
+    once torch._dynamo is imported. A user's own torch.compile that checks indices before either traces the plain
+    check: the same errors, compiled once per rank, dtype and size of the indices."""
+    global _untraced_check_index_values
+    if _untraced_check_index_values is None:
+        _untraced_check_index_values = torch.compiler.disable(_check_index_values)
 
 
 def check_values(x, condition, message, values=()):
