@@ -35,7 +35,9 @@ def _run_tests_script(tmp_path, *args, **env):
     (tmp_path / "tests" / "nn").mkdir(parents=True)
     (tmp_path / "tests" / "test_x.py").write_text("")
     calls = tmp_path / "calls"
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("UNIDL_TEST", "KERAS_BACKEND"))}
+    # (the caller's own PYTEST_ADDOPTS, e.g. a `--durations=N` of a timed run of the suite, is not this test's)
+    environment = {k: v for k, v in os.environ.items()
+                   if not k.startswith(("UNIDL_TEST", "KERAS_BACKEND")) and k != "PYTEST_ADDOPTS"}
     result = subprocess.run(["bash", str(tmp_path / "scripts" / "run-tests.sh"), *args], capture_output=True,
                             text=True, env={**environment, "CALLS": str(calls), **env}, timeout=60)
     lines = calls.read_text().splitlines() if calls.exists() else []
