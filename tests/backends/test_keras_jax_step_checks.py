@@ -121,14 +121,21 @@ def test_failed_eager_train_steps_on_keras_on_jax_leave_no_arrays_alive():
     with ud.use_backend("keras"):
         ud.manual_seed(0)
         model = _RaisingAfterANorm()
-        x = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
-        labels = np.array([0, 1, 0, 1])
-        step = ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(model.parameters(), lr=0.1), eager=True)
-        step(x, labels)
+        step, x, labels = _eager_step_that_trained_once(model)
         failed_steps(1)  # (whatever a first failure builds once)
         after_one = live()
         failed_steps(6)
         assert live() <= after_one, (after_one, live())
+
+
+def _eager_step_that_trained_once(model):
+    """``(step, x, labels)``: an eager SGD cross-entropy train step of ``model`` (3 features, 2 classes) on a batch of
+    4, run once on that batch: where the tests of failed eager steps here start."""
+    x = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+    labels = np.array([0, 1, 0, 1])
+    step = ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(model.parameters(), lr=0.1), eager=True)
+    step(x, labels)
+    return step, x, labels
 
 
 class _ReadingItsActivations(ud.nn.Module):
@@ -160,10 +167,7 @@ def test_a_wrapped_traced_value_error_in_keras_on_jax_eager_step_changes_nothing
     with ud.use_backend("keras"):
         ud.manual_seed(0)
         model = _ReadingItsActivations()
-        x = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
-        labels = np.array([0, 1, 0, 1])
-        step = ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(model.parameters(), lr=0.1), eager=True)
-        step(x, labels)
+        step, x, labels = _eager_step_that_trained_once(model)
         before = {key: ud.to_numpy(value).copy() for key, value in model.state_dict().items()}
         model.read = True
         with pytest.raises(ud.GraphConstructError, match="uses the value of a tensor in Python control flow"):
