@@ -267,6 +267,22 @@ def test_a_dying_worker_process_is_named_with_its_exit_code(code, expected):
     assert caught.value.exitcode == (code if code is not None else -signal.SIGKILL)
 
 
+@pytest.mark.parametrize("width", [3, 100_000], ids=["small", "800KB"])
+def test_a_worker_process_that_dies_right_after_a_batch_delivers_that_batch_first(width):
+    """A worker process that ends abruptly (SIGKILL here; ``os._exit`` or a crash alike) just after it finished a
+    batch: that batch comes, every time, and the error is the next one's. (Through a ``multiprocessing.Queue``,
+    whose feeder thread dies with the process, the finished batch was lost at random, the error one batch early,
+    and one larger than the pipe's buffer, 800 KB here (under shared memory's 1 MiB), was cut halfway, leaving
+    the main process waiting for its rest forever.)"""
+    loader = DataLoader(WideExitingRows(8, width, index=4), batch_size=2, num_workers=1, worker_type="process")
+    labels = []
+    with hang_guard(30), pytest.raises(DataLoaderError, match=r"DataLoader worker 0 \(process \d+\) was killed by "
+                                                              r"signal SIGKILL .*while preparing batch 2 of epoch 0"):
+        for x, y in loader:
+            labels.append(ud.to_numpy(y).tolist())
+    assert labels == [[0, 1], [2, 3]] and loader.state_dict()["position"] == 2
+
+
 @pytest.mark.parametrize("dataset, worker_init_fn, expected", [
     (UnrestorableRows(4), None, "failed while starting .*RuntimeError: this dataset cannot be restored"),
     (Rows(4), failing_worker_init_fn, r"failed in worker_init_fn\(0\): RuntimeError: worker 0 cannot initialise"),

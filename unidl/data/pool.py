@@ -23,6 +23,7 @@ import weakref
 
 from unidl import config
 from unidl.data import shared_batches, worker
+from unidl.data.result_pipes import ResultPipes
 from unidl.errors import DataLoaderError
 
 #: seconds between checks while the main process waits for a batch
@@ -184,8 +185,8 @@ def _exit_description(exitcode: int | None) -> str:
 
 
 class WorkerPool:
-    """``num_workers`` workers of one kind ('thread' or 'process'), one task queue each and one result queue;
-    they run from ``start()`` to ``shutdown()``.
+    """``num_workers`` workers of one kind ('thread' or 'process'), one task queue each and one result queue
+    (processes: a pipe each, read as one queue, ``result_pipes.py``); they run from ``start()`` to ``shutdown()``.
 
     A pool serves one iteration at a time (``deliver``); a persistent pool serves the iterations of many
     epochs, each tagged with a generation number so that batches left over from an abandoned iteration
@@ -205,14 +206,15 @@ class WorkerPool:
             shared_batches.remove_abandoned()
         if kind == "process":
             payload = pickled_for_workers(dataset, collate_fn, worker_init_fn)
-            self._results = mp_context.Queue()
+            self._results = ResultPipes()  # one pipe per worker, made as it starts (result_pipes.py)
             self._tasks = [mp_context.Queue() for _ in range(num_workers)]
             self._current = [mp_context.RawArray("q", [-1, -1]) for _ in range(num_workers)]
-            self._workers = [mp_context.Process(target=worker.process_main, name=f"unidl-data-worker-{w}",
-                                                args=(w, payload, self._tasks[w], self._results, self._current[w],
-                                                      seed, epoch, config.settings()),
-                                                daemon=True)
-                             for w in range(num_workers)]
+            settings, tasks, current = config.settings(), self._tasks, self._current
+            self._mp_context = mp_context
+            self._process = lambda w, results: mp_context.Process(  # (no reference to the pool: no cycle)
+                target=worker.process_main, name=f"unidl-data-worker-{w}", daemon=True,
+                args=(w, payload, tasks[w], results, current[w], seed, epoch, settings))
+            self._workers = []  # (start() makes each process, with its pipe)
         else:
             self._results = queue.Queue()
             self._tasks = [queue.Queue() for _ in range(num_workers)]
@@ -231,10 +233,17 @@ class WorkerPool:
         """Start the workers, all of them or (on any error, Ctrl-C included) none."""
         try:
             with interrupts_held():
-                for w, handle in enumerate(self._workers):
+                if self.kind == "process":
+                    for w in range(self.num_workers):
+                        sender = self._results.new_pipe(self._mp_context)
+                        try:
+                            self._workers.append(self._process(w, sender))
+                            self._workers[w].start()
+                        finally:  # (the worker's copy is its own now: only its end makes the pipe's end of file)
+                            sender.close()
+                for w, handle in enumerate(self._workers if self.kind == "thread" else ()):
                     handle.start()
-                    if self.kind == "thread":
-                        self._ready_at[w] = time.monotonic()
+                    self._ready_at[w] = time.monotonic()
         except BaseException:
             self.shutdown(GRACE_ON_FAILURE)
             raise
@@ -295,9 +304,12 @@ class WorkerPool:
                     continue
                 death = self._death(epoch, batches, start)
                 if death is not None:
-                    # a worker that reported its failure and then ended: raise what it reported
+                    # what the worker sent before it ended comes first: the batches it finished, in turn, or the
+                    # failure it reported; its death is the error of the first batch that is missing
                     for message in self._drain():
                         self._receive(message, generation, done, epoch, batches, start)
+                    if batch in done:
+                        break
                     raise death
                 self._check_timeout(owner, batch, waiting_since, timeout, epoch, batches[position])
             result = done.pop(batch)
@@ -443,9 +455,10 @@ def _stop(kind, workers, tasks_queues, results, segments, grace: float) -> None:
             if handle.is_alive():
                 handle.kill()
                 handle.join()
-        for channel in [*tasks_queues, results]:
+        for channel in tasks_queues:
             channel.cancel_join_thread()  # never block the main process on a pipe nobody reads
             channel.close()
+        results.close()
     # every worker has stopped: no segment named for a batch that was not read can appear any more
     for name in segments.values():
         shared_batches.discard(name)

@@ -22,6 +22,7 @@ import numpy as np
 
 from unidl.data import shared_batches
 from unidl.data.dataset import Fields, TensorDataset, batched_by_dataset, check_flat_field, flat_fields
+from unidl.data.result_pipes import PipeSender
 
 #: seconds an idle worker process waits for a task before checking that the main process still lives
 IDLE_POLL = 0.5
@@ -232,9 +233,11 @@ def serve(worker_id: int, dataset, collate_fn, worker_init_fn, tasks, results, c
 
 def process_main(worker_id: int, payload: bytes, tasks, results, current, seed, epoch, settings=None) -> None:
     """Entry point of a worker process: take the caller's backend, device and dtype (``settings``:
-    ``config.settings()``), unpickle (dataset, collate_fn, worker_init_fn), report ready, serve."""
+    ``config.settings()``), unpickle (dataset, collate_fn, worker_init_fn), report ready, serve; ``results``: the
+    write end of its result pipe (``result_pipes.py``)."""
     # Ctrl-C reaches the whole process group; the main process handles it and stops the workers
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    results = PipeSender(results)  # (each message in the pipe before the worker goes on: result_pipes.py)
     if settings is not None:
         from unidl import config
 
