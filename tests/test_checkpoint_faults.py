@@ -583,6 +583,115 @@ class _RefusingLinear(ud.nn.Linear):
             raise ValueError("refused by set_extra_state")
 
 
+def _stateful_model(seed, first=None):
+    """A Linear (or ``first``), a BatchNorm1d and a Linear whose every parameter and buffer holds values drawn from
+    ``seed`` (the BatchNorm's count ``seed + 3``; extra state as it is): two seeds differ in every tensor, so a load
+    that wrote any would show it."""
+    ud.manual_seed(seed)
+    model = ud.nn.Sequential(first or ud.nn.Linear(4, 6), ud.nn.BatchNorm1d(6), ud.nn.Linear(6, 3))
+    rng = np.random.default_rng(seed)
+    model.load_state_dict({key: value if key.endswith("_extra_state")
+                           else np.array(seed + 3, np.int64) if np.asarray(value).dtype.kind in "iu"
+                           else rng.uniform(0.5, 2.0, np.shape(value)).astype(np.float32)
+                           for key, value in model.state_dict().items()})
+    return model
+
+
+def _bits(state) -> dict:
+    """``{key: (dtype, bytes)}`` of a model's state dict or of a file's tensors: equal only bit for bit."""
+    return {key: (np.asarray(value).dtype.str, np.asarray(value).tobytes()) for key, value in state.items()}
+
+
+@pytest.mark.parametrize("damage", ["last tensor's data byte flipped", "truncated"])
+def test_load_weights_of_a_corrupt_file_leaves_every_parameter_and_buffer_as_it_was(tmp_path, backend, damage):
+    """``ud.load_weights`` and ``Module.load_weights`` of a file whose tensor written last (the second Linear's bias)
+    has a flipped data byte, or that is cut short: a ``CorruptFileError`` naming the tensor (the file), and every
+    parameter and buffer (the BatchNorm's statistics and count too) bit for bit as before, though each of them would
+    change: every checksum is verified before the first write. Then the intact file loads."""
+    path, damaged = tmp_path / "model.safetensors", tmp_path / "damaged.safetensors"
+    ud.save(_stateful_model(0), path)
+    saved = _bits(load_file(path)[0])
+    model = _stateful_model(1)
+    before = _bits(model.state_dict())
+    last = list(before)[-1]
+    assert last == "2.bias" and all(before[key] != saved[key] for key in before)
+    with SafetensorsFile(path) as reader:
+        end = reader._start + reader._offsets[last][1]
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        del data[-3:]
+        match = r"damaged.safetensors' is not a valid safetensors file: tensors need a \d+-byte buffer"
+    else:
+        data[end - 1] ^= 0x40
+        match = r"damaged.safetensors' is corrupt: the bytes of tensor '2.bias' do not match their checksum"
+    damaged.write_bytes(bytes(data))
+    for load in (lambda: ud.load_weights(model, damaged), lambda: model.load_weights(damaged)):
+        with pytest.raises(CorruptFileError, match=match):
+            load()
+        assert _bits(model.state_dict()) == before
+    ud.load_weights(model, path)
+    assert _bits(model.state_dict()) == saved
+
+
+@pytest.mark.parametrize("fault", ["OSError", "MemoryError", "changed"])
+def test_load_weights_whose_read_fails_after_the_checks_says_which_tensors_it_wrote(tmp_path, backend, monkeypatch,
+                                                                                    fault):
+    """``ud.load_weights`` into a model without load hooks or extra state reads each tensor as it writes it (one
+    tensor beyond the model), so an ``OSError`` or a ``MemoryError`` while its last tensor is read after every check
+    passed, or the file changed in place after the checks (a ``CorruptFileError`` naming the tensor), leaves the
+    tensors before it loaded (its limit in docs/guarantees.md). The error says so in a note, naming the tensors
+    written, and what it says is what happened: those hold the file's values, the others their earlier ones (the
+    error had no note: the model was silently partly loaded). Then the intact file loads."""
+    path = tmp_path / "model.safetensors"
+    ud.save(_stateful_model(0), path)
+    original, saved = path.read_bytes(), _bits(load_file(path)[0])
+    model = _stateful_model(1)
+    before = _bits(model.state_dict())
+    keys = list(before)
+    last, written = keys[-1], keys[:-1]
+    if fault == "changed":
+        verify = SafetensorsFile.verify
+
+        def verify_then_change(self):  # (another program writes into the file once it is checked)
+            verify(self)
+            with open(self.path, "r+b") as file:
+                file.seek(self._start + self._offsets[last][0])
+                file.write(b"\x7f\x7f\x7f\x7f")
+
+        monkeypatch.setattr(SafetensorsFile, "verify", verify_then_change)
+    else:
+        _fail_reading(monkeypatch, last, OSError(5, "Input/output error") if fault == "OSError" else MemoryError())
+    raised = {"OSError": OSError, "MemoryError": MemoryError, "changed": CorruptFileError}[fault]
+    with pytest.raises(raised, match="the bytes of tensor '2.bias'" if fault == "changed" else None) as failed:
+        ud.load_weights(model, path)
+    note = "\n".join(getattr(failed.value, "__notes__", []))
+    assert (f"Sequential is partly loaded: {len(written)} of the {len(keys)} tensors that ud.load_weights loads from "
+            f"{str(path)!r} ({', '.join(written[:4])}, ...) were written before this error, the others keep their "
+            f"earlier values") in note, note
+    after = _bits(model.state_dict())
+    assert {key for key in keys if after[key] == saved[key]} == set(written)
+    assert {key for key in keys if after[key] == before[key]} == {last}
+    monkeypatch.undo()
+    path.write_bytes(original)
+    ud.load_weights(model, path)
+    assert _bits(model.state_dict()) == saved
+
+
+def test_load_weights_into_a_model_with_extra_state_whose_read_fails_puts_it_back(tmp_path, backend, monkeypatch):
+    """A model with extra state is copied to the host before ``ud.load_weights`` writes anything (its
+    ``set_extra_state`` may refuse after the writes), so a read that fails part-way puts every parameter and buffer
+    back bit for bit, and the error says nothing of a partial load."""
+    path = tmp_path / "model.safetensors"
+    ud.save(_stateful_model(0, _RefusingLinear(4, 6)), path)
+    model = _stateful_model(1, _RefusingLinear(4, 6))
+    before = _bits(model.state_dict())
+    _fail_reading(monkeypatch, list(before)[-1], OSError(5, "Input/output error"))
+    with pytest.raises(OSError) as failed:
+        ud.load_weights(model, path)
+    assert not getattr(failed.value, "__notes__", None)
+    assert _bits(model.state_dict()) == before
+
+
 @pytest.mark.parametrize("fault", ["read", "set_extra_state"])
 def test_a_loss_state_is_checkpointed_staged_and_put_back_when_the_load_fails(tmp_path, backend, monkeypatch, fault):
     """Checkpoints held no loss state: a loss whose parameters the optimizer trains (``LinearCrossEntropyLoss``'s

@@ -430,7 +430,7 @@ def stage_tensors(model, reader: SafetensorsFile, names: dict[str, str]) -> dict
             if key in names}
 
 
-def stream_into(model, keys, take) -> None:
+def stream_into(model, keys, take, written: list | None = None) -> None:
     """Write the tensors of ``keys`` into ``model``, module by module in torch's order (a module's parameters, buffers
     and extra state, then its children's: a ``set_extra_state`` that reads its own weight sees the loaded one, a
     parent's reading a child's the one before, as ``load_state_dict``'s), one at a time: ``take(key)`` gives each
@@ -439,7 +439,8 @@ def stream_into(model, keys, take) -> None:
     released before the next, so at most one tensor's bytes beyond those ``take`` still holds are outside the model.
     Call only after ``check_entries``, ``reader.verify()`` and ``check_values``; ``set_extra_state`` is the user's code
     and may refuse what it is given (a version check): a loader into an existing model calls this inside
-    ``restored_on_failure``."""
+    ``restored_on_failure``. Each key is appended to ``written`` once its tensor is in the model (what a failure
+    part-way has changed)."""
     from unidl.nn.module import ExtraState
 
     backend = model._backend
@@ -450,12 +451,15 @@ def stream_into(model, keys, take) -> None:
             own.module.set_extra_state(take(key))
         else:  # (a file's tensor read through the reader's own handle: the file it checked)
             backend.assign(own, backend.donated_tensor(take(key)))
+        if written is not None:
+            written.append(key)
 
 
 class ModelLoad:
     """The load of a checked file into a model. Called, it reads each tensor as it writes it (``stream_into``: one
     tensor at a time beyond the model; an I/O error, a ``MemoryError`` or a file changed in place during the reads
-    leaves the model partly loaded, which ``ud.load``'s new model, then dropped, never shows). ``stage()`` first
+    leaves the model partly loaded, which ``ud.load``'s new model, then dropped, never shows, and which the error
+    raised into an existing model says in a note naming the tensors written: ``_partly_loaded``). ``stage()`` first
     reads every tensor into fresh memory (checksums verified), about the file's size, and the call then only writes
     them, freeing each as it is written: ``load_checkpoint`` stages the model and the optimizer before it changes
     anything, so such a failure leaves every object as it was. Returns the missing and unexpected keys."""
@@ -481,9 +485,27 @@ class ModelLoad:
             keys, take = self.names, lambda key: self.reader.read(self.names[key])
         else:
             keys, take = staged, staged.pop
-        with restored_on_failure(self.model) if self.restore else contextlib.nullcontext():
-            stream_into(self.model, keys, take)
+        written, undone = [], False
+        try:
+            with restored_on_failure(self.model) if self.restore else contextlib.nullcontext(False) as undone:
+                stream_into(self.model, keys, take, written)
+        except BaseException as error:
+            if written and staged is None and self.restore and not undone:
+                error.add_note(_partly_loaded(self.model, self.reader.path, keys, written))
+            raise
         return self.keys
+
+
+def _partly_loaded(model, path: str, keys, written: list[str]) -> str:
+    """The note on an error raised while ``ud.load_weights`` streamed a checked file into an existing model after
+    it had written ``written``: nothing holds those tensors' earlier values (the memory bound of one tensor beyond
+    the model), so the user is told which changed rather than left to find out."""
+    total = sum(1 for key, _ in model._state_variables(extra_state="set_extra_state") if key in keys)
+    shown = ", ".join(written[:4]) + (", ..." if len(written) > 4 else "")
+    return (f"{type(model).__name__} is partly loaded: {len(written)} of the {total} tensors that ud.load_weights "
+            f"loads from {path!r} ({shown}) were written before this error, the others keep their earlier values "
+            f"(after its checks, which passed, each tensor is read as it is written, so that no copy of the model is "
+            f"held); load the file again once it reads")
 
 
 def checked_load(model, reader: SafetensorsFile, names: dict[str, str], strict: bool = True,

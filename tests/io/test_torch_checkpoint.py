@@ -160,3 +160,27 @@ def test_a_legacy_torch_file_is_refused_naming_its_format(tmp_path):
     for allow_pickle in (False, True):
         with pytest.raises(ud.UnsafeFormatError, match="PyTorch's legacy format .* re-save it in the zip format"):
             model.load_weights(path, allow_pickle=allow_pickle)
+
+
+def test_a_pth_whose_later_key_does_not_fit_changes_nothing(backend, tmp_path):
+    """``ud.load_weights`` of a ``.pth`` (read whole by ``torch.load(weights_only=True)``, then ``load_state_dict``)
+    whose last key has the wrong shape: a ``StateDictError`` naming it, and every parameter and buffer (a
+    BatchNorm's statistics and count too) bit for bit as before, though each key before it fits and would change.
+    Then the file with that key right loads."""
+    model = ud.nn.Sequential(ud.nn.Linear(4, 6), ud.nn.BatchNorm1d(6), ud.nn.Linear(6, 3))
+    rng = np.random.default_rng(0)
+    state = {key: torch.tensor(7) if np.asarray(value).dtype.kind in "iu"
+             else torch.tensor(rng.uniform(0.5, 2.0, np.shape(value)).astype(np.float32))
+             for key, value in model.state_dict().items()}
+    last = list(state)[-1]
+    before = {key: np.array(value) for key, value in model.state_dict().items()}
+    assert last == "2.bias" and not any(np.array_equal(before[key], state[key].numpy()) for key in state)
+    torch.save(dict(state, **{last: torch.zeros(4)}), tmp_path / "wrong.pth")
+    with pytest.raises(ud.StateDictError, match=r"shape mismatches: 2.bias: expected shape \(3,\), found \(4,\)"):
+        ud.load_weights(model, tmp_path / "wrong.pth")
+    for key, value in model.state_dict().items():
+        assert np.asarray(value).dtype == before[key].dtype and np.asarray(value).tobytes() == before[key].tobytes()
+    torch.save(state, tmp_path / "right.pth")
+    ud.load_weights(model, tmp_path / "right.pth")
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, state[key].numpy())

@@ -18,19 +18,21 @@ def restored_on_failure(model, whole: bool = False):
     whose keys a strict load checks after them), is copied first, to the host: without it a load's checks come
     before the first write, so nothing can fail after it, and the load keeps its bound of one tensor held outside
     the model. Extra state is deep-copied, a tensor as a copy of the framework's own on its device: what
-    ``get_extra_state`` returns is often the module's own array, which a ``set_extra_state`` then writes into."""
+    ``get_extra_state`` returns is often the module's own array, which a ``set_extra_state`` then writes into.
+    Yields whether it holds that copy (a failure in the block is then undone; without it the block's own checks are
+    all there is, and a writer that can still fail, a read of a streamed file, must say what it left)."""
     from unidl.nn.module import ExtraState, Module, _as_loaded
 
     entries = list(model._state_variables(extra_state="set_extra_state"))
     if not whole and not any(isinstance(entry, ExtraState) for _, entry in entries):
-        yield
+        yield False
         return
     backend = model._backend
     variables = [(entry, backend.to_numpy(entry)) for _, entry in entries if not isinstance(entry, ExtraState)]
     extra = [(entry.module, _host_copy(entry.module.get_extra_state())) for _, entry in entries
              if isinstance(entry, ExtraState) and type(entry.module).get_extra_state is not Module.get_extra_state]
     try:
-        yield
+        yield True
     except BaseException as error:
         try:
             for variable, value in variables:
