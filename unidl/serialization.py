@@ -745,11 +745,14 @@ def _build(cls, config: dict, metadata: dict, path: str):
 def load_weights(model, path, strict: bool = True, *, allow_pickle: bool = False) -> IncompatibleKeys:
     """Load only the weights at ``path`` into ``model`` (see ``Module.load_state_dict`` for ``strict``).
 
-    All or nothing: every tensor's name, shape, dtype and checksum is checked before the first
-    variable changes; then the tensors are read into the model one at a time, module by module as
+    Checked first: every tensor's name, shape, dtype and checksum is checked before the first
+    variable changes (a corrupt file or one that does not fit changes nothing); then the tensors are read into the model one at a time, module by module as
     ``load_state_dict`` loads them (torch's order: a module's variables and ``set_extra_state``, then its
-    children's). Where ``set_extra_state`` refuses its state, the model is put back as it was (a model with
-    extra state is copied to the host first; see ``Module.load_state_dict``). A model with load hooks
+    children's), so that the load holds about one tensor beyond the model. A read that fails after those checks
+    (an I/O error, a ``MemoryError``, the file changed in place by another program) leaves the tensors before it
+    loaded, and the error's note names them: nothing holds their earlier values. Where ``set_extra_state`` refuses
+    its state (or such a read fails), a model with extra state is put back as it was (it is copied to the host
+    first; see ``Module.load_state_dict``). A model with load hooks
     (``register_load_state_dict_pre_hook``/``post_hook``) has the file read whole and given to its
     ``load_state_dict``, whose hooks may map the file's keys.
     """
