@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -32,6 +33,7 @@ from unidl.errors import DataLoaderError, ShapeMismatchError
 from tests.data.worker_datasets import (INIT_IDS, ComputedRows, Draws, ExitingOnArrival, ExitingRows, FailingRows,
                                         InitDraws, KeyedArrays, LabelledRows, LocalNamedRows, NamedBatches,
                                         NoisyBatches, NoisyRows, Rows, SingleArrays, SleepingRows, UnrestorableRows,
+                                        SlowFirstDyingLater, ForkingWideRows,
                                         WideExitingRows, WideRows, WorkerProbe, failing_worker_init_fn, named_sample,
                                         record_init_draws, record_worker_id)
 
@@ -281,6 +283,58 @@ def test_a_worker_process_that_dies_right_after_a_batch_delivers_that_batch_firs
         for x, y in loader:
             labels.append(ud.to_numpy(y).tolist())
     assert labels == [[0, 1], [2, 3]] and loader.state_dict()["position"] == 2
+
+
+def test_a_dead_workers_error_waits_for_the_batches_before_its_own_from_live_workers():
+    """Two workers: worker 1 finishes batch 1 and dies on batch 3 while worker 0 still makes batch 0. Batches 0, 1
+    and 2 come (worker 0's made after the death was seen), then the error of batch 3, the first one missing: the
+    death of another worker than the one whose batch is in turn was raised at once (nothing delivered)."""
+    loader = DataLoader(SlowFirstDyingLater(8, seconds=1, index=3), batch_size=1, num_workers=2,
+                        worker_type="process")
+    labels = []
+    with hang_guard(30), pytest.raises(DataLoaderError, match=r"DataLoader worker 1 \(process \d+\) was killed by "
+                                                              r"signal SIGKILL .*while preparing batch 3 of epoch 0"):
+        for x, y in loader:
+            labels.append(int(ud.to_numpy(y)[0]))
+    assert labels == [0, 1, 2] and loader.state_dict()["position"] == 3
+
+
+def test_a_worker_killed_mid_message_is_an_error_even_where_its_child_holds_the_pipe(tmp_path):
+    """A worker process killed while it writes a batch into a full pipe (the main process was busy: training), whose
+    dataset had forked a helper process that inherited the pipe's write end: the main process reads only whole
+    messages without blocking, so the cut batch is never waited for (a blocking read waited for its rest as long as
+    the helper lived) and the loader raises the worker's death."""
+    child_file, worker_file = tmp_path / "child", tmp_path / "worker"
+    dataset = ForkingWideRows(16, 112_000, seconds=60, pid_file=str(child_file), worker_pid_file=str(worker_file))
+    loader = DataLoader(dataset, batch_size=1, num_workers=1, worker_type="process", prefetch=8)
+    epoch = iter(loader)
+    try:
+        with hang_guard(30):
+            next(epoch)
+            time.sleep(2)  # the worker fills its pipe (448 KB batches) and waits, mid-message, for it to be read
+            os.kill(int(worker_file.read_text()), signal.SIGKILL)
+            with pytest.raises(DataLoaderError, match=r"DataLoader worker 0 \(process \d+\) was killed by signal "
+                                                      r"SIGKILL"):
+                for _ in epoch:
+                    pass
+    finally:
+        os.kill(int(child_file.read_text()), signal.SIGKILL)
+
+
+def test_a_persistent_loader_restarted_after_failures_keeps_no_closed_pools(children_before):
+    """A persistent loader whose epochs fail (a sample raises: its workers stop, the next epoch starts new ones)
+    keeps its newest pool only: each closed one, with its processes' file descriptors, went when the next replaced
+    it (they stayed alive, with the loader, two descriptors a process each)."""
+    loader = DataLoader(FailingRows(4, bad_index=3), batch_size=2, num_workers=2, worker_type="process",
+                        persistent_workers=True)
+    pools = []
+    for _ in range(6):
+        with pytest.raises(DataLoaderError, match="sample 3 is broken"):
+            batches(loader)
+        pools.append(weakref.ref(loader._pool))
+    gc.collect()
+    assert [pool() is None for pool in pools] == [True] * 5 + [False]
+    assert_no_workers_left(children_before)
 
 
 @pytest.mark.parametrize("dataset, worker_init_fn, expected", [

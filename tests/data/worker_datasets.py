@@ -240,3 +240,41 @@ class ComputedRows(Rows):
         import unidl as ud
 
         return ud.to_numpy(ud.tensor([0.1 * (index + 1)])).astype(np.float64), np.int64(len(ud.get_backend()))
+
+
+class SlowFirstDyingLater(Rows):
+    """Sample 0 takes ``seconds``; sample ``index`` kills its worker process (SIGKILL): with two workers and one sample
+    a batch, worker 1 finishes batch 1 and dies on batch 3 while worker 0 still makes batch 0."""
+
+    def __init__(self, n, seconds, index):
+        super().__init__(n)
+        self.seconds, self.index = seconds, index
+
+    def __getitem__(self, index):
+        if index == 0:
+            time.sleep(self.seconds)
+        if index == self.index:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().__getitem__(index)
+
+
+class ForkingWideRows(WideRows):
+    """WideRows whose sample 0 starts a child process of the worker (a helper a dataset forks, which inherits the
+    worker's open files, its result pipe's write end included) that lives ``seconds``, its pid written to
+    ``pid_file``; the worker writes its own pid to ``worker_pid_file``."""
+
+    def __init__(self, n, width, seconds, pid_file, worker_pid_file):
+        super().__init__(n, width)
+        self.seconds, self.pid_file, self.worker_pid_file = seconds, pid_file, worker_pid_file
+
+    def __getitem__(self, index):
+        if index == 0:
+            with open(self.worker_pid_file, "w") as file:
+                file.write(str(os.getpid()))
+            child = os.fork()
+            if child == 0:
+                time.sleep(self.seconds)
+                os._exit(0)
+            with open(self.pid_file, "w") as file:
+                file.write(str(child))
+        return super().__getitem__(index)

@@ -391,6 +391,7 @@ class DataLoader:
         self._started = False    # whether an iteration of self._epoch has begun
         self._active = None      # token of the newest iterator; older ones stop updating the position
         self._pool = None        # persistent workers, once started
+        self._pool_finalizer = None  # what stops them when the loader goes (_keep)
         self._seed_shared = False  # in a data-parallel job: whether the ranks agreed on rank 0's seed
         self._first_sample = None  # the last first_sample(): (makers, how, arrays), see there
         self.shard = arguments.flag("DataLoader", "shard", shard)
@@ -607,8 +608,7 @@ class DataLoader:
                 workers.append(pool)
                 pool.start()
                 if self.persistent_workers:
-                    self._pool = pool
-                    weakref.finalize(self, in_finalizer, pool.shutdown, GRACE_ON_FAILURE)
+                    self._keep(pool)
             else:
                 pool = self._pool
                 workers.append(pool)
@@ -627,6 +627,15 @@ class DataLoader:
         finally:
             if pool is not None and (outcome == "failed" or outcome != "superseded" and not self.persistent_workers):
                 pool.shutdown(GRACE if outcome == "finished" else GRACE_ON_FAILURE)
+
+    def _keep(self, pool) -> None:
+        """Keep ``pool`` as the loader's persistent workers, stopped when the loader goes; the finalizer of the pool
+        it replaces (closed: after a failure or Ctrl-C) goes, so that a loader restarted many times does not keep
+        every closed pool, and its processes' file descriptors, alive."""
+        if self._pool_finalizer is not None:
+            self._pool_finalizer.detach()
+        self._pool = pool
+        self._pool_finalizer = weakref.finalize(self, in_finalizer, pool.shutdown, GRACE_ON_FAILURE)
 
     def first_sample(self) -> tuple[np.ndarray, ...]:
         """The first sample of the batch the next ``iter(loader)`` starts with (``next_iteration()``: a fresh loader's
@@ -690,8 +699,7 @@ class DataLoader:
             if pool is not self._pool:
                 pool.start()
                 if persistent:
-                    self._pool = pool
-                    weakref.finalize(self, in_finalizer, pool.shutdown, GRACE_ON_FAILURE)
+                    self._keep(pool)
             # (threads hand back what the dataset made: NumPy arrays of it here, as without workers)
             convert = _numpy_arrays if self.worker_type == "thread" else None
             [arrays] = list(pool.deliver([indices], batch, seed, epoch, self.timeout, 1, context, convert))

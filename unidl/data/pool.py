@@ -234,13 +234,16 @@ class WorkerPool:
         try:
             with interrupts_held():
                 if self.kind == "process":
-                    for w in range(self.num_workers):
-                        sender = self._results.new_pipe(self._mp_context)
-                        try:
-                            self._workers.append(self._process(w, sender))
-                            self._workers[w].start()
-                        finally:  # (the worker's copy is its own now: only its end makes the pipe's end of file)
-                            sender.close()
+                    try:
+                        for w in range(self.num_workers):
+                            sender = self._results.new_pipe(self._mp_context)
+                            try:
+                                self._workers.append(self._process(w, sender))
+                                self._workers[w].start()
+                            finally:  # (the worker's copy is its own now: only its end makes the pipe's end of file)
+                                sender.close()
+                    finally:  # (it holds the pickled dataset, which a started Process drops from its arguments)
+                        self._process = None
                 for w, handle in enumerate(self._workers if self.kind == "thread" else ()):
                     handle.start()
                     self._ready_at[w] = time.monotonic()
@@ -310,6 +313,11 @@ class WorkerPool:
                         self._receive(message, generation, done, epoch, batches, start)
                     if batch in done:
                         break
+                    if death.worker_id != owner and self._workers[owner].is_alive():
+                        # the batch in turn is a live worker's: wait for it (and its timeout); the dead worker's
+                        # error is that of its first batch that is missing, in turn
+                        self._check_timeout(owner, batch, waiting_since, timeout, epoch, batches[position])
+                        continue
                     raise death
                 self._check_timeout(owner, batch, waiting_since, timeout, epoch, batches[position])
             result = done.pop(batch)
