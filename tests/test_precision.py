@@ -371,7 +371,7 @@ def non_finite_loss_windows(eager=False) -> dict:
     SGD with momentum)
     under the backend in force, for ``check_non_finite_loss_windows``: the start and the weights after each window
     (JSON-able lists), the loss scaler state, step count and ``last_step_finite`` after each window, and what B's
-    first micro-step reported. Also run on Keras-on-JAX (tests/backends/test_keras_jax.py's script)."""
+    first micro-step reported. Also run on Keras-on-JAX (scripts/run-tests.sh's run of this file's keras tests)."""
     ud.manual_seed(0)
     model = ud.models.TwoLayerNet(8, 16, 3)
     optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -451,8 +451,8 @@ def check_non_finite_loss_windows(result) -> None:
 def test_a_float16_window_with_a_non_finite_loss_of_finite_gradients_is_skipped_as_an_overflow(backend):
     """Issue 13's rule in a float16 window (``check_non_finite_loss_windows``): a loss that is infinite at a
     micro-step that is not the window's last, while its gradients are finite, skips the window, halves the scale
-    once and resets the growth tracker, as an overflowing gradient does; on every backend (Keras-on-JAX:
-    tests/backends/test_keras_jax.py)."""
+    once and resets the growth tracker, as an overflowing gradient does; on every backend (Keras-on-JAX and
+    Keras-on-torch: scripts/run-tests.sh's runs of this file's keras tests)."""
     check_non_finite_loss_windows(non_finite_loss_windows())
 
 

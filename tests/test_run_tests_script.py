@@ -44,6 +44,8 @@ def _run_tests_script(tmp_path, *args, **env):
     return result, sorted(tuple(line.split("|")) for line in lines)
 
 
+# (tests/backends/test_keras_jax.py leaves the keras tests of tests/parity and tests/nn/test_sparse.py to the
+# Keras-on-JAX runs of these files)
 PARITY = "tests/parity"
 OTHERS = ("tests/nn/test_freeze.py tests/test_dynamic_forward.py tests/test_precision.py "
           "tests/test_export_inputs_outputs.py tests/backends/test_keras_jax_step_checks.py "

@@ -117,7 +117,7 @@ def trained_against_torch_optim(kind):
     parameters, on the backend in force, trained by ``train_step`` for two steps, then by ``fit`` for one epoch of
     two batches, against plain ``torch.optim`` on a plain torch model from the same weights: per loop the largest
     relative difference of a parameter, and whether the body kept its weights bit for bit (a head-only optimizer).
-    (Also run by the Keras-on-JAX script: tests/backends/test_keras_jax.py.)"""
+    (On Keras-on-JAX: scripts/run-tests.sh's run of this file's keras tests.)"""
     reference = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 4))
     with torch.no_grad():
         for p, value in zip(reference.parameters(), SQUARE):
