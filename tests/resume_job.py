@@ -1,18 +1,22 @@
-"""A training job for the kill-and-resume tests: run as ``python tests/resume_job.py BACKEND DIR OUT [KILL_AT]``, or
-``python tests/resume_job.py --resume BACKEND DIR OUT DIR2 OUT2 [BACKEND DIR OUT DIR2 OUT2 ...]``: for each backend
-in turn, the resume from DIR, then the same job from scratch in DIR2, all in one interpreter (a start of one with
-TensorFlow costs seconds).
+"""A training job for the kill-and-resume tests: run as ``python tests/resume_job.py --kill-at STEP BACKEND DIR OUT
+[BACKEND DIR OUT ...]``, or ``python tests/resume_job.py --resume BACKEND DIR OUT DIR2 OUT2 [BACKEND DIR OUT DIR2 OUT2
+...]``: for each backend in turn, the resume from DIR, then the same job from scratch in DIR2, all in one interpreter
+(a start of one with TensorFlow costs seconds).
 
 Trains the CNN (with dropout on its logits) on digits with ``ud.fit``, a StepLR schedule and a step-wise
-``Checkpoint``; with KILL_AT (a step the Checkpoint saves at) it kills itself with SIGKILL half-way through
-writing that step's checkpoint, without any chance to clean up. Run again without KILL_AT it resumes from the
-checkpoint directory and writes the final weights and History to OUT (.npz).
+``Checkpoint``. With ``--kill-at`` (a step the Checkpoint saves at) each backend's job runs in a thread of its own, in
+turn, and stops half-way through writing that step's checkpoint (its header and first tensor on disk): each but the
+last stays stopped there for good, and the last kills the process with SIGKILL, so that every job dies mid-write
+without any chance to clean up, in one interpreter (a framework imported once for several jobs: a fresh interpreter
+each cost seconds). Run again without it, the job resumes from the checkpoint directory and writes the final weights
+and History to OUT (.npz).
 """
 
 import contextlib
 import os
 import signal
 import sys
+import threading
 
 import numpy as np
 
@@ -20,41 +24,79 @@ import unidl as ud
 from unidl.io import safetensors
 
 
-class _DiesAfterFirstTensor:
-    """A file handle that writes the header and the first tensor, puts them on disk, then dies by SIGKILL."""
+class _StopsAfterFirstTensor:
+    """A file handle that writes the header and the first tensor, puts them on disk, then calls ``stop``."""
 
-    def __init__(self, handle):
-        self.handle, self.writes = handle, 0
+    def __init__(self, handle, stop):
+        self.handle, self.stop, self.writes = handle, stop, 0
 
     def write(self, data):
         self.handle.write(data)
         self.writes += 1
         if self.writes == 2:
             self.handle.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
+            self.stop()
+
+
+#: per thread, what its next checkpoint write does once its header and first tensor are on disk (``KillAt``)
+_STOPPING = {}
+_atomic_open = safetensors.atomic_open
+
+
+@contextlib.contextmanager
+def _atomic_open_that_may_stop(path):
+    """``atomic_open``, its handle wrapped where ``KillAt`` marked the calling thread: ``ud.save_checkpoint``'s own
+    code runs unchanged up to the stop, and the other threads' writes are left alone."""
+    with _atomic_open(path) as handle:
+        stop = _STOPPING.pop(threading.get_ident(), None)
+        yield handle if stop is None else _StopsAfterFirstTensor(handle, stop)
+
+
+safetensors.atomic_open = _atomic_open_that_may_stop
 
 
 class KillAt(ud.callbacks.Callback):
     """Makes the next file write (the ``Checkpoint`` callback's at global step ``step``: fit runs Checkpoint
-    after every other callback) die half-way through its tensors: ``ud.save_checkpoint``'s own code runs
-    unchanged up to the kill, only the file handle it writes to is wrapped."""
+    after every other callback) call ``stop`` half-way through its tensors."""
 
-    def __init__(self, step):
-        self.step = step
+    def __init__(self, step, stop):
+        self.step, self.stop = step, stop
 
     def on_batch_end(self, batch, logs=None):
         if self.trainer.global_step == self.step:
-            atomic_open = safetensors.atomic_open
-
-            @contextlib.contextmanager
-            def dies_mid_write(path):
-                with atomic_open(path) as handle:
-                    yield _DiesAfterFirstTensor(handle)
-
-            safetensors.atomic_open = dies_mid_write
+            _STOPPING[threading.get_ident()] = self.stop
 
 
-def main(backend, directory, out, kill_at=None):
+def _kill_the_process():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def stop_each_then_kill(kill_at, jobs):
+    """Each of ``jobs`` (``(backend, directory, out)``) in a thread of its own, in turn, stopped mid-write at step
+    ``kill_at``: every thread but the last's waits there for ever, and the last's write kills the process. A job
+    that ends or raises before its stop ends the process with status 1 (its traceback on stderr)."""
+    for index, (backend, directory, out) in enumerate(jobs):
+        stopped, ended = threading.Event(), threading.Event()
+
+        def park(stopped=stopped):
+            stopped.set()
+            threading.Event().wait()  # (never set: the write never goes on)
+
+        stop = _kill_the_process if index == len(jobs) - 1 else park
+
+        def job(backend=backend, directory=directory, out=out, stop=stop, ended=ended):
+            try:
+                main(backend, directory, out, KillAt(kill_at, stop))
+            finally:
+                ended.set()
+
+        threading.Thread(target=job, daemon=True).start()
+        while not stopped.wait(0.05):
+            if ended.is_set():
+                sys.exit(f"{backend}'s job ended before its stop at step {kill_at}")
+
+
+def main(backend, directory, out, kill=None):
     ud.set_backend(backend)
     ud.manual_seed(0)
     x, y = ud.datasets.digits("train")
@@ -65,8 +107,8 @@ def main(backend, directory, out, kill_at=None):
     loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=50, shuffle=True, seed=3)
     schedule = ud.callbacks.LearningRateScheduler(ud.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5))
     callbacks = [ud.callbacks.Checkpoint(directory, every_steps=4, keep=2), schedule]
-    if kill_at is not None:
-        callbacks.append(KillAt(kill_at))
+    if kill is not None:
+        callbacks.append(kill)
     history = ud.fit(model, loader, loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer, epochs=3,
                      callbacks=callbacks, verbose=0, resume_from="auto")
     # the framework that trained: Keras's own under the keras backend (KERAS_BACKEND), else the backend
@@ -82,4 +124,5 @@ if __name__ == "__main__":
             main(backend, directory, out)
             main(backend, directory2, out2)
     else:
-        main(args[0], args[1], args[2], int(args[3]) if len(args) > 3 else None)
+        assert args[0] == "--kill-at", args
+        stop_each_then_kill(int(args[1]), list(zip(*[iter(args[2:])] * 3, strict=True)))

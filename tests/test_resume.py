@@ -39,24 +39,32 @@ def _job(*args, keras_backend=None):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Per backend, the job killed mid-checkpoint (a fresh interpreter each) and what it left on disk; then, in two
-    more fresh interpreters (a start costs seconds), one for torch, tensorflow and keras and one for jax and Keras on
-    JAX, per backend the resume, then the uninterrupted run from scratch.
-    ``(killed job, files it left with their sizes, RuntimeWarnings of latest_checkpoint, its answer)`` per backend,
+    """The jobs killed mid-checkpoint: one interpreter for torch, tensorflow and keras and one for jax and Keras on
+    JAX (a start costs seconds), each job in a thread of its own stopped mid-write, until the last one's write
+    kills the process (tests/resume_job.py), and per backend what its job left on disk; then, in two more fresh
+    interpreters, grouped alike, per backend the resume, then the uninterrupted run from scratch.
+    ``(killing job, files it left with their sizes, RuntimeWarnings of latest_checkpoint, its answer)`` per backend,
     the resume job, and the folder."""
     root = tmp_path_factory.mktemp("resume")
     # 600 samples / 50 per batch = 12 steps per epoch, checkpoints every 4 steps (keep=2): killed while writing
     # the checkpoint of step 20, mid-epoch 2, after its header and first tensor reached the disk
+    # (jax's beside Keras-on-JAX's: the other interpreters then import no JAX)
+    on_jax = ["jax", KERAS_JAX]
+    others = [backend for backend in BACKENDS if backend not in on_jax]
+    killing = {}
+    for group, keras_backend in ((others, None), (on_jax, "jax")):
+        job = _job("--kill-at", 20, *[str(part) for backend in group
+                                      for part in (backend.split("-")[0], root / backend / "run",
+                                                   root / backend / "unused.npz")], keras_backend=keras_backend)
+        killing |= dict.fromkeys(group, job)
     killed = {}
     for backend in [*BACKENDS, KERAS_JAX]:
         run = root / backend / "run"
-        job = _job(backend.split("-")[0], run, root / backend / "unused.npz", 20,
-                   keras_backend="jax" if backend == KERAS_JAX else None)
         sizes = {name: os.path.getsize(run / name) for name in sorted(os.listdir(run))} if run.exists() else {}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)  # no corrupt checkpoint to skip: the newest is intact
             latest = ud.latest_checkpoint(run) if sizes else None
-        killed[backend] = job, sizes, [w for w in caught if issubclass(w.category, RuntimeWarning)], latest
+        killed[backend] = killing[backend], sizes, [w for w in caught if issubclass(w.category, RuntimeWarning)], latest
 
     def resume(*backends, keras_backend=None):
         return _job("--resume", *[str(part) for backend in backends
@@ -64,9 +72,6 @@ def runs(tmp_path_factory):
                                                root / backend / "resumed.npz", root / backend / "straight",
                                                root / backend / "straight.npz")], keras_backend=keras_backend)
 
-    # (jax's beside Keras-on-JAX's: the other interpreter then imports no JAX)
-    on_jax = ["jax", KERAS_JAX]
-    others = [backend for backend in BACKENDS if backend not in on_jax]
     resumed = dict.fromkeys(others, resume(*others)) | dict.fromkeys(on_jax, resume(*on_jax, keras_backend="jax"))
     return killed, resumed, root
 

@@ -228,3 +228,46 @@ def test_an_error_in_keras_on_jax_steps_analysis_pass_is_raised_and_changes_noth
         step(np.resize(x, (6, 3)), np.resize(y, (6, 2)))
         assert not np.array_equal(ud.to_numpy(model.head.weight), weight)
         assert not np.array_equal(ud.to_numpy(model.outside[0].running_mean), np.zeros(3, np.float32))
+
+
+@pytest.mark.every_keras_framework
+@pytest.mark.keras_framework("jax")
+def test_a_keras_on_jax_fit_after_load_checkpoint_compiles_its_train_step_once(tmp_path, caplog):
+    """The weights and optimizer slots ``load_checkpoint`` hands the variables (the file's arrays, adopted) are placed
+    as Keras places its own variables' values, uncommitted (jax backend ``keras_donated_tensor``): committed ones
+    made the resumed fit's jitted train step lower and compile twice (the mixed placement, then its outputs' all
+    committed one), seconds of XLA's CPU compiler per resume; the resumed run's weights are those of the same fit on
+    a model that trained on without the round trip."""
+    import logging
+
+    import jax
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((32, 4)).astype(np.float32), rng.integers(0, 3, 32)
+
+    def trained(model=None):
+        ud.manual_seed(0)
+        model = model or ud.nn.Sequential(ud.nn.Linear(4, 8), ud.nn.ReLU(), ud.nn.Linear(8, 3))
+        return model, ud.optim.Adam(model.parameters(), lr=1e-2)
+
+    def fit(model, optimizer):
+        loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=8)
+        ud.fit(model, loader, loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer, epochs=1, verbose=0)
+
+    with ud.use_backend("keras"):
+        model, optimizer = trained()
+        fit(model, optimizer)
+        ud.save_checkpoint(tmp_path, model, optimizer)
+        resumed, resumed_optimizer = trained()
+        ud.load_checkpoint(tmp_path, resumed, resumed_optimizer)
+        jax.config.update("jax_log_compiles", True)
+        try:
+            with caplog.at_level(logging.WARNING):
+                fit(resumed, resumed_optimizer)
+        finally:
+            jax.config.update("jax_log_compiles", False)
+        fit(model, optimizer)
+        compiled = [r.getMessage().split()[1] for r in caplog.records if r.getMessage().startswith("Compiling ")]
+        assert compiled.count("jit(checked_step)") == 1, compiled
+        for (name, a), (_, b) in zip(model.state_dict().items(), resumed.state_dict().items(), strict=True):
+            np.testing.assert_array_equal(ud.to_numpy(a), ud.to_numpy(b), err_msg=name)

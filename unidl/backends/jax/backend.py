@@ -330,6 +330,18 @@ class Backend(BackendInterface):
             return jax.device_put(array, self.current_device())
         return array
 
+    def keras_donated_tensor(self, array):
+        """``donated_tensor`` for a Keras variable (the keras backend's, on Keras-on-JAX): placed as Keras places its
+        variables' values, on JAX's default device in unidl's device scope (``keras_device``) but not committed
+        there. A committed value (``donated_tensor``'s, as this backend's own variables hold) beside Keras's
+        uncommitted ones made Keras's jitted train step lower and compile its program twice after every
+        ``load_checkpoint`` or ``ud.load`` (the mixed placement, then the committed one of its outputs): seconds of
+        XLA's CPU compiler per resume."""
+        if isinstance(array, np.ndarray) and array.size:
+            with jax.default_device(self.current_device()):
+                return jax.device_put(array)
+        return array
+
     @contextlib.contextmanager
     def unless_a_check_failed(self, variables):
         """Keras-on-JAX's writes (``variables``: Keras's, read and written through their own API, which a traced

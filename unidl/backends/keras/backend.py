@@ -257,7 +257,8 @@ class Backend(BackendInterface):
                 variable.assign(_owned(value, variable.dtype))
 
     def donated_tensor(self, array):
-        return HOST.donated_tensor(array)
+        # (a host whose arrays carry a placement of their own gives them Keras's: jax's ``keras_donated_tensor``)
+        return getattr(HOST, "keras_donated_tensor", HOST.donated_tensor)(array)
 
     def write_state(self, variable, value):
         # (replicas of one process that share the variables: the first writes, keras_distributed.writes_state_here)
