@@ -491,7 +491,12 @@ class ModelLoad:
                 stream_into(self.model, keys, take, written)
         except BaseException as error:
             if written and staged is None and self.restore and not undone:
-                error.add_note(_partly_loaded(self.model, self.reader.path, keys, written))
+                try:
+                    note = _partly_loaded(self.model, self.reader.path, keys, written)
+                except Exception:  # (a note that cannot be made never replaces the error it would explain)
+                    note = None
+                if note is not None:
+                    error.add_note(note)
             raise
         return self.keys
 
@@ -745,8 +750,10 @@ def _build(cls, config: dict, metadata: dict, path: str):
 def load_weights(model, path, strict: bool = True, *, allow_pickle: bool = False) -> IncompatibleKeys:
     """Load only the weights at ``path`` into ``model`` (see ``Module.load_state_dict`` for ``strict``).
 
-    Checked first: every tensor's name, shape, dtype and checksum is checked before the first
-    variable changes (a corrupt file or one that does not fit changes nothing); then the tensors are read into the model one at a time, module by module as
+    Checked first: every tensor's name, shape, dtype and checksum is checked before the first variable changes (a
+    corrupt file that unidl wrote, or a file that does not fit, changes nothing; a file of another tool, which has no
+    checksums, is checked for names, shapes, dtypes and sizes only); then the tensors are read into the model one at
+    a time, module by module as
     ``load_state_dict`` loads them (torch's order: a module's variables and ``set_extra_state``, then its
     children's), so that the load holds about one tensor beyond the model. A read that fails after those checks
     (an I/O error, a ``MemoryError``, the file changed in place by another program) leaves the tensors before it
