@@ -2269,6 +2269,48 @@ def test_probabilities_outside_0_and_1_are_one_error(mode):
     assert np.isnan(run(mode, lambda p, t: ud.nn.BCELoss()(p, t), edges, targets))
 
 
+@pytest.mark.parametrize("shape, message", [
+    ((5, -1), "reshape shape (5, -1) is invalid for an input of shape (3, 4) (12 elements)"),
+    ([5, 3], "reshape shape (5, 3) is invalid for an input of shape (3, 4) (12 elements)"),
+    (13, "reshape shape (13,) is invalid for an input of shape (3, 4) (12 elements)"),
+    ((-1, -1), "reshape shape (-1, -1) is invalid: its sizes must be non-negative ints, and one of them -1 at most "
+               "(the size inferred)"),
+    ((3, -2), "reshape shape (3, -2) is invalid: its sizes must be non-negative ints, and one of them -1 at most "
+              "(the size inferred)"),
+    ((0, -1), "reshape shape (0, -1) is ambiguous: the size -1 beside a size 0 could be any size")])
+def test_a_reshape_torch_refuses_is_one_error(mode, shape, message):
+    """``ud.ops.reshape`` to a shape ``torch.reshape`` refuses is one ``ShapeMismatchError`` on every backend, eagerly
+    and inside ``ud.function`` (where TensorFlow's graph knows no size: the check runs with it); torch's backend
+    raised torch's ``RuntimeError``, TensorFlow and Keras an ``InvalidArgumentError``, JAX a ``TypeError``. Shapes
+    that fit (an int, a list, one -1) give torch's. Found by differential fuzzing."""
+    values = np.arange(12, dtype=np.float32).reshape(3, 4)
+    with pytest.raises(RuntimeError):  # (PyTorch's own)
+        torch.reshape(torch.tensor(values), shape if isinstance(shape, (tuple, list)) else (shape,))
+    raises_exactly(ud.ShapeMismatchError, message, run, mode, lambda x: ud.ops.reshape(x, shape), values)
+    for fits in (12, [2, -1, 3], (4, 3), (1, -1, 1)):
+        expected = torch.reshape(torch.tensor(values), fits if isinstance(fits, (tuple, list)) else (fits,))
+        assert np.array_equal(run(mode, lambda x: ud.ops.reshape(x, fits), values), expected.numpy())
+
+
+def test_targets_outside_0_and_1_are_one_error(mode):
+    """``BCELoss`` and ``ud.ops.binary_cross_entropy`` of a target outside [0, 1] are one ``ValueOutOfRangeError``
+    counting them, eagerly and inside graphs, as PyTorch refuses it ("all elements of target should be between 0
+    and 1"): every backend returned a finite loss of no meaning, silently. Found by differential fuzzing."""
+    probabilities = np.full((2, 2), 0.5, np.float32)
+    targets = np.array([[0.0, 2.0], [1.0, -0.5]], np.float32)
+    with pytest.raises(RuntimeError, match="target should be between 0 and 1"):  # (PyTorch's own)
+        F.binary_cross_entropy(torch.tensor(probabilities), torch.tensor(targets))
+    message = "binary_cross_entropy target must lie in [0, 1]; found 2 value(s) outside"
+    raises_exactly(ud.ValueOutOfRangeError, message, run, mode, lambda p, t: ud.nn.BCELoss()(p, t),
+                   probabilities, targets)
+    raises_exactly(ud.ValueOutOfRangeError, message, run, mode,
+                   lambda p, t: ud.ops.binary_cross_entropy(p, t, reduction="none"), probabilities, targets)
+    edges = np.array([[0.0, 1.0], [0.25, 1.0]], np.float32)  # the bounds themselves are targets: torch's values
+    expected = F.binary_cross_entropy(torch.tensor(probabilities), torch.tensor(edges), reduction="sum").item()
+    assert run(mode, lambda p, t: ud.nn.BCELoss(reduction="sum")(p, t), probabilities, edges) == pytest.approx(
+        expected, rel=1e-6)
+
+
 # ---- the margin, embedding and likelihood losses: torch's refusals, one error each, eagerly and in graphs ---------
 
 def test_margin_and_likelihood_losses_refuse_what_torch_refuses(mode):

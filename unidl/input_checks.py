@@ -101,6 +101,38 @@ def require_shape(x, expected: tuple, template, shown: tuple | None = None):
     return require(x, condition, template, tuple(expected if shown is None else shown) + tuple(sizes))
 
 
+def check_reshape(owner, x, shape) -> tuple:
+    """``(x, shape)``, after checking that ``shape`` (an int or ints; -1, once at most, for the size inferred) holds
+    ``x``'s elements as ``torch.reshape`` requires: otherwise one ``ShapeMismatchError`` naming the shape and the
+    input's, now or when a graph that leaves a size unknown runs (each framework raised its own error, of its own
+    type). ``shape`` comes back as a tuple of Python ints; one holding a tensor (a size read with ``ud.ops.shape``
+    inside a graph) as it is, for the framework to check."""
+    given = arguments.sequence(shape)
+    wanted = tuple(arguments.integer(size) for size in (given if given is not None else (shape,)))
+    if None in wanted or getattr(x.shape, "rank", 0) is None:
+        return x, shape
+    if wanted.count(-1) > 1 or any(size < -1 for size in wanted):
+        raise ShapeMismatchError(f"{literal(owner)} shape {wanted} is invalid: its sizes must be non-negative ints, "
+                                 f"and one of them -1 at most (the size inferred)")
+    known = math.prod(size for size in wanted if size != -1)
+    infers = -1 in wanted
+    if infers and known == 0:  # (torch's rule: any size fits the -1 beside a 0, even of an empty input)
+        raise ShapeMismatchError(f"{literal(owner)} shape {wanted} is ambiguous: the size -1 beside a size 0 could be "
+                                 f"any size")
+    static = tuple(x.shape)
+    if infers and math.prod(size for size in static if size is not None) % known == 0:
+        return x, wanted  # (the sizes known divide already: no check in a graph that leaves the others unknown)
+    sizes = sizes_of(x)
+    count = math.prod(sizes)
+    fits = count % known == 0 if infers else count == known
+
+    def template():
+        return (f"{literal(owner)} shape {wanted} is invalid for an input of shape {shape_template(len(sizes))} "
+                f"({{}} elements)")
+
+    return require(x, holds(fits), template, tuple(sizes) + (count,)), wanted
+
+
 def check_known_shape(x, condition, message: str, sizes=()):
     """The ``check_shape`` op where every size is known when it runs (eagerly; torch; while jax.jit traces):
     ``ShapeMismatchError(message.format(*sizes))`` now if ``condition`` fails, else ``x`` as it is."""

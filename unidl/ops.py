@@ -467,9 +467,13 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     return _ops().batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
-@op
+@op(dispatch=False)
 def reshape(x, shape):
-    """View of ``x`` with a new shape (-1 infers one axis)."""
+    """View of ``x`` with a new shape (-1 infers one axis). A shape ``torch.reshape`` refuses (another number of
+    elements, two -1s, a size below -1, a -1 beside a 0) is one ``ShapeMismatchError`` naming it and the input's
+    shape on every backend, eagerly and inside ``ud.function`` (each framework raised its own error)."""
+    x, shape = input_checks.check_reshape("reshape", x, shape)
+    return _ops().reshape(x, shape)
 
 
 @op(dispatch=False)
@@ -1503,8 +1507,9 @@ def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     """-(t * log(p) + (1 - t) * log(1 - p)) with each log clamped at -100 (PyTorch's), times ``weight`` (which
     broadcasts); the probabilities' gradient is PyTorch's, (p - t) / max(p (1 - p), 1e-12) (finite at 0 and 1;
     below the floor a first derivative only). ``target`` of another shape than
-    ``probabilities`` is a ``ShapeMismatchError`` (a ``ValueError``), and a float tensor ``target`` of another float
-    dtype a ``DtypeMismatchError``, as PyTorch refuses them (a NumPy array or a list takes the probabilities')."""
+    ``probabilities`` is a ``ShapeMismatchError`` (a ``ValueError``), a float tensor ``target`` of another float
+    dtype a ``DtypeMismatchError``, and probabilities or a target outside [0, 1] a ``ValueOutOfRangeError``, as
+    PyTorch refuses them (a NumPy array or a list takes the probabilities')."""
     reduction = input_checks.check_reduction("binary_cross_entropy", reduction)
     probabilities = input_checks.as_tensor("binary_cross_entropy", "probabilities", probabilities)
     # (the dtypes as given: under autocast the probabilities are float32 here, beside a half target of their own)
@@ -1519,9 +1524,11 @@ def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     # gradient (p - t) / max(p (1 - p), 1e-12) is the clamped logs' own where p (1 - p) >= 1e-12 (their second
     # derivative too), and below that floor (a probability of exactly 0 or 1: a float32 sigmoid of a logit past
     # 17), where autodiff of the logs gave NaN, a term of value 0 carries it, a first derivative only
-    # PyTorch refuses probabilities outside [0, 1] (they gave NaN); NaN passes, to the non-finite guard (a float16
-    # step that overflowed is skipped, not an error)
+    # PyTorch refuses probabilities outside [0, 1] (they gave NaN), and targets outside it (a finite loss of no
+    # meaning here, silently); NaN passes, to the non-finite guard (a float16 step that overflowed is skipped, not
+    # an error)
     probabilities = check_in_range(probabilities, 0, 1, "binary_cross_entropy probabilities")
+    target = check_in_range(target, 0, 1, "binary_cross_entropy target")
     return _binary_cross_entropy_core(probabilities, target, weight, reduction)
 
 
