@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import unidl as ud
 from unidl import backends
 from unidl.precision import autocast_modules
+from unidl.testing import max_relative_difference
 from unidl.testing.pytest_plugin import backends_under_test
 
 pytestmark = pytest.mark.heavy  # minutes of tests: run first (tests/conftest.py)
@@ -2267,6 +2268,35 @@ def test_probabilities_outside_0_and_1_are_one_error(mode):
                    "outside", run, mode, lambda p, t: ud.nn.BCELoss()(p, t), probabilities, targets)
     edges = np.array([[0.0, 1.0], [0.5, np.nan]], np.float32)
     assert np.isnan(run(mode, lambda p, t: ud.nn.BCELoss()(p, t), edges, targets))
+
+
+@pytest.mark.parametrize("name", ["conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"])
+def test_a_convolution_bias_of_another_size_is_one_error(mode, name):
+    """``ud.ops.conv1d``/``conv2d``/``conv_transpose1d``/``conv_transpose2d`` with a bias that is not one value per
+    output channel (out; a transposed weight's out / groups times groups) is one ``ShapeMismatchError`` naming both
+    shapes on every backend, eagerly and inside ``ud.function`` (where TensorFlow's graph knows no size), as PyTorch
+    refuses it: torch's backend raised torch's ``RuntimeError``, TensorFlow an ``InvalidArgumentError`` (oneDNN's
+    ``AbortedError`` in a graph), JAX a broadcasting ``TypeError``. The right bias gives torch's values. Found by
+    differential fuzzing."""
+    rng = np.random.default_rng(0)
+    spatial = 2 if name.endswith("2d") else 1
+    x = rng.standard_normal((2, 4) + (5,) * spatial).astype(np.float32)
+    weight = rng.standard_normal(((4, 3) if "transpose" in name else (6, 2)) + (3,) * spatial).astype(np.float32)
+    shown = ", ".join(map(str, weight.shape))
+    ours, theirs = getattr(ud.ops, name), getattr(F, name)
+    for bias in (np.zeros(5, np.float32), np.zeros(3, np.float32)):
+        with pytest.raises(RuntimeError):  # (PyTorch's own)
+            theirs(torch.tensor(x), torch.tensor(weight), torch.tensor(bias), groups=2)
+        raises_exactly(ud.ShapeMismatchError, f"{name} expected a bias of shape (6,), one value per output channel of "
+                       f"a weight of shape ({shown}), received a bias of shape ({len(bias)},)",
+                       run, mode, lambda t, w, b: ours(t, w, b, groups=2), x, weight, bias)
+    raises_exactly(ud.ShapeMismatchError, f"{name} expected a bias of one value per output channel, received a bias "
+                   f"of 2 axes", run, mode, lambda t, w, b: ours(t, w, b, groups=2), x, weight,
+                   np.zeros((1, 6), np.float32))
+    bias = rng.standard_normal(6).astype(np.float32)
+    expected = theirs(torch.tensor(x), torch.tensor(weight), torch.tensor(bias), groups=2).numpy()
+    got = run(mode, lambda t, w, b: ours(t, w, b, groups=2), x, weight, bias)
+    assert max_relative_difference(got, expected) <= 2e-6
 
 
 @pytest.mark.parametrize("shape, message", [

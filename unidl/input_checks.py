@@ -649,6 +649,25 @@ def check_floating(owner, x) -> None:
                                  f"convert it with x.astype('{wanted}') or ud.ops.cast(x, '{wanted}')")
 
 
+def check_conv_bias(owner, bias, weight, groups: int = 1, transposed: bool = False):
+    """``bias``, after checking that it holds one value per output channel of a convolution's ``weight`` ((out, in
+    / groups, *kernel); ``transposed``: (in, out / groups, *kernel)), as PyTorch's convolutions require: otherwise
+    a ``ShapeMismatchError`` naming both shapes, now or when a graph that leaves a size unknown runs (torch's
+    backend raised torch's ``RuntimeError``, TensorFlow an ``InvalidArgumentError`` eagerly and oneDNN's
+    ``AbortedError`` in a graph, JAX a ``TypeError`` of broadcasting)."""
+    weights, biases = sizes_of(weight), sizes_of(bias)
+    out = weights[1] * groups if transposed else weights[0]
+    if len(biases) != 1:
+        raise ShapeMismatchError(f"{literal(owner)} expected a bias of one value per output channel, received a bias "
+                                 f"of {len(biases)} axes")
+
+    def template():
+        return (f"{literal(owner)} expected a bias of shape ({{}},), one value per output channel of a weight of shape "
+                f"{shape_template(len(weights))}, received a bias of shape ({{}},)")
+
+    return require(bias, holds(biases[0] == out), template, (out, *weights, biases[0]))
+
+
 def check_parameters_dtype(owner, x, parameter, halves: bool = False, what: str = "input",
                            autocast: bool = True) -> bool:
     """``DtypeMismatchError`` for input of another dtype than a layer's floating-point ``parameter`` (integers,

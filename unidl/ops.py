@@ -210,6 +210,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     x = _check_conv_ranks("conv2d", x, weight, 2)
     if bias is not None:  # (jax promoted the two; tensorflow and keras raised in their own words)
         input_checks.check_parameters_dtype("conv2d", bias, weight, what="bias")
+        bias = input_checks.check_conv_bias("conv2d", bias, weight, groups)
     return _one_sample_as_batch(x, 2, lambda batch: _conv2d(*input_checks.check_conv_channels(
         "conv2d", batch, weight, groups), bias, stride, padding, dilation, groups))
 
