@@ -2270,6 +2270,27 @@ def test_probabilities_outside_0_and_1_are_one_error(mode):
     assert np.isnan(run(mode, lambda p, t: ud.nn.BCELoss()(p, t), edges, targets))
 
 
+@pytest.mark.parametrize("dim, shown", [(-1, "axis 2: it"), ((0, 2), "axes (0, 2): each")])
+def test_squeeze_of_an_axis_of_another_size_is_torchs_or_one_error_in_a_graph_of_unknown_sizes(mode, dim, shown):
+    """``ud.ops.squeeze(x, dim)`` of an axis of another size than 1 leaves it in place, as ``torch.squeeze``, eagerly
+    on every backend and in every graph that knows the size (torch's, JAX's); a graph traced for any size (TensorFlow's
+    and Keras's ``ud.function``), whose rank cannot depend on a size, raises one ``ShapeMismatchError`` saying so when
+    it runs, where TensorFlow raised its squeeze's ``InvalidArgumentError`` and Keras one of a reshape. Found by
+    differential fuzzing."""
+    values = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+    expected = torch.squeeze(torch.tensor(values), dim).numpy()
+    try:
+        got = run(mode, lambda x: ud.ops.squeeze(x, dim), values)
+    except ud.ShapeMismatchError as error:
+        assert mode == "graph" and type(error) is ud.ShapeMismatchError
+        assert str(error) == (f"squeeze dim={dim!r} inside a graph traced for any size of {shown} must have size 1 "
+                              f"there (PyTorch leaves an axis of another size in place, which would make the graph's "
+                              f"rank depend on a size); got input of shape (1, 3, 4)")
+    else:
+        assert got.shape == expected.shape and np.array_equal(got, expected)
+    assert np.array_equal(run(mode, lambda x: ud.ops.squeeze(x, 0), values), values[0])  # (a size 1: dropped)
+
+
 @pytest.mark.parametrize("name", ["conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"])
 def test_a_convolution_bias_of_another_size_is_one_error(mode, name):
     """``ud.ops.conv1d``/``conv2d``/``conv_transpose1d``/``conv_transpose2d`` with a bias that is not one value per

@@ -88,6 +88,26 @@ def require_sizes(owner, x, wanted: dict, message):
     return require(x, condition, lambda: message(literal(owner), shape_template(len(sizes))), sizes)
 
 
+def check_squeezed_axes(owner, x, dim):
+    """``x``, after checking that the axes ``dim`` (an int or a sequence, in range) whose size a traced graph leaves
+    unknown have size 1 when it runs: a graph cannot leave an axis of another size in place, as PyTorch does, without
+    its rank depending on a size. Known sizes are the backend's to keep or drop: this adds nothing for them."""
+    static = tuple(x.shape) if getattr(x.shape, "rank", 0) is not None else ()
+    axes = [axis % len(static) for axis in (dim if isinstance(dim, (list, tuple)) else (dim,))] if static else []
+    unknown = {axis: 1 for axis in axes if static[axis] is None}
+    if not unknown:
+        return x
+
+    which = f"axis {next(iter(unknown))}: it" if len(unknown) == 1 else f"axes {tuple(sorted(unknown))}: each"
+
+    def message(name, shape):
+        return (f"{name} dim={dim!r} inside a graph traced for any size of {which} must have size 1 there (PyTorch "
+                f"leaves an axis of another size in place, which would make the graph's rank depend on a size); got "
+                f"input of shape {shape}")
+
+    return require_sizes(owner, x, unknown, message)
+
+
 def require_shape(x, expected: tuple, template, shown: tuple | None = None):
     """``x``, after checking that its sizes are ``expected``'s (ints, or scalar tensors where a graph leaves a size
     unknown) where a traced graph leaves either unknown (a mask's or a state's, whose right sizes are the input's):

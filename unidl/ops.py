@@ -1247,10 +1247,15 @@ def unsqueeze(x, dim):
     """``x`` with a new axis of size 1 at position ``dim``."""
 
 
-@op(dims={"dim": "x"})
+@op(dims={"dim": "x"}, dispatch=False)
 def squeeze(x, dim=None):
     """``x`` without its axes of size 1 (only axis ``dim``, an int or a tuple, when given; a given axis of another
-    size stays, as in PyTorch, except inside a graph that does not know its size, where it must be 1)."""
+    size stays, as in PyTorch, except inside a graph that does not know its size, where it must be 1: another size
+    is a ``ShapeMismatchError`` saying so when the graph runs, where TensorFlow and Keras raised errors of their own
+    that named no squeeze)."""
+    if dim is not None:
+        x = input_checks.check_squeezed_axes("squeeze", x, dim)
+    return _ops().squeeze(x, dim)
 
 
 @op(dispatch=False)
