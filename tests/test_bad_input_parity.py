@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import unidl as ud
 from unidl import backends
 from unidl.precision import autocast_modules
+from unidl.testing import max_relative_difference
 from unidl.testing.pytest_plugin import backends_under_test
 
 pytestmark = pytest.mark.heavy  # minutes of tests: run first (tests/conftest.py)
@@ -2267,6 +2268,98 @@ def test_probabilities_outside_0_and_1_are_one_error(mode):
                    "outside", run, mode, lambda p, t: ud.nn.BCELoss()(p, t), probabilities, targets)
     edges = np.array([[0.0, 1.0], [0.5, np.nan]], np.float32)
     assert np.isnan(run(mode, lambda p, t: ud.nn.BCELoss()(p, t), edges, targets))
+
+
+@pytest.mark.parametrize("dim, shown", [(-1, "axis 2: it"), ((0, 2), "axes (0, 2): each")])
+def test_squeeze_of_an_axis_of_another_size_is_torchs_or_one_error_in_a_graph_of_unknown_sizes(mode, dim, shown):
+    """``ud.ops.squeeze(x, dim)`` of an axis of another size than 1 leaves it in place, as ``torch.squeeze``, eagerly
+    on every backend and in every graph that knows the size (torch's, JAX's); a graph traced for any size (TensorFlow's
+    and Keras's ``ud.function``), whose rank cannot depend on a size, raises one ``ShapeMismatchError`` saying so when
+    it runs, where TensorFlow raised its squeeze's ``InvalidArgumentError`` and Keras one of a reshape. Found by
+    differential fuzzing."""
+    values = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+    expected = torch.squeeze(torch.tensor(values), dim).numpy()
+    try:
+        got = run(mode, lambda x: ud.ops.squeeze(x, dim), values)
+    except ud.ShapeMismatchError as error:
+        assert mode == "graph" and type(error) is ud.ShapeMismatchError
+        assert str(error) == (f"squeeze dim={dim!r} inside a graph traced for any size of {shown} must have size 1 "
+                              f"there (PyTorch leaves an axis of another size in place, which would make the graph's "
+                              f"rank depend on a size); got input of shape (1, 3, 4)")
+    else:
+        assert got.shape == expected.shape and np.array_equal(got, expected)
+    assert np.array_equal(run(mode, lambda x: ud.ops.squeeze(x, 0), values), values[0])  # (a size 1: dropped)
+
+
+@pytest.mark.parametrize("name", ["conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"])
+def test_a_convolution_bias_of_another_size_is_one_error(mode, name):
+    """``ud.ops.conv1d``/``conv2d``/``conv_transpose1d``/``conv_transpose2d`` with a bias that is not one value per
+    output channel (out; a transposed weight's out / groups times groups) is one ``ShapeMismatchError`` naming both
+    shapes on every backend, eagerly and inside ``ud.function`` (where TensorFlow's graph knows no size), as PyTorch
+    refuses it: torch's backend raised torch's ``RuntimeError``, TensorFlow an ``InvalidArgumentError`` (oneDNN's
+    ``AbortedError`` in a graph), JAX a broadcasting ``TypeError``. The right bias gives torch's values. Found by
+    differential fuzzing."""
+    rng = np.random.default_rng(0)
+    spatial = 2 if name.endswith("2d") else 1
+    x = rng.standard_normal((2, 4) + (5,) * spatial).astype(np.float32)
+    weight = rng.standard_normal(((4, 3) if "transpose" in name else (6, 2)) + (3,) * spatial).astype(np.float32)
+    shown = ", ".join(map(str, weight.shape))
+    ours, theirs = getattr(ud.ops, name), getattr(F, name)
+    for bias in (np.zeros(5, np.float32), np.zeros(3, np.float32)):
+        with pytest.raises(RuntimeError):  # (PyTorch's own)
+            theirs(torch.tensor(x), torch.tensor(weight), torch.tensor(bias), groups=2)
+        raises_exactly(ud.ShapeMismatchError, f"{name} expected a bias of shape (6,), one value per output channel of "
+                       f"a weight of shape ({shown}), received a bias of shape ({len(bias)},)",
+                       run, mode, lambda t, w, b: ours(t, w, b, groups=2), x, weight, bias)
+    raises_exactly(ud.ShapeMismatchError, f"{name} expected a bias of one value per output channel, received a bias "
+                   f"of 2 axes", run, mode, lambda t, w, b: ours(t, w, b, groups=2), x, weight,
+                   np.zeros((1, 6), np.float32))
+    bias = rng.standard_normal(6).astype(np.float32)
+    expected = theirs(torch.tensor(x), torch.tensor(weight), torch.tensor(bias), groups=2).numpy()
+    got = run(mode, lambda t, w, b: ours(t, w, b, groups=2), x, weight, bias)
+    assert max_relative_difference(got, expected) <= 2e-6
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((5, -1), "reshape shape (5, -1) is invalid for an input of shape (3, 4) (12 elements)"),
+    ([5, 3], "reshape shape (5, 3) is invalid for an input of shape (3, 4) (12 elements)"),
+    (13, "reshape shape (13,) is invalid for an input of shape (3, 4) (12 elements)"),
+    ((-1, -1), "reshape shape (-1, -1) is invalid: its sizes must be non-negative ints, and one of them -1 at most "
+               "(the size inferred)"),
+    ((3, -2), "reshape shape (3, -2) is invalid: its sizes must be non-negative ints, and one of them -1 at most "
+              "(the size inferred)"),
+    ((0, -1), "reshape shape (0, -1) is ambiguous: the size -1 beside a size 0 could be any size")])
+def test_a_reshape_torch_refuses_is_one_error(mode, shape, message):
+    """``ud.ops.reshape`` to a shape ``torch.reshape`` refuses is one ``ShapeMismatchError`` on every backend, eagerly
+    and inside ``ud.function`` (where TensorFlow's graph knows no size: the check runs with it); torch's backend
+    raised torch's ``RuntimeError``, TensorFlow and Keras an ``InvalidArgumentError``, JAX a ``TypeError``. Shapes
+    that fit (an int, a list, one -1) give torch's. Found by differential fuzzing."""
+    values = np.arange(12, dtype=np.float32).reshape(3, 4)
+    with pytest.raises(RuntimeError):  # (PyTorch's own)
+        torch.reshape(torch.tensor(values), shape if isinstance(shape, (tuple, list)) else (shape,))
+    raises_exactly(ud.ShapeMismatchError, message, run, mode, lambda x: ud.ops.reshape(x, shape), values)
+    for fits in (12, [2, -1, 3], (4, 3), (1, -1, 1)):
+        expected = torch.reshape(torch.tensor(values), fits if isinstance(fits, (tuple, list)) else (fits,))
+        assert np.array_equal(run(mode, lambda x: ud.ops.reshape(x, fits), values), expected.numpy())
+
+
+def test_targets_outside_0_and_1_are_one_error(mode):
+    """``BCELoss`` and ``ud.ops.binary_cross_entropy`` of a target outside [0, 1] are one ``ValueOutOfRangeError``
+    counting them, eagerly and inside graphs, as PyTorch refuses it ("all elements of target should be between 0
+    and 1"): every backend returned a finite loss of no meaning, silently. Found by differential fuzzing."""
+    probabilities = np.full((2, 2), 0.5, np.float32)
+    targets = np.array([[0.0, 2.0], [1.0, -0.5]], np.float32)
+    with pytest.raises(RuntimeError, match="target should be between 0 and 1"):  # (PyTorch's own)
+        F.binary_cross_entropy(torch.tensor(probabilities), torch.tensor(targets))
+    message = "binary_cross_entropy target must lie in [0, 1]; found 2 value(s) outside"
+    raises_exactly(ud.ValueOutOfRangeError, message, run, mode, lambda p, t: ud.nn.BCELoss()(p, t),
+                   probabilities, targets)
+    raises_exactly(ud.ValueOutOfRangeError, message, run, mode,
+                   lambda p, t: ud.ops.binary_cross_entropy(p, t, reduction="none"), probabilities, targets)
+    edges = np.array([[0.0, 1.0], [0.25, 1.0]], np.float32)  # the bounds themselves are targets: torch's values
+    expected = F.binary_cross_entropy(torch.tensor(probabilities), torch.tensor(edges), reduction="sum").item()
+    assert run(mode, lambda p, t: ud.nn.BCELoss(reduction="sum")(p, t), probabilities, edges) == pytest.approx(
+        expected, rel=1e-6)
 
 
 # ---- the margin, embedding and likelihood losses: torch's refusals, one error each, eagerly and in graphs ---------

@@ -88,6 +88,26 @@ def require_sizes(owner, x, wanted: dict, message):
     return require(x, condition, lambda: message(literal(owner), shape_template(len(sizes))), sizes)
 
 
+def check_squeezed_axes(owner, x, dim):
+    """``x``, after checking that the axes ``dim`` (an int or a sequence, in range) whose size a traced graph leaves
+    unknown have size 1 when it runs: a graph cannot leave an axis of another size in place, as PyTorch does, without
+    its rank depending on a size. Known sizes are the backend's to keep or drop: this adds nothing for them."""
+    static = tuple(x.shape) if getattr(x.shape, "rank", 0) is not None else ()
+    axes = [axis % len(static) for axis in (dim if isinstance(dim, (list, tuple)) else (dim,))] if static else []
+    unknown = {axis: 1 for axis in axes if static[axis] is None}
+    if not unknown:
+        return x
+
+    which = f"axis {next(iter(unknown))}: it" if len(unknown) == 1 else f"axes {tuple(sorted(unknown))}: each"
+
+    def message(name, shape):
+        return (f"{name} dim={dim!r} inside a graph traced for any size of {which} must have size 1 there (PyTorch "
+                f"leaves an axis of another size in place, which would make the graph's rank depend on a size); got "
+                f"input of shape {shape}")
+
+    return require_sizes(owner, x, unknown, message)
+
+
 def require_shape(x, expected: tuple, template, shown: tuple | None = None):
     """``x``, after checking that its sizes are ``expected``'s (ints, or scalar tensors where a graph leaves a size
     unknown) where a traced graph leaves either unknown (a mask's or a state's, whose right sizes are the input's):
@@ -99,6 +119,38 @@ def require_shape(x, expected: tuple, template, shown: tuple | None = None):
         return x
     condition = all_of([holds(a == b) for a, b in zip(sizes, expected)])
     return require(x, condition, template, tuple(expected if shown is None else shown) + tuple(sizes))
+
+
+def check_reshape(owner, x, shape) -> tuple:
+    """``(x, shape)``, after checking that ``shape`` (an int or ints; -1, once at most, for the size inferred) holds
+    ``x``'s elements as ``torch.reshape`` requires: otherwise one ``ShapeMismatchError`` naming the shape and the
+    input's, now or when a graph that leaves a size unknown runs (each framework raised its own error, of its own
+    type). ``shape`` comes back as a tuple of Python ints; one holding a tensor (a size read with ``ud.ops.shape``
+    inside a graph) as it is, for the framework to check."""
+    given = arguments.sequence(shape)
+    wanted = tuple(arguments.integer(size) for size in (given if given is not None else (shape,)))
+    if None in wanted or getattr(x.shape, "rank", 0) is None:
+        return x, shape
+    if wanted.count(-1) > 1 or any(size < -1 for size in wanted):
+        raise ShapeMismatchError(f"{literal(owner)} shape {wanted} is invalid: its sizes must be non-negative ints, "
+                                 f"and one of them -1 at most (the size inferred)")
+    known = math.prod(size for size in wanted if size != -1)
+    infers = -1 in wanted
+    if infers and known == 0:  # (torch's rule: any size fits the -1 beside a 0, even of an empty input)
+        raise ShapeMismatchError(f"{literal(owner)} shape {wanted} is ambiguous: the size -1 beside a size 0 could be "
+                                 f"any size")
+    static = tuple(x.shape)
+    if infers and math.prod(size for size in static if size is not None) % known == 0:
+        return x, wanted  # (the sizes known divide already: no check in a graph that leaves the others unknown)
+    sizes = sizes_of(x)
+    count = math.prod(sizes)
+    fits = count % known == 0 if infers else count == known
+
+    def template():
+        return (f"{literal(owner)} shape {wanted} is invalid for an input of shape {shape_template(len(sizes))} "
+                f"({{}} elements)")
+
+    return require(x, holds(fits), template, tuple(sizes) + (count,)), wanted
 
 
 def check_known_shape(x, condition, message: str, sizes=()):
@@ -615,6 +667,25 @@ def check_floating(owner, x) -> None:
         wanted = config.get_dtype()
         raise DtypeMismatchError(f"{literal(owner)} needs floating-point input, got {dtype_name(dtype)} input; "
                                  f"convert it with x.astype('{wanted}') or ud.ops.cast(x, '{wanted}')")
+
+
+def check_conv_bias(owner, bias, weight, groups: int = 1, transposed: bool = False):
+    """``bias``, after checking that it holds one value per output channel of a convolution's ``weight`` ((out, in
+    / groups, *kernel); ``transposed``: (in, out / groups, *kernel)), as PyTorch's convolutions require: otherwise
+    a ``ShapeMismatchError`` naming both shapes, now or when a graph that leaves a size unknown runs (torch's
+    backend raised torch's ``RuntimeError``, TensorFlow an ``InvalidArgumentError`` eagerly and oneDNN's
+    ``AbortedError`` in a graph, JAX a ``TypeError`` of broadcasting)."""
+    weights, biases = sizes_of(weight), sizes_of(bias)
+    out = weights[1] * groups if transposed else weights[0]
+    if len(biases) != 1:
+        raise ShapeMismatchError(f"{literal(owner)} expected a bias of one value per output channel, received a bias "
+                                 f"of {len(biases)} axes")
+
+    def template():
+        return (f"{literal(owner)} expected a bias of shape ({{}},), one value per output channel of a weight of shape "
+                f"{shape_template(len(weights))}, received a bias of shape ({{}},)")
+
+    return require(bias, holds(biases[0] == out), template, (out, *weights, biases[0]))
 
 
 def check_parameters_dtype(owner, x, parameter, halves: bool = False, what: str = "input",

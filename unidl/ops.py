@@ -210,6 +210,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     x = _check_conv_ranks("conv2d", x, weight, 2)
     if bias is not None:  # (jax promoted the two; tensorflow and keras raised in their own words)
         input_checks.check_parameters_dtype("conv2d", bias, weight, what="bias")
+        bias = input_checks.check_conv_bias("conv2d", bias, weight, groups)
     return _one_sample_as_batch(x, 2, lambda batch: _conv2d(*input_checks.check_conv_channels(
         "conv2d", batch, weight, groups), bias, stride, padding, dilation, groups))
 
@@ -467,9 +468,13 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     return _ops().batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
-@op
+@op(dispatch=False)
 def reshape(x, shape):
-    """View of ``x`` with a new shape (-1 infers one axis)."""
+    """View of ``x`` with a new shape (-1 infers one axis). A shape ``torch.reshape`` refuses (another number of
+    elements, two -1s, a size below -1, a -1 beside a 0) is one ``ShapeMismatchError`` naming it and the input's
+    shape on every backend, eagerly and inside ``ud.function`` (each framework raised its own error)."""
+    x, shape = input_checks.check_reshape("reshape", x, shape)
+    return _ops().reshape(x, shape)
 
 
 @op(dispatch=False)
@@ -1242,10 +1247,15 @@ def unsqueeze(x, dim):
     """``x`` with a new axis of size 1 at position ``dim``."""
 
 
-@op(dims={"dim": "x"})
+@op(dims={"dim": "x"}, dispatch=False)
 def squeeze(x, dim=None):
     """``x`` without its axes of size 1 (only axis ``dim``, an int or a tuple, when given; a given axis of another
-    size stays, as in PyTorch, except inside a graph that does not know its size, where it must be 1)."""
+    size stays, as in PyTorch, except inside a graph that does not know its size, where it must be 1: another size
+    is a ``ShapeMismatchError`` saying so when the graph runs, where TensorFlow and Keras raised errors of their own
+    that named no squeeze)."""
+    if dim is not None:
+        x = input_checks.check_squeezed_axes("squeeze", x, dim)
+    return _ops().squeeze(x, dim)
 
 
 @op(dispatch=False)
@@ -1503,8 +1513,9 @@ def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     """-(t * log(p) + (1 - t) * log(1 - p)) with each log clamped at -100 (PyTorch's), times ``weight`` (which
     broadcasts); the probabilities' gradient is PyTorch's, (p - t) / max(p (1 - p), 1e-12) (finite at 0 and 1;
     below the floor a first derivative only). ``target`` of another shape than
-    ``probabilities`` is a ``ShapeMismatchError`` (a ``ValueError``), and a float tensor ``target`` of another float
-    dtype a ``DtypeMismatchError``, as PyTorch refuses them (a NumPy array or a list takes the probabilities')."""
+    ``probabilities`` is a ``ShapeMismatchError`` (a ``ValueError``), a float tensor ``target`` of another float
+    dtype a ``DtypeMismatchError``, and probabilities or a target outside [0, 1] a ``ValueOutOfRangeError``, as
+    PyTorch refuses them (a NumPy array or a list takes the probabilities')."""
     reduction = input_checks.check_reduction("binary_cross_entropy", reduction)
     probabilities = input_checks.as_tensor("binary_cross_entropy", "probabilities", probabilities)
     # (the dtypes as given: under autocast the probabilities are float32 here, beside a half target of their own)
@@ -1519,9 +1530,11 @@ def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     # gradient (p - t) / max(p (1 - p), 1e-12) is the clamped logs' own where p (1 - p) >= 1e-12 (their second
     # derivative too), and below that floor (a probability of exactly 0 or 1: a float32 sigmoid of a logit past
     # 17), where autodiff of the logs gave NaN, a term of value 0 carries it, a first derivative only
-    # PyTorch refuses probabilities outside [0, 1] (they gave NaN); NaN passes, to the non-finite guard (a float16
-    # step that overflowed is skipped, not an error)
+    # PyTorch refuses probabilities outside [0, 1] (they gave NaN), and targets outside it (a finite loss of no
+    # meaning here, silently); NaN passes, to the non-finite guard (a float16 step that overflowed is skipped, not
+    # an error)
     probabilities = check_in_range(probabilities, 0, 1, "binary_cross_entropy probabilities")
+    target = check_in_range(target, 0, 1, "binary_cross_entropy target")
     return _binary_cross_entropy_core(probabilities, target, weight, reduction)
 
 

@@ -125,6 +125,7 @@ def conv_transpose1d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     x = ops._check_conv_ranks(owner, x, weight, 1, transposed=True)
     if bias is not None:
         input_checks.check_parameters_dtype(owner, bias, weight, what="bias")
+        bias = input_checks.check_conv_bias(owner, bias, weight, groups, transposed=True)
     return ops._one_sample_as_batch(x, 1, lambda batch: transposed1d(
         *input_checks.check_conv_channels(owner, batch, weight, groups, transposed=True), bias, stride, padding,
         output_padding, groups, dilation))

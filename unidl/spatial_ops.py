@@ -103,6 +103,7 @@ def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     x = ops._check_conv_ranks("conv1d", x, weight, 1)
     if bias is not None:  # (jax promoted the two; tensorflow and keras raised in their own words)
         input_checks.check_parameters_dtype("conv1d", bias, weight, what="bias")
+        bias = input_checks.check_conv_bias("conv1d", bias, weight, groups)
     return ops._one_sample_as_batch(x, 1, lambda batch: _conv1d(batch, weight, bias, stride, padding, dilation,
                                                                 groups))
 
@@ -151,6 +152,7 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     x = ops._check_conv_ranks("conv_transpose2d", x, weight, 2, transposed=True)
     if bias is not None:  # (jax promoted the two; tensorflow and keras raised in their own words)
         input_checks.check_parameters_dtype("conv_transpose2d", bias, weight, what="bias")
+        bias = input_checks.check_conv_bias("conv_transpose2d", bias, weight, groups, transposed=True)
     output_padding = arguments.int_or_ints("conv_transpose2d", "output_padding", output_padding, 2, minimum=0)
     arguments.check_output_padding("conv_transpose2d", _pair(output_padding), _pair(stride), _pair(dilation))
     return ops._one_sample_as_batch(x, 2, lambda batch: _conv_transpose2d(batch, weight, bias, stride, padding,
