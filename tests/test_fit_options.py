@@ -205,6 +205,26 @@ def test_sample_weights_keep_the_losss_own_reduction(backend, data, options):
     assert ud.evaluate(model, x, y, 30, loss=loss, sample_weight=weights)["loss"] == pytest.approx(expected, rel=1e-5)
 
 
+
+def test_weighted_metrics_of_an_ignoring_loss_in_float64(backend, rng):
+    """Under ``ud.use_dtype("float64")`` the weights travel float64 beside float64 targets; with a loss that ignores a
+    label the weighted metrics multiply them by the float32 mask of the samples kept. Every backend then gives the
+    same weighted accuracy, the samples of the ignored label left out (tensorflow multiplied the float64 weights by
+    the float32 mask and raised its own TypeError, in ``fit`` and ``evaluate``)."""
+    x, y, weights = rng.standard_normal((9, 4)), rng.integers(0, 3, 9), rng.uniform(0.5, 1.5, 9)
+    loss = ud.nn.CrossEntropyLoss(ignore_index=1)
+    with ud.use_dtype("float64"):
+        model = ud.models.TwoLayerNet(4, 6, 3)
+        history = ud.fit(model, x, y, 4, 1, 0, shuffle=False, loss=loss, weighted_metrics=["accuracy"],
+                         sample_weight=weights, validation_data=(x, y, weights),
+                         optimizer=ud.optim.SGD(model.parameters(), lr=0.0))
+        results = ud.evaluate(model, x, y, 4, loss=loss, weighted_metrics=["accuracy"], sample_weight=weights)
+        kept = y != 1
+        correct = (ud.predict(model, x).argmax(1) == y)[kept]
+    expected = (weights[kept] * correct).sum() / weights[kept].sum()
+    for value in (history["accuracy"][0], history["val_accuracy"][0], results["accuracy"]):
+        assert value == pytest.approx(expected, rel=1e-6)
+
 def test_initial_epoch_and_evaluate_lists(backend, data):
     x, y = data
     model = ud.models.TwoLayerNet(4, 8, 3)

@@ -72,7 +72,8 @@ class MetricAccumulator:
         for metric, takes_weights in zip(self.metrics, self._takes_weights):
             weight = sample_weight if metric.weighted else None
             if kept is not None and takes_weights:
-                weight = kept if weight is None else weight * kept
+                # (as_float: weights packed with float64 targets are float64, and tensorflow multiplies no mixed dtypes)
+                weight = kept if weight is None else as_float(weight) * kept
             values.extend(metric.statistics(outputs, target) if weight is None else
                           metric.statistics(outputs, target, weight))
         return tuple(values)
