@@ -225,6 +225,24 @@ def test_weighted_metrics_of_an_ignoring_loss_in_float64(backend, rng):
     for value in (history["accuracy"][0], history["val_accuracy"][0], results["accuracy"]):
         assert value == pytest.approx(expected, rel=1e-6)
 
+
+def test_float64_training_weights_each_loss_by_its_float64_weight(backend, rng):
+    """Under ``ud.use_dtype("float64")`` the training loss weights each sample by its float64 weight: the logged
+    'loss' of a step that changes nothing (lr 0) is ``evaluate``'s and a float64 PyTorch loop's to 1e-12. (The
+    weights travelled packed with integer labels as float32, so that training's loss, and its gradients, were
+    off by their rounding, ~1e-8, on every backend.)"""
+    x, y, weights = rng.standard_normal((10, 4)), rng.integers(0, 3, 10), rng.uniform(0.5, 1.5, 10)
+    with ud.use_dtype("float64"):
+        model = ud.models.TwoLayerNet(4, 6, 3)
+        history = ud.fit(model, x, y, 10, 1, 0, shuffle=False, loss="cross_entropy", sample_weight=weights,
+                         metrics=[], optimizer=ud.optim.SGD(model.parameters(), lr=0.0))
+        evaluated = ud.evaluate(model, x, y, loss="cross_entropy", sample_weight=weights)["loss"]
+        outputs = torch.from_numpy(ud.predict(model, x))
+    per_sample = torch.nn.functional.cross_entropy(outputs, torch.from_numpy(y), reduction="none").numpy()
+    expected = float((per_sample * weights).mean())
+    assert history["loss"][0] == pytest.approx(expected, rel=1e-12)
+    assert evaluated == pytest.approx(expected, rel=1e-12)
+
 def test_initial_epoch_and_evaluate_lists(backend, data):
     x, y = data
     model = ud.models.TwoLayerNet(4, 8, 3)
