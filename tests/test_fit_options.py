@@ -274,6 +274,7 @@ def test_initial_epoch_and_evaluate_lists(backend, data):
     (dict(metrics=["mae"]), "MeanAbsoluteError needs outputs and targets of the same shape"),
     (dict(verbose=7), r"fit verbose must be 0 \(silent\), 1 .*, 2 .* or 'auto' .*; got 7"),
     (dict(verbose="x"), r"fit verbose must be .*; got 'x'"),
+    (dict(eager="no"), r"fit eager must be True or False, got 'no'"),  # (it was taken as True)
 ])
 def test_bad_options_are_clear_errors(backend, rng, kwargs, message):
     model = ud.models.TwoLayerNet(4, 3, 2)
