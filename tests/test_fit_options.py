@@ -243,6 +243,26 @@ def test_float64_training_weights_each_loss_by_its_float64_weight(backend, rng):
     assert history["loss"][0] == pytest.approx(expected, rel=1e-12)
     assert evaluated == pytest.approx(expected, rel=1e-12)
 
+
+def test_float64_metrics_are_float64_on_every_backend(backend, rng):
+    """Under ``ud.use_dtype("float64")`` metrics' statistics are float64: weighted accuracy (training, through Keras's
+    own trainer on keras, and validation) and ``evaluate``'s MAE equal NumPy's float64 values to 1e-12 on every
+    backend. (They were float32 sums: each backend's float32 rounding, ~1e-7 apart, beside float64 losses.)"""
+    x, y, weights = rng.standard_normal((13, 4)), rng.integers(0, 3, 13), rng.uniform(0.5, 1.5, 13)
+    with ud.use_dtype("float64"):
+        model = ud.models.TwoLayerNet(4, 6, 3)
+        history = ud.fit(model, x, y, 5, 1, 0, shuffle=False, loss="cross_entropy", sample_weight=weights,
+                         weighted_metrics=["accuracy"], validation_data=(x, y, weights),
+                         optimizer=ud.optim.SGD(model.parameters(), lr=0.0))
+        outputs = ud.predict(model, x)
+        target = x[:, :3] * 0.7
+        mae = ud.evaluate(model, x, target, 5, loss="mse", metrics=["mae"])["mae"]
+    correct = outputs.argmax(1) == y
+    expected = (weights * correct).sum() / weights.sum()
+    assert history["accuracy"][0] == pytest.approx(expected, rel=1e-12)
+    assert history["val_accuracy"][0] == pytest.approx(expected, rel=1e-12)
+    assert mae == pytest.approx(np.abs(outputs - target).mean(), rel=1e-12)
+
 def test_initial_epoch_and_evaluate_lists(backend, data):
     x, y = data
     model = ud.models.TwoLayerNet(4, 8, 3)
