@@ -37,8 +37,9 @@ class Metric:
 
     * ``bind(layout)``: check that the metric fits outputs and targets shaped as ``layout`` (a clear
       ``ValueError`` naming both otherwise) and fix what depends on it (the number of classes).
-    * ``statistics(outputs, target, sample_weight=None)``: a tuple of float tensors (``statistics_dtype()``) for one batch, written
-      with ``ud.ops`` (graph-safe: no Python on tensor values), whose sums over batches determine the metric.
+    * ``statistics(outputs, target, sample_weight=None)``: a tuple of float tensors (``statistics_dtype()``) for
+      one batch, written with ``ud.ops`` (graph-safe: no Python on tensor values), whose sums over batches
+      determine the metric.
       ``sample_weight`` (N,), given only to a metric with ``weighted`` set (Keras's ``weighted_metrics``),
       weights each sample's contribution to every statistic (a count becomes a sum of weights), so the
       value is Keras's weighted one; a subclass that takes no ``sample_weight`` cannot be weighted.
