@@ -205,6 +205,64 @@ def test_sample_weights_keep_the_losss_own_reduction(backend, data, options):
     assert ud.evaluate(model, x, y, 30, loss=loss, sample_weight=weights)["loss"] == pytest.approx(expected, rel=1e-5)
 
 
+
+def test_weighted_metrics_of_an_ignoring_loss_in_float64(backend, rng):
+    """Under ``ud.use_dtype("float64")`` the weights travel float64 beside float64 targets; with a loss that ignores a
+    label the weighted metrics multiply them by the float32 mask of the samples kept. Every backend then gives the
+    same weighted accuracy, the samples of the ignored label left out (tensorflow multiplied the float64 weights by
+    the float32 mask and raised its own TypeError, in ``fit`` and ``evaluate``)."""
+    x, y, weights = rng.standard_normal((9, 4)), rng.integers(0, 3, 9), rng.uniform(0.5, 1.5, 9)
+    loss = ud.nn.CrossEntropyLoss(ignore_index=1)
+    with ud.use_dtype("float64"):
+        model = ud.models.TwoLayerNet(4, 6, 3)
+        history = ud.fit(model, x, y, 4, 1, 0, shuffle=False, loss=loss, weighted_metrics=["accuracy"],
+                         sample_weight=weights, validation_data=(x, y, weights),
+                         optimizer=ud.optim.SGD(model.parameters(), lr=0.0))
+        results = ud.evaluate(model, x, y, 4, loss=loss, weighted_metrics=["accuracy"], sample_weight=weights)
+        kept = y != 1
+        correct = (ud.predict(model, x).argmax(1) == y)[kept]
+    expected = (weights[kept] * correct).sum() / weights[kept].sum()
+    for value in (history["accuracy"][0], history["val_accuracy"][0], results["accuracy"]):
+        assert value == pytest.approx(expected, rel=1e-6)
+
+
+def test_float64_training_weights_each_loss_by_its_float64_weight(backend, rng):
+    """Under ``ud.use_dtype("float64")`` the training loss weights each sample by its float64 weight: the logged
+    'loss' of a step that changes nothing (lr 0) is ``evaluate``'s and a float64 PyTorch loop's to 1e-12. (The
+    weights travelled packed with integer labels as float32, so that training's loss, and its gradients, were
+    off by their rounding, ~1e-8, on every backend.)"""
+    x, y, weights = rng.standard_normal((10, 4)), rng.integers(0, 3, 10), rng.uniform(0.5, 1.5, 10)
+    with ud.use_dtype("float64"):
+        model = ud.models.TwoLayerNet(4, 6, 3)
+        history = ud.fit(model, x, y, 10, 1, 0, shuffle=False, loss="cross_entropy", sample_weight=weights,
+                         metrics=[], optimizer=ud.optim.SGD(model.parameters(), lr=0.0))
+        evaluated = ud.evaluate(model, x, y, loss="cross_entropy", sample_weight=weights)["loss"]
+        outputs = torch.from_numpy(ud.predict(model, x))
+    per_sample = torch.nn.functional.cross_entropy(outputs, torch.from_numpy(y), reduction="none").numpy()
+    expected = float((per_sample * weights).mean())
+    assert history["loss"][0] == pytest.approx(expected, rel=1e-12)
+    assert evaluated == pytest.approx(expected, rel=1e-12)
+
+
+def test_float64_metrics_are_float64_on_every_backend(backend, rng):
+    """Under ``ud.use_dtype("float64")`` metrics' statistics are float64: weighted accuracy (training, through Keras's
+    own trainer on keras, and validation) and ``evaluate``'s MAE equal NumPy's float64 values to 1e-12 on every
+    backend. (They were float32 sums: each backend's float32 rounding, ~1e-7 apart, beside float64 losses.)"""
+    x, y, weights = rng.standard_normal((13, 4)), rng.integers(0, 3, 13), rng.uniform(0.5, 1.5, 13)
+    with ud.use_dtype("float64"):
+        model = ud.models.TwoLayerNet(4, 6, 3)
+        history = ud.fit(model, x, y, 5, 1, 0, shuffle=False, loss="cross_entropy", sample_weight=weights,
+                         weighted_metrics=["accuracy"], validation_data=(x, y, weights),
+                         optimizer=ud.optim.SGD(model.parameters(), lr=0.0))
+        outputs = ud.predict(model, x)
+        target = x[:, :3] * 0.7
+        mae = ud.evaluate(model, x, target, 5, loss="mse", metrics=["mae"])["mae"]
+    correct = outputs.argmax(1) == y
+    expected = (weights * correct).sum() / weights.sum()
+    assert history["accuracy"][0] == pytest.approx(expected, rel=1e-12)
+    assert history["val_accuracy"][0] == pytest.approx(expected, rel=1e-12)
+    assert mae == pytest.approx(np.abs(outputs - target).mean(), rel=1e-12)
+
 def test_initial_epoch_and_evaluate_lists(backend, data):
     x, y = data
     model = ud.models.TwoLayerNet(4, 8, 3)
@@ -236,6 +294,7 @@ def test_initial_epoch_and_evaluate_lists(backend, data):
     (dict(metrics=["mae"]), "MeanAbsoluteError needs outputs and targets of the same shape"),
     (dict(verbose=7), r"fit verbose must be 0 \(silent\), 1 .*, 2 .* or 'auto' .*; got 7"),
     (dict(verbose="x"), r"fit verbose must be .*; got 'x'"),
+    (dict(eager="no"), r"fit eager must be True or False, got 'no'"),  # (it was taken as True)
 ])
 def test_bad_options_are_clear_errors(backend, rng, kwargs, message):
     model = ud.models.TwoLayerNet(4, 3, 2)

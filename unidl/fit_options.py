@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from unidl import arguments, ops
+from unidl import arguments, config, ops
 from unidl.nn.module import Module
 
 # PyTorch's logit-taking losses under their PyTorch and Keras names: a unidl model outputs logits (no final
@@ -266,11 +266,15 @@ def class_labels(y: np.ndarray) -> np.ndarray:
 
 
 def pack_targets(y: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """``y`` flattened per sample with the sample's weight appended: (N, size + 1), float."""
-    if y.dtype.kind in "iub" and y.size and np.abs(y).max() >= 2 ** 24:
-        raise ValueError("sample weights travel with integer labels as float32, exact below 2**24; "
-                         f"labels up to {np.abs(y).max()} would not be")
-    dtype = np.float64 if y.dtype == np.float64 else np.float32
+    """``y`` flattened per sample with the sample's weight appended: (N, size + 1), float: float64 for float64
+    targets and wherever the weights are float64 (``ud.use_dtype("float64")``, whose training must weight each loss
+    by the float64 weight that ``evaluate`` and a float64 PyTorch loop use, not by its float32 rounding), float32
+    otherwise."""
+    dtype = np.float64 if y.dtype == np.float64 or config.get_dtype() == "float64" else np.float32
+    exact = 2 ** 53 if dtype == np.float64 else 2 ** 24
+    if y.dtype.kind in "iub" and y.size and np.abs(y).max() >= exact:
+        raise ValueError(f"sample weights travel with integer labels as {np.dtype(dtype).name}, exact below "
+                         f"2**{int(math.log2(exact))}; labels up to {np.abs(y).max()} would not be")
     return np.concatenate([y.reshape(len(y), -1).astype(dtype), weights.reshape(-1, 1).astype(dtype)], axis=1)
 
 

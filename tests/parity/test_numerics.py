@@ -43,3 +43,15 @@ def test_leaky_relu_keeps_a_float64_slope(backend):
     expected = torch.nn.functional.leaky_relu(torch.tensor(x), slope).numpy()
     assert max_relative_difference(y, expected) < 1e-12
     assert max_relative_difference(compiled, expected) < 1e-12
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_segment_sum_keeps_float64(backend, compiled):
+    """``ud.ops.segment_sum`` of float64 data sums in float64 (AUC's weighted histograms under
+    ``ud.use_dtype("float64")``): Keras-on-torch's ``keras.ops.segment_sum`` summed into float32 zeros, 1e-12 lost."""
+    with ud.use_dtype("float64"):
+        data, ids = ud.tensor(np.array([1.0, 1e-12, 1e-12, 3.0])), ud.tensor(np.array([0, 0, 0, 1]))
+        op = ud.function(lambda d, i: ud.ops.segment_sum(d, i, 2)) if compiled else ud.ops.segment_sum
+        sums = ud.to_numpy(op(data, ids) if compiled else op(data, ids, 2))
+    assert sums.dtype == np.float64
+    np.testing.assert_allclose(sums, [1.0 + 2e-12, 3.0], rtol=1e-15, atol=0)  # (float32 sums gave 1.0)

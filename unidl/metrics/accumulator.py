@@ -16,7 +16,7 @@ import numpy as np
 from unidl import ops
 from unidl.errors import RetraceWarning
 from unidl.function import Function
-from unidl.metrics.metric import Metric, as_float
+from unidl.metrics.metric import Metric, as_float, statistics_dtype
 from unidl.tensors import to_numpy
 
 
@@ -72,7 +72,8 @@ class MetricAccumulator:
         for metric, takes_weights in zip(self.metrics, self._takes_weights):
             weight = sample_weight if metric.weighted else None
             if kept is not None and takes_weights:
-                weight = kept if weight is None else weight * kept
+                # (as_float: weights packed with the targets have their dtype; tensorflow multiplies no mixed dtypes)
+                weight = kept if weight is None else as_float(weight) * kept
             values.extend(metric.statistics(outputs, target) if weight is None else
                           metric.statistics(outputs, target, weight))
         return tuple(values)
@@ -98,7 +99,7 @@ class MetricAccumulator:
         if self.unpack is None and self.check_batches:
             self.check_targets(target)
         inputs = (outputs, target) if sample_weight is None else (
-            outputs, target, np.asarray(to_numpy(sample_weight), dtype=np.float32))
+            outputs, target, np.asarray(to_numpy(sample_weight), dtype=statistics_dtype()))
         with warnings.catch_warnings():  # a short last batch is one bounded retrace where graphs are per shape
             warnings.simplefilter("ignore", RetraceWarning)
             values = self._function(*inputs)

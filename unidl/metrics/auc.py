@@ -105,14 +105,15 @@ class AUC(Metric):
         """The number of thresholds strictly below each score, (N, areas) int64 in [0, T], for Keras's thresholds:
         -eps, i / (T - 1) for i = 1 .. T - 2, 1 + eps. A score is clipped into [0, 1] as Keras's ``AUC`` clips it
         (above the first threshold, below the last), and lies above the interior threshold i when ``score * (T - 1)
-        > i`` in float32, Keras's own test (``ceil(score * (T - 1)) - 1``, its bucket); NaN lies below every
-        threshold. (The thresholds were j (1 + 2 eps) / (T - 1) - eps, which moved every interior one: a score on the
-        grid, 0.25 of T = 5, counted above it, and the area differed from Keras's and scikit-learn's.)"""
+        > i`` in the statistics' dtype (float32 unless float64 is the default), Keras's own test (``ceil(score *
+        (T - 1)) - 1``, its bucket); NaN lies below every threshold. (The thresholds were j (1 + 2 eps) / (T - 1) -
+        eps, which moved every interior one: a score on the grid, 0.25 of T = 5, counted above it, and the area
+        differed from Keras's and scikit-learn's.)"""
         steps = self.num_thresholds - 1
         clipped = ops.where(scores == scores, ops.clip(scores, 0.0, 1.0), ops.zeros_like(scores))
         scaled = clipped * float(steps)
         whole = ops.cast(scaled, "int64")  # (floor: scaled >= 0)
-        above = whole - 1 + ops.cast(greater(scaled, ops.cast(whole, "float32")), "int64")  # interior ones: ceil - 1
+        above = whole - 1 + ops.cast(greater(scaled, ops.cast_like(whole, scaled)), "int64")  # interior ones: ceil - 1
         buckets = ops.clip(above, 0, steps - 1) + 1
         return ops.where(scores == scores, buckets, ops.zeros_like(buckets))
 

@@ -12,7 +12,7 @@ import inspect
 
 import numpy as np
 
-from unidl import ops
+from unidl import config, ops
 
 
 class Layout:
@@ -37,8 +37,9 @@ class Metric:
 
     * ``bind(layout)``: check that the metric fits outputs and targets shaped as ``layout`` (a clear
       ``ValueError`` naming both otherwise) and fix what depends on it (the number of classes).
-    * ``statistics(outputs, target, sample_weight=None)``: a tuple of float32 tensors for one batch, written
-      with ``ud.ops`` (graph-safe: no Python on tensor values), whose sums over batches determine the metric.
+    * ``statistics(outputs, target, sample_weight=None)``: a tuple of float tensors (``statistics_dtype()``) for
+      one batch, written with ``ud.ops`` (graph-safe: no Python on tensor values), whose sums over batches
+      determine the metric.
       ``sample_weight`` (N,), given only to a metric with ``weighted`` set (Keras's ``weighted_metrics``),
       weights each sample's contribution to every statistic (a count becomes a sum of weights), so the
       value is Keras's weighted one; a subclass that takes no ``sample_weight`` cannot be weighted.
@@ -119,7 +120,7 @@ class Metric:
             self.weights_given = True
             weight = check_sample_weight(np.asarray(to_numpy(sample_weight)), len(outputs))
             values = self.statistics(backend.tensor(outputs), backend.tensor(target),
-                                     backend.tensor(weight.astype(np.float32)))
+                                     backend.tensor(weight.astype(statistics_dtype())))
         batch = [np.asarray(to_numpy(v), dtype=np.float64) for v in values]
         self._totals = batch if self._totals is None else [a + b for a, b in zip(self._totals, batch)]
 
@@ -137,8 +138,15 @@ def layout_of(outputs: np.ndarray, target: np.ndarray) -> Layout:
     return Layout(outputs.shape[1:], target.shape[1:], target.dtype.kind in "iub")
 
 
+def statistics_dtype() -> str:
+    """The dtype that metrics' statistics are computed in: the default floating dtype, float32, or float64 under
+    ``ud.use_dtype("float64")``, where float32 statistics (weights, errors, scores) gave each backend's float32
+    rounding (weighted accuracy, MAE, MSE ~1e-7 apart across backends, beside float64 losses)."""
+    return config.get_dtype()
+
+
 def as_float(x):
-    return ops.cast(x, "float32")
+    return ops.cast(x, statistics_dtype())
 
 
 def check_class_labels(owner: str, labels: np.ndarray, classes: int, ignore_label: int | None = None,

@@ -9,28 +9,33 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from unidl.metrics.metric import statistics_dtype
+
 STATISTICS = "unidl_metric_statistics"  # the log under which Keras reports the statistics vector
 
 
 class NativeMetrics(keras.metrics.Metric):
-    """The statistics of a ``MetricAccumulator``, summed over Keras's batches (float32 counts: exact below 2**24)."""
+    """The statistics of a ``MetricAccumulator``, summed over Keras's batches in the statistics' dtype (float32 unless
+    float64 is the default: float32 counts are exact below 2**24)."""
 
     def __init__(self, accumulator):
-        super().__init__(name=STATISTICS, dtype="float32")
+        self.statistics_dtype = statistics_dtype()
+        super().__init__(name=STATISTICS, dtype=self.statistics_dtype)
         self._accumulator = accumulator
-        self.totals = [self.add_variable(shape=shape, initializer="zeros", dtype="float32", name=f"statistic_{i}")
+        self.totals = [self.add_variable(shape=shape, initializer="zeros", dtype=self.statistics_dtype,
+                                         name=f"statistic_{i}")
                        for i, shape in enumerate(accumulator.shapes)]
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         for total, value in zip(self.totals, self._accumulator.statistics(y_pred, y_true)):
-            total.assign(total + keras.ops.cast(value, "float32"))
+            total.assign(total + keras.ops.cast(value, self.statistics_dtype))
 
     def result(self):
         return keras.ops.concatenate([keras.ops.reshape(total, (-1,)) for total in self.totals])
 
     def reset_state(self):
         for total in self.totals:
-            total.assign(keras.ops.zeros(total.shape, "float32"))
+            total.assign(keras.ops.zeros(total.shape, self.statistics_dtype))
 
 
 def epoch_logs(logs: dict, accumulator) -> dict:

@@ -45,9 +45,11 @@ class Backend(BackendInterface):
     # alone gave its gradient to, and cannot pad integers with it)
     # (gather: keras.ops.take_along_axis is torch.take_along_dim, whose torch.export trace fixes the batch size;
     # take: keras.ops.take squeezes an axis of any size, which torch's ONNX export writes as an invalid Squeeze;
-    # fused_interpolate: F.interpolate's kernels, where unidl composes products for finite inputs and taps for others)
+    # fused_interpolate: F.interpolate's kernels, where unidl composes products for finite inputs and taps for others;
+    # segment_sum: keras.ops.segment_sum on torch sums into float32 zeros and casts back, so float64 data (AUC's
+    # weighted histograms under ud.use_dtype("float64")) lost all but float32's precision)
     keras_native_ops = ("all_finite", "batch_norm", "conv2d", "fused_attention", "fused_interpolate", "gather",
-                        "layer_norm", "linear", "max_pool2d", "take")
+                        "layer_norm", "linear", "max_pool2d", "segment_sum", "take")
 
     def __init__(self):
         self.check_ops()
