@@ -2901,11 +2901,12 @@ TENSORFLOW_GRAPHS = [name for name in backends_under_test() if name == "tensorfl
 def test_a_graph_of_unknown_sizes_checks_only_sizes_that_may_not_fit(name):
     """The checks above add ops to a TensorFlow graph of unknown sizes only where the sizes may not fit: none for
     ``where(x > 0, x, 0)``, ``maximum(x, 0)``, ``stack([x, -x])`` or a product whose contraction size the graph
-    knows (the ops layers and activations are written with), one ``Assert`` for two inputs of unknown sizes."""
+    knows (the ops layers and activations are written with) or a reshape that fits whatever the unknown sizes are,
+    one ``Assert`` for two inputs of unknown sizes or a reshape that may not fit."""
     import tensorflow as tf
 
-    def asserts(fn, *ranks):
-        specs = [tf.TensorSpec([None] * rank) for rank in ranks]
+    def asserts(fn, *shapes):  # (a rank: that many unknown sizes)
+        specs = [tf.TensorSpec([None] * shape if isinstance(shape, int) else shape) for shape in shapes]
         with ud.use_backend(name):
             graph = tf.function(fn).get_concrete_function(*specs).graph
         return sum(operation.type == "Assert" for operation in graph.get_operations())
@@ -2915,7 +2916,11 @@ def test_a_graph_of_unknown_sizes_checks_only_sizes_that_may_not_fit(name):
     assert asserts(lambda x: ud.ops.where(x > 0, 2 * x, x), 2) == 0
     assert asserts(lambda x: ud.ops.maximum(x, 0.0), 2) == 0
     assert asserts(lambda x: ud.ops.stack([x, -x]), 2) == 0
-    assert asserts(lambda x: ud.ops.matmul(ud.ops.reshape(x, (-1, 3)), weight), 2) == 0
+    assert asserts(lambda x: ud.ops.matmul(x, weight), [None, 3]) == 0
+    # a reshape that fits whatever the unknown size is, and one that may not (a graph of unknown sizes could not
+    # tell before, and the one above took it as a way to make the contraction size known)
+    assert asserts(lambda x: ud.ops.matmul(ud.ops.reshape(x, (-1, 3)), weight), [None, 6]) == 0
+    assert asserts(lambda x: ud.ops.reshape(x, (-1, 3)), 2) == 1
     assert asserts(lambda x, y: ud.ops.maximum(x, y), 2, 2) == 1
     assert asserts(lambda x, y: ud.ops.matmul(x, y), 2, 2) == 1
 

@@ -231,15 +231,16 @@ def test_an_optimizer_of_another_model_is_an_error(backend, rng):
 
 
 def test_train_steps_flags_are_true_or_false(backend):
-    """``eager`` and ``check_finite`` are True or False: a string, even 'no', was taken as True (an eager step, or
-    checks where none were asked), on every backend alike."""
+    """``eager`` is True or False, as ``check_finite`` is (a bool only, a ``TypeError`` else): a string, even 'no',
+    was taken as True (an eager step where a compiled one was asked), on every backend alike."""
     model = ud.models.TwoLayerNet(4, 5, 3)
     optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="train_step eager must be True or False, got 'no'"):
+    with pytest.raises(TypeError, match="train_step: eager must be True or False, got 'no'"):
         ud.train_step(model, ud.nn.MSELoss(), optimizer, eager="no")
-    with pytest.raises(ValueError, match="train_step check_finite must be True or False, got 'False'"):
+    with pytest.raises(TypeError, match="train_step: check_finite must be True or False, got 'False'"):
         ud.train_step(model, ud.nn.MSELoss(), optimizer, check_finite="False")
     assert ud.train_step(model, ud.nn.MSELoss(), optimizer, eager=np.bool_(True)).eager is True
+
 
 class _CountedOps:
     """The torch functions called in the block, by name, a tensor's attributes aside (a ``TorchFunctionMode``:

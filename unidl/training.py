@@ -765,7 +765,7 @@ def train_step(model, loss_fn, optimizer, *, eager: bool = False, precision=None
         for t in range(500):
             loss = step(x, y)
     """
-    eager = arguments.flag("train_step", "eager", eager)  # (a string, even 'no' or 'False', was taken as True)
-    check_finite = arguments.flag("train_step", "check_finite", check_finite)
+    # (a string, even 'no' or 'False', was taken as True; a bool only, as check_finite and check_trainable)
+    eager = arguments.boolean("train_step", "eager", eager)
     return TrainStep(model, loss_fn, optimizer, eager=eager, precision=precision, check_finite=check_finite,
                      accumulate=accumulate)
