@@ -234,22 +234,27 @@ class WorkerPool:
         try:
             with interrupts_held():
                 if self.kind == "process":
-                    try:
-                        for w in range(self.num_workers):
-                            sender = self._results.new_pipe(self._mp_context)
-                            try:
-                                self._workers.append(self._process(w, sender))
-                                self._workers[w].start()
-                            finally:  # (the worker's copy is its own now: only its end makes the pipe's end of file)
-                                sender.close()
-                    finally:  # (it holds the pickled dataset, which a started Process drops from its arguments)
-                        self._process = None
-                for w, handle in enumerate(self._workers if self.kind == "thread" else ()):
-                    handle.start()
-                    self._ready_at[w] = time.monotonic()
+                    self._start_processes()
+                else:
+                    for w, handle in enumerate(self._workers):
+                        handle.start()
+                        self._ready_at[w] = time.monotonic()
         except BaseException:
             self.shutdown(GRACE_ON_FAILURE)
             raise
+
+    def _start_processes(self) -> None:
+        """Make and start each worker process with its result pipe (``result_pipes.py``)."""
+        try:
+            for w in range(self.num_workers):
+                sender = self._results.new_pipe(self._mp_context)
+                try:
+                    self._workers.append(self._process(w, sender))
+                    self._workers[w].start()
+                finally:  # (the worker's copy is its own now: only its end makes the pipe's end of file)
+                    sender.close()
+        finally:  # (it holds the pickled dataset, which a started Process drops from its arguments)
+            self._process = None
 
     @property
     def closed(self) -> bool:
