@@ -633,15 +633,60 @@ def test_load_weights_of_a_corrupt_file_leaves_every_parameter_and_buffer_as_it_
     assert _bits(model.state_dict()) == saved
 
 
+def _fail_after_the_checks(monkeypatch, fault: str, name: str) -> type:
+    """Make the read of tensor ``name`` fail once every check has passed: an ``OSError``, a ``MemoryError``, or the
+    file changed in place by another program right after ``verify`` (then read as a ``CorruptFileError``). Returns
+    the error type the load raises."""
+    if fault == "changed":
+        verify = SafetensorsFile.verify
+
+        def verify_then_change(self):  # (another program writes into the file once it is checked)
+            verify(self)
+            with open(self.path, "r+b") as file:
+                file.seek(self._start + self._offsets[name][0])
+                file.write(b"\x7f\x7f\x7f\x7f")
+
+        monkeypatch.setattr(SafetensorsFile, "verify", verify_then_change)
+    else:
+        _fail_reading(monkeypatch, name, OSError(5, "Input/output error") if fault == "OSError" else MemoryError())
+    return {"OSError": OSError, "MemoryError": MemoryError, "changed": CorruptFileError}[fault]
+
+
+@pytest.mark.parametrize("fault", ["OSError", "MemoryError", "changed"])
+def test_load_weights_whose_read_fails_after_the_checks_changes_nothing(tmp_path, backend, monkeypatch, fault):
+    """``ud.load_weights`` (and ``Module.load_weights``) stage by default: every tensor is read, its checksum
+    verified, before the first write, so an ``OSError`` or ``MemoryError`` while the tensor written last is read, or
+    the file changed in place after the checks, leaves every parameter and buffer bit for bit as it was, with no
+    note of a partial load (it wrote the tensors before it: the model was partly loaded). Then the intact file
+    loads."""
+    path = tmp_path / "model.safetensors"
+    ud.save(_stateful_model(0), path)
+    original, saved = path.read_bytes(), _bits(load_file(path)[0])
+    model = _stateful_model(1)
+    before = _bits(model.state_dict())
+    raised = _fail_after_the_checks(monkeypatch, fault, list(before)[-1])
+    for load in (lambda: ud.load_weights(model, path), lambda: model.load_weights(path)):
+        with pytest.raises(raised) as failed:
+            load()
+        assert not getattr(failed.value, "__notes__", None)
+        assert _bits(model.state_dict()) == before
+        path.write_bytes(original)
+    monkeypatch.undo()
+    model.load_weights(path)
+    assert _bits(model.state_dict()) == saved
+    with pytest.raises(TypeError, match="staged must be True or False, got 'False'"):
+        ud.load_weights(model, path, staged="False")
+
+
 @pytest.mark.parametrize("fault", ["OSError", "MemoryError", "changed"])
 def test_load_weights_whose_read_fails_after_the_checks_says_which_tensors_it_wrote(tmp_path, backend, monkeypatch,
                                                                                     fault):
-    """``ud.load_weights`` into a model without load hooks or extra state reads each tensor as it writes it (one
-    tensor beyond the model), so an ``OSError`` or a ``MemoryError`` while its last tensor is read after every check
-    passed, or the file changed in place after the checks (a ``CorruptFileError`` naming the tensor), leaves the
-    tensors before it loaded (its limit in docs/guarantees.md). The error says so in a note, naming the tensors
-    written, and what it says is what happened: those hold the file's values, the others their earlier ones (the
-    error had no note: the model was silently partly loaded). Then the intact file loads."""
+    """``ud.load_weights(staged=False)`` into a model without load hooks or extra state reads each tensor as it
+    writes it (one tensor beyond the model), so an ``OSError`` or a ``MemoryError`` while its last tensor is read
+    after every check passed, or the file changed in place after the checks (a ``CorruptFileError`` naming the
+    tensor), leaves the tensors before it loaded (its limit in docs/guarantees.md). The error says so in a note,
+    naming the tensors written, and what it says is what happened: those hold the file's values, the others their
+    earlier ones (the error had no note: the model was silently partly loaded). Then the intact file loads."""
     path = tmp_path / "model.safetensors"
     ud.save(_stateful_model(0), path)
     original, saved = path.read_bytes(), _bits(load_file(path)[0])
@@ -649,21 +694,9 @@ def test_load_weights_whose_read_fails_after_the_checks_says_which_tensors_it_wr
     before = _bits(model.state_dict())
     keys = list(before)
     last, written = keys[-1], keys[:-1]
-    if fault == "changed":
-        verify = SafetensorsFile.verify
-
-        def verify_then_change(self):  # (another program writes into the file once it is checked)
-            verify(self)
-            with open(self.path, "r+b") as file:
-                file.seek(self._start + self._offsets[last][0])
-                file.write(b"\x7f\x7f\x7f\x7f")
-
-        monkeypatch.setattr(SafetensorsFile, "verify", verify_then_change)
-    else:
-        _fail_reading(monkeypatch, last, OSError(5, "Input/output error") if fault == "OSError" else MemoryError())
-    raised = {"OSError": OSError, "MemoryError": MemoryError, "changed": CorruptFileError}[fault]
+    raised = _fail_after_the_checks(monkeypatch, fault, last)
     with pytest.raises(raised, match="the bytes of tensor '2.bias'" if fault == "changed" else None) as failed:
-        ud.load_weights(model, path)
+        ud.load_weights(model, path, staged=False)
     note = "\n".join(getattr(failed.value, "__notes__", []))
     assert (f"Sequential is partly loaded: {len(written)} of the {len(keys)} tensors that ud.load_weights loads from "
             f"{str(path)!r} ({', '.join(written[:4])}, ...) were written before this error, the others keep their "

@@ -747,29 +747,38 @@ def _build(cls, config: dict, metadata: dict, path: str):
         raise TypeError(f"cannot rebuild {metadata['class']} from {path!r} with config {config!r}: {error}") from None
 
 
-def load_weights(model, path, strict: bool = True, *, allow_pickle: bool = False) -> IncompatibleKeys:
+def load_weights(model, path, strict: bool = True, *, allow_pickle: bool = False,
+                 staged: bool = True) -> IncompatibleKeys:
     """Load only the weights at ``path`` into ``model`` (see ``Module.load_state_dict`` for ``strict``).
 
     Checked first: every tensor's name, shape, dtype and checksum is checked before the first variable changes (a
     corrupt file that unidl wrote, or a file that does not fit, changes nothing; a file of another tool, which has no
-    checksums, is checked for names, shapes, dtypes and sizes only); then the tensors are read into the model one at
-    a time, module by module as
-    ``load_state_dict`` loads them (torch's order: a module's variables and ``set_extra_state``, then its
-    children's), so that the load holds about one tensor beyond the model. A read that fails after those checks
-    (an I/O error, a ``MemoryError``, the file changed in place by another program) leaves the tensors before it
-    loaded, and the error's note names them: nothing holds their earlier values. Where ``set_extra_state`` refuses
-    its state (or such a read fails), a model with extra state is put back as it was (it is copied to the host
-    first; see ``Module.load_state_dict``). A model with load hooks
-    (``register_load_state_dict_pre_hook``/``post_hook``) has the file read whole and given to its
+    checksums, is checked for names, shapes, dtypes and sizes only). Then, ``staged`` (the default), every tensor is
+    read into fresh memory (about the file's size, as ``torch.load`` before ``load_state_dict``), its checksum
+    verified again, before the first write, so that a read that fails after the checks (an I/O error, a
+    ``MemoryError``, the file changed in place by another program) leaves the model as it was, as
+    ``load_checkpoint`` does; the writes then free each staged tensor (or adopt it as its variable's memory) as they
+    go. ``staged=False`` is for a model whose second copy does not fit in memory: the tensors are read into the
+    model one at a time, module by module as ``load_state_dict`` loads them (torch's order: a module's variables
+    and ``set_extra_state``, then its children's), so that the load holds about one tensor beyond the model; a read
+    that fails after the checks then leaves the tensors before it loaded, and the error's note names them: nothing
+    holds their earlier values. Where ``set_extra_state`` refuses its state (or such a read fails), a model with
+    extra state is put back as it was (it is copied to the host first; see ``Module.load_state_dict``). A model
+    with load hooks (``register_load_state_dict_pre_hook``/``post_hook``) has the file read whole and given to its
     ``load_state_dict``, whose hooks may map the file's keys.
     """
     from unidl.nn.module import Module
 
     if not isinstance(model, Module):
         raise TypeError(f"ud.load_weights expects a unidl.nn.Module, got {type(model).__name__}")
+    if not isinstance(staged, bool):  # (a string "False" would stage: the flag rule of train_step's check_finite)
+        raise TypeError(f"ud.load_weights' staged must be True or False, got {staged!r}")
     path = check_readable_file(path)
     if not is_safetensors(path):
         state, _ = read_weights(path, allow_pickle=allow_pickle)
         return model.load_state_dict(state, strict=strict)
     reader, _, names = open_weights(path)
-    return checked_load(model, reader, names, strict)()
+    load = checked_load(model, reader, names, strict)
+    if staged:
+        load.stage()
+    return load()

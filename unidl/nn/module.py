@@ -1218,11 +1218,12 @@ class Module:
                 raise StateDictError(f"cannot load state dict into {type(self).__name__}: " + " | ".join(problems))
         return keys
 
-    def load_weights(self, path, strict: bool = True, *, allow_pickle: bool = False) -> IncompatibleKeys:
+    def load_weights(self, path, strict: bool = True, *, allow_pickle: bool = False,
+                     staged: bool = True) -> IncompatibleKeys:
         """Load weights saved by ``unidl.save`` (or a checkpoint) from ``path``; see ``unidl.load_weights``."""
         from unidl.serialization import load_weights
 
-        return load_weights(self, path, strict, allow_pickle=allow_pickle)
+        return load_weights(self, path, strict, allow_pickle=allow_pickle, staged=staged)
 
     # ---- display -----------------------------------------------------------
     def describe(self) -> str:
