@@ -113,8 +113,8 @@ OPS = {
 
 @pytest.mark.parametrize("dtype, modes", RUNS)
 def test_attention_layers_match_torch(backend, dtype, modes):
-    """float32 inside ud.function for every case; float64 eagerly for attention with both masks (the table's cost
-    is mostly eager JAX compiling each op)."""
+    """float32 for every case; float64 for attention with both masks (the table's cost is mostly eager JAX compiling
+    each op); each eagerly and inside ud.function (``RUNS``)."""
     cases = {**LAYERS, **OPS}
     if dtype == "float64":
         cases = {name: case for name, case in cases.items() if name.startswith("MultiheadAttention-batch-first")}

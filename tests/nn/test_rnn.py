@@ -10,7 +10,7 @@ import torch
 from torch import nn as tnn
 
 import unidl as ud
-from tests.parity.torch_oracle import Case, compare_table
+from tests.parity.torch_oracle import RUNS, Case, compare_table
 from unidl.testing import max_relative_difference
 
 
@@ -198,8 +198,8 @@ RECURRENT = {
     "GRU-bidirectional-batch-first-lengths-no-bias": recurrent(
         "GRU", dict(bidirectional=True, batch_first=True, bias=False), BATCH_FIRST, LENGTHS, lengths=True),
 }
-# the plain RNN's options, run in both tables (float32 in a graph, float64 eagerly): two layers of relu with an
-# initial state, and a bidirectional tanh one, both over ``lengths`` (torch's packed sequences)
+# the plain RNN's options, run in both dtypes: two layers of relu with an initial state, and a bidirectional tanh
+# one, both over ``lengths`` (torch's packed sequences)
 RNN_CASES = {
     "RNN-relu-2-layers-lengths-initial-state": recurrent(
         "RNN", dict(num_layers=2, nonlinearity="relu"), SEQUENCE, INITIAL[:2], LENGTHS, lengths=True, initial=True),
@@ -209,12 +209,12 @@ RNN_CASES = {
 RECURRENT.update(RNN_CASES)
 
 
-@pytest.mark.parametrize("dtype, modes", [("float32", ("ud.function",)), ("float64", ("eager",))])
+@pytest.mark.parametrize("dtype, modes", RUNS)
 def test_recurrent_layers_match_torch(backend, dtype, modes):
     """Outputs, final states, and gradients w.r.t. inputs, initial states and every weight, as torch.nn's
-    (``lengths`` as ``pack_padded_sequence`` + ``pad_packed_sequence``): float32 in a graph, float64 eagerly
-    for two cases (unbatched input; two layers of projected LSTM, whose float32 gradients drift past 1e-5) and the
-    plain RNN's (``RNN_CASES``: 2 layers, bidirectional, tanh and relu, ``lengths``) in both."""
+    (``lengths`` as ``pack_padded_sequence`` + ``pad_packed_sequence``), eagerly and in a graph: float32 for every
+    case, float64 for two (unbatched input; two layers of projected LSTM, whose float32 gradients drift past 1e-5)
+    and the plain RNN's (``RNN_CASES``: 2 layers, bidirectional, tanh and relu, ``lengths``)."""
     cases = RECURRENT if dtype == "float32" else {
         "GRU": recurrent("GRU", dict(bidirectional=True), SEQUENCE[:, 0]),
         "LSTM-proj-size-2-layers": recurrent("LSTM", dict(num_layers=2, proj_size=2), SEQUENCE), **RNN_CASES}

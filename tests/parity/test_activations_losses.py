@@ -13,7 +13,7 @@ from torch import nn as tnn
 import unidl as ud
 from unidl.errors import DtypeMismatchError, ShapeMismatchError
 from tests.parity import torch_oracle
-from tests.parity.torch_oracle import RUNS, Case, compare_table
+from tests.parity.torch_oracle import RUNS, TWO_RUNS, Case, compare_table
 from unidl.testing import max_relative_difference
 
 pytestmark = pytest.mark.heavy  # minutes of tests: run first (tests/conftest.py)
@@ -588,11 +588,11 @@ EDGE_LAYERS = {"activations": case(lambda: activations(ud.nn), lambda: activatio
                                    np.where(SPECIAL == np.inf, 0.25, SPECIAL))}
 
 
-# the edge table's runs on each backend, the cheaper of ``RUNS`` where one is far slower (its gradients of some 40
+# the edge table's runs on each backend, the cheaper of ``TWO_RUNS`` where one is far slower (its gradients of some 40
 # layers were 24 s over the backends): float32 inside ud.function on JAX (its eager float64 gradients op by op),
 # float64 eagerly on TensorFlow and Keras (their traces of the whole table), both on torch; every activation's value
 # and gradient at each edge value is checked on every backend, both modes and dtypes on one
-EDGE_RUNS = {"torch": RUNS, "jax": RUNS[:1], "tensorflow": RUNS[1:], "keras": RUNS[1:]}
+EDGE_RUNS = {"torch": TWO_RUNS, "jax": TWO_RUNS[:1], "tensorflow": TWO_RUNS[1:], "keras": TWO_RUNS[1:]}
 
 
 def test_activations_at_nan_infinities_and_kinks_match_torch(backend):
@@ -600,7 +600,7 @@ def test_activations_at_nan_infinities_and_kinks_match_torch(backend):
     infinity for it (the oracle compares the non-finite elements exactly), except where torch's own kernels give
     two answers (``UNSETTLED_AT_NAN``). They were not: Hardsigmoid's gradient at NaN (1/6, PyTorch's 0), Hardswish
     at -inf (0, PyTorch's NaN), TensorFlow's Softplus gradient at NaN (0, PyTorch's NaN)."""
-    failures = [failure for dtype, modes in EDGE_RUNS.get(backend, RUNS[1:])
+    failures = [failure for dtype, modes in EDGE_RUNS.get(backend, TWO_RUNS[1:])
                 for failure in compare_table(EDGE_LAYERS, backend, dtype, modes)]
     assert not failures, "\n".join(failures)
 

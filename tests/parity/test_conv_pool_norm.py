@@ -121,8 +121,9 @@ OPS = {
 }
 
 
-# float64 eagerly on the cases whose arithmetic depends on the dtype (normalisation, resampling weights, divisors,
-# the transposed and grouped kernels): eager JAX dispatches every op on its own, and the suite's time is tight
+# float64 (eagerly and inside ud.function: ``RUNS``) on the cases whose arithmetic depends on the dtype
+# (normalisation, resampling weights, divisors, the transposed and grouped kernels): eager JAX dispatches every op on
+# its own, and the suite's time is tight
 FLOAT64_CASES = ("Conv2d-depthwise-same-dilation", "ConvTranspose2d-groups-dilation",
                  "AvgPool2d-ceil-exclude-pad", "AdaptiveAvgPool2d", "GroupNorm", "Upsample-bilinear-align-corners",
                  "Upsample-linear", "Upsample-bilinear-nan-inf", "AdaptiveAvgPool2d-nan-inf")
@@ -135,8 +136,9 @@ def test_conv_pool_norm_layers_match_torch(backend, dtype, modes):
     assert not failures, "\n".join(failures)
 
 
-def test_conv_pool_norm_ops_match_torch(backend):
-    failures = compare_table(OPS, backend, "float32", ("ud.function",))
+@pytest.mark.parametrize("dtype, modes", RUNS)
+def test_conv_pool_norm_ops_match_torch(backend, dtype, modes):
+    failures = compare_table(OPS, backend, dtype, modes)
     assert not failures, "\n".join(failures)
 
 

@@ -1,7 +1,7 @@
 """``ud.nn.CTCLoss`` and ``ud.ops.ctc_loss`` against plain ``torch.nn.CTCLoss``: losses and the gradients of the
-log-probabilities (float32 inside ``ud.function``, float64 eagerly: ``torch_oracle``), infinite losses and -inf
-log-probabilities with torch's NaN gradient, a compiled ``train_step``, and torch's refusals (and targets holding the
-blank, which torch documents as not allowed) as unidl's errors, on every backend."""
+log-probabilities (float32 and float64, eagerly and inside ``ud.function``: ``torch_oracle.RUNS``), infinite losses
+and -inf log-probabilities with torch's NaN gradient, a compiled ``train_step``, and torch's refusals (and targets
+holding the blank, which torch documents as not allowed) as unidl's errors, on every backend."""
 
 import numpy as np
 import pytest

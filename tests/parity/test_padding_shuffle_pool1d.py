@@ -1,7 +1,7 @@
-"""The padding layers, ``PixelShuffle``/``PixelUnshuffle`` and the 1-d poolings against plain ``torch.nn``: output
-and input gradients eagerly and inside ``ud.function`` (float32, see ``torch_oracle``), two SGD steps of a model of
-them through ``ud.train_step``, their reprs, and their errors for bad arguments and too-small inputs (the same
-``ShapeMismatchError`` eagerly and in a graph, naming the layer and the shape), on every backend."""
+"""The padding layers, ``PixelShuffle``/``PixelUnshuffle`` and the 1-d poolings against plain ``torch.nn``: output and
+input gradients eagerly and inside ``ud.function`` (float32 and float64: ``torch_oracle.RUNS``), an SGD step of a
+model of them through ``ud.train_step``, their reprs, and their errors for bad arguments and too-small inputs (the
+same ``ShapeMismatchError`` eagerly and in a graph, naming the layer and the shape), on every backend."""
 
 import numpy as np
 import pytest
@@ -10,7 +10,7 @@ from torch import nn as tnn
 from torch.nn import functional as F
 
 import unidl as ud
-from tests.parity.torch_oracle import Case, compare_table
+from tests.parity.torch_oracle import RUNS, Case, compare_table
 
 R = np.random.default_rng(21)
 IMAGES = R.standard_normal((2, 4, 5, 6))
@@ -61,11 +61,9 @@ FUNCTIONAL = [  # (the layers call them: these, the cases of the layers above, w
 LAYERS.update({f"F.{spelling} of {inputs[0].shape}": functional(spelling, *inputs) for spelling, *inputs in FUNCTIONAL})
 
 
-MODES = ("eager",)
-
-
-def test_padding_shuffle_and_1d_pooling_layers_match_torch(backend):
-    failures = compare_table(LAYERS, backend, "float32", MODES)
+@pytest.mark.parametrize("dtype, modes", RUNS)
+def test_padding_shuffle_and_1d_pooling_layers_match_torch(backend, dtype, modes):
+    failures = compare_table(LAYERS, backend, dtype, modes)
     assert not failures, "\n".join(failures)
 
 
