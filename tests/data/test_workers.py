@@ -35,7 +35,7 @@ from unidl.errors import DataLoaderError, ShapeMismatchError
 from tests.data.worker_datasets import (INIT_IDS, ComputedRows, Draws, ExitingOnArrival, ExitingRows, FailingRows,
                                         InitDraws, KeyedArrays, LabelledRows, LocalNamedRows, NamedBatches,
                                         NoisyBatches, NoisyRows, Rows, SingleArrays, SleepingRows, StuckInPython,
-                                        BusyRows, UnrestorableRows,
+                                        BusyRows, BUSY_INIT_FINISHED, busy_worker_init_fn, UnrestorableRows,
                                         SlowFirstDyingLater, ForkingWideRows,
                                         WideExitingRows, WideRows, WorkerProbe, failing_worker_init_fn, named_sample,
                                         record_init_draws, record_worker_id)
@@ -291,6 +291,18 @@ def test_a_worker_thread_stuck_in_python_code_is_stopped_by_its_timeout(how):
     assert dataset.entered.is_set() and dataset.finished == []  # stopped inside the sample, not by its end
 
 
+def test_a_worker_thread_stuck_in_worker_init_fn_is_stopped_by_its_timeout():
+    """``worker_init_fn`` is the user's code in the worker too (its time counts towards a thread's timeout): a
+    thread stuck there in a Python loop is stopped as one stuck in a sample is."""
+    threads_before = set(threading.enumerate())
+    loader = DataLoader(Rows(4), batch_size=1, num_workers=1, worker_type="thread", timeout=0.3,
+                        worker_init_fn=busy_worker_init_fn)
+    with pytest.raises(DataLoaderError, match=r"did not deliver batch 0 .*timeout=0\.3 s; its thread was stopped$"):
+        next(iter(loader))
+    assert worker_threads_left(threads_before, time.monotonic() + 1.0) == []
+    assert BUSY_INIT_FINISHED == []
+
+
 @pytest.mark.parametrize("ending", ["close", "ctrl-c", "persistent loader dropped"])
 @pytest.mark.parametrize("how", ["busy", "naps"])
 def test_worker_threads_stuck_in_python_code_stop_with_their_iteration_or_loader(how, ending):
@@ -332,7 +344,7 @@ def test_stopping_worker_threads_at_any_moment_raises_nothing_outside_their_samp
     another thread or ``threading``'s code as a worker ends (``threading.excepthook``), and every thread ends."""
     escaped, previous_hook = [], threading.excepthook
     threading.excepthook = lambda args: escaped.append(args.exc_type)
-    threads_before = set(threading.enumerate())
+    threads_before, raised_in_samples = set(threading.enumerate()), 0
     try:
         for trial in range(60):
             pool = WorkerPool("thread", 3, BusyRows(64, most=0.002), ud.data.default_collate, None, None, 0, 0)
@@ -342,12 +354,14 @@ def test_stopping_worker_threads_at_any_moment_raises_nothing_outside_their_samp
                 next(delivered)
             time.sleep(random.Random(trial).uniform(0, 0.003))  # stopped mid-sample, between samples, at their ends
             assert pool.shutdown(0.0) is None, f"trial {trial}"
+            raised_in_samples += sum(switch.raised for switch in pool._switches)
             delivered.close()
             assert sum(range(10_000)) == 49_995_000
     finally:
         threading.excepthook = previous_hook
     assert escaped == []
     assert worker_threads_left(threads_before, time.monotonic() + 1.0) == []
+    assert raised_in_samples > 0  # (about a quarter of the stops land mid-sample, the rest between samples)
 
 
 def test_a_stop_switch_raises_only_inside_its_block():

@@ -144,6 +144,18 @@ class StuckInPython(Rows):
         return super().__getitem__(index)
 
 
+#: worker ids whose busy_worker_init_fn ran to its end (a thread that nothing stopped)
+BUSY_INIT_FINISHED = []
+
+
+def busy_worker_init_fn(worker_id):
+    """A ``worker_init_fn`` stuck in a busy Python loop for 5 s."""
+    end = time.monotonic() + 5.0
+    while time.monotonic() < end:
+        pass
+    BUSY_INIT_FINISHED.append(worker_id)
+
+
 class BusyRows(Rows):
     """Each sample runs a busy Python loop of 0 to ``most`` seconds, a random length per sample."""
 

@@ -49,8 +49,8 @@ class StopSwitch:
     The exception can surface only inside the block or as it ends, never after: ``stop()`` raises it only while
     the thread is inside a block (both under one lock, so never in a thread that finished meanwhile, whose id a
     new thread may have taken), and a block left after a stop takes in any exception still pending for its thread
-    before it ends (an exception pending past the block surfaced in the worker's loop, or in ``threading``'s own
-    code as the thread ends). ``with switch:`` raises ``WorkerStopped`` whenever a stop was asked before the
+    before it ends (pending past the block, it would surface in the worker's loop, or in ``threading``'s own code
+    as the thread ends). ``with switch:`` raises ``WorkerStopped`` whenever a stop was asked before the
     block ended, also where the user's code caught it or it came before the block began.
     """
 
