@@ -13,6 +13,7 @@ import os
 import pickle
 import pathlib
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -29,10 +30,12 @@ from unidl import random as unidl_random
 from unidl.data import DataLoader, TensorDataset, shared_batches
 from unidl.data.dataloader import _check_pin_memory
 from unidl.data.pool import WorkerPool, in_finalizer
+from unidl.data.thread_stop import StopSwitch, WorkerStopped
 from unidl.errors import DataLoaderError, ShapeMismatchError
 from tests.data.worker_datasets import (INIT_IDS, ComputedRows, Draws, ExitingOnArrival, ExitingRows, FailingRows,
                                         InitDraws, KeyedArrays, LabelledRows, LocalNamedRows, NamedBatches,
-                                        NoisyBatches, NoisyRows, Rows, SingleArrays, SleepingRows, UnrestorableRows,
+                                        NoisyBatches, NoisyRows, Rows, SingleArrays, SleepingRows, StuckInPython,
+                                        BusyRows, BUSY_INIT_FINISHED, busy_worker_init_fn, UnrestorableRows,
                                         SlowFirstDyingLater, ForkingWideRows,
                                         WideExitingRows, WideRows, WorkerProbe, failing_worker_init_fn, named_sample,
                                         record_init_draws, record_worker_id)
@@ -253,10 +256,156 @@ def test_a_sleeping_sample_times_out_naming_the_worker(worker_type):
         next(iter(loader))
     elapsed = time.monotonic() - began
     assert 1 <= elapsed < 8  # one second after the worker started (a process takes a while to start)
-    # a thread stuck in its sample outlives the loader (Python cannot stop it): said, with the way out
-    said = "the thread cannot be stopped and keeps running in this process until its sample returns: " \
-           "worker_type='process' runs samples in worker processes, which a timeout ends"
-    assert (said in str(caught.value)) == (worker_type == "thread")
+    # a thread inside one long C call (time.sleep) outlives the loader (Python raises the exception that stops it
+    # only when the call returns): said, naming the thread and where it is, with the way out
+    said = re.compile(r"; worker thread unidl-data-worker-0 \(at worker_datasets\.py:\d+ in __getitem__\) could "
+                      r"not be stopped within 0\.2 s: .* each is inside one call that does not return to Python "
+                      r"until it ends \(a long time\.sleep, a blocking read, C code\).*; each keeps running in this "
+                      r"process until that call returns: worker_type='process' runs samples in worker processes, "
+                      r"which a timeout ends$")
+    assert bool(said.search(str(caught.value))) == (worker_type == "thread")
+
+
+def worker_threads_left(threads_before, by: float) -> list[str]:
+    """The names of the loader's worker threads (new since ``threads_before``) still alive at ``by``
+    (``time.monotonic()``), each joined until then."""
+    threads = [thread for thread in set(threading.enumerate()) - threads_before
+               if thread.name.startswith("unidl-data-worker")]
+    for thread in threads:
+        thread.join(max(0.0, by - time.monotonic()))
+    return sorted(thread.name for thread in threads if thread.is_alive())
+
+
+@pytest.mark.parametrize("how", ["busy", "naps"])
+def test_a_worker_thread_stuck_in_python_code_is_stopped_by_its_timeout(how):
+    """A thread in a Python loop, or sleeping in 0.05 s steps, is stopped by an exception raised in its sample
+    (CPython cannot end a thread otherwise): none outlives the timeout's error by more than a second (they had
+    run on for the sample's 5 s, and a real stuck sample's for ever), and the error says it was stopped."""
+    dataset, threads_before = StuckInPython(4, how), set(threading.enumerate())
+    loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_type="thread", timeout=0.3)
+    with pytest.raises(DataLoaderError, match=r"^DataLoader worker 0 \(thread unidl-data-worker-0\) did not deliver "
+                                              r"batch 0 of epoch 0 \(samples \[0\]\) within timeout=0\.3 s; its "
+                                              r"thread was stopped$"):
+        next(iter(loader))
+    assert worker_threads_left(threads_before, time.monotonic() + 1.0) == []
+    assert dataset.entered.is_set() and dataset.finished == []  # stopped inside the sample, not by its end
+
+
+def test_a_worker_thread_stuck_in_worker_init_fn_is_stopped_by_its_timeout():
+    """``worker_init_fn`` is the user's code in the worker too (its time counts towards a thread's timeout): a
+    thread stuck there in a Python loop is stopped as one stuck in a sample is."""
+    threads_before = set(threading.enumerate())
+    loader = DataLoader(Rows(4), batch_size=1, num_workers=1, worker_type="thread", timeout=0.3,
+                        worker_init_fn=busy_worker_init_fn)
+    with pytest.raises(DataLoaderError, match=r"did not deliver batch 0 .*timeout=0\.3 s; its thread was stopped$"):
+        next(iter(loader))
+    assert worker_threads_left(threads_before, time.monotonic() + 1.0) == []
+    assert BUSY_INIT_FINISHED == []
+
+
+@pytest.mark.parametrize("ending", ["close", "ctrl-c", "persistent loader dropped"])
+@pytest.mark.parametrize("how", ["busy", "naps"])
+def test_worker_threads_stuck_in_python_code_stop_with_their_iteration_or_loader(how, ending):
+    """Closing the iteration, Ctrl-C (a real SIGINT while the main thread waits for the stuck batch) and dropping a
+    loader whose persistent workers are stuck stop the thread stuck in a sample within a second, with no
+    exception anywhere but in that sample: Ctrl-C's ``KeyboardInterrupt`` comes out, nothing reaches
+    ``threading.excepthook`` (a ``WorkerStopped`` escaping the worker's own code) and the main thread goes on."""
+    dataset, threads_before, escaped = StuckInPython(4, how, index=1), set(threading.enumerate()), []
+    previous_hook, threading.excepthook = threading.excepthook, lambda args: escaped.append(args.exc_type)
+    try:
+        loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_type="thread",
+                            persistent_workers=ending == "persistent loader dropped")
+        epoch = iter(loader)
+        assert batches([next(epoch)]) == [([[0.0, 1.0, 2.0]], [0])]  # worker 0's; worker 1 is stuck in sample 1
+        assert dataset.entered.wait(10)
+        if ending == "ctrl-c":
+            sent = []
+            ctrl_c_after(0.2, sent)
+            with pytest.raises(KeyboardInterrupt):
+                next(epoch)  # batch 1, which never comes
+            stopped_by = sent[0] + 1.0
+        else:
+            stopped_by = time.monotonic() + 1.0
+            if ending == "close":
+                epoch.close()
+            else:
+                del epoch, loader
+                gc.collect()
+        assert worker_threads_left(threads_before, stopped_by) == []
+        assert sum(range(100_000)) == 4_999_950_000  # Python code of the main thread runs on after the stop
+    finally:
+        threading.excepthook = previous_hook
+    assert dataset.finished == [] and escaped == []
+
+
+def test_stopping_worker_threads_at_any_moment_raises_nothing_outside_their_samples():
+    """Pools of worker threads stopped at once (no grace) while their samples (busy loops of 0 to 2 ms) start and
+    end: the exception that stops a thread lands in a sample or the worker's own loop, never in the main thread,
+    another thread or ``threading``'s code as a worker ends (``threading.excepthook``), and every thread ends."""
+    escaped, previous_hook = [], threading.excepthook
+    threading.excepthook = lambda args: escaped.append(args.exc_type)
+    threads_before, raised_in_samples = set(threading.enumerate()), 0
+    try:
+        for trial in range(60):
+            pool = WorkerPool("thread", 3, BusyRows(64, most=0.002), ud.data.default_collate, None, None, 0, 0)
+            pool.start()
+            delivered = pool.deliver([np.array([i]) for i in range(64)], 0, 0, 0, None, 2)
+            for _ in range(trial % 6):
+                next(delivered)
+            time.sleep(random.Random(trial).uniform(0, 0.003))  # stopped mid-sample, between samples, at their ends
+            assert pool.shutdown(0.0) is None, f"trial {trial}"
+            raised_in_samples += sum(switch.raised for switch in pool._switches)
+            delivered.close()
+            assert sum(range(10_000)) == 49_995_000
+    finally:
+        threading.excepthook = previous_hook
+    assert escaped == []
+    assert worker_threads_left(threads_before, time.monotonic() + 1.0) == []
+    assert raised_in_samples > 0  # (about a quarter of the stops land mid-sample, the rest between samples)
+
+
+def test_a_stop_switch_raises_only_inside_its_block():
+    """``StopSwitch.stop()`` raises ``WorkerStopped`` in the thread inside the switch's block, which the block lets
+    out, and nothing in a thread that has left it (whose id a new thread may have taken); a stopped switch's block
+    does not begin; the thread's own code after the block runs with nothing pending."""
+    def in_a_thread(inside):
+        switch, seen, entered, stopped = StopSwitch(), [], threading.Event(), threading.Event()
+
+        def body():
+            try:
+                with switch:
+                    entered.set()
+                    if inside:
+                        while not stopped.wait(0.001):  # Python code: the exception lands at once
+                            pass
+                seen.append("block ran out")
+            except WorkerStopped:
+                seen.append("WorkerStopped")
+            entered.set()
+            stopped.wait(5)
+            try:
+                total = 0
+                for value in range(200_000):  # backward jumps, where a pending exception would land
+                    total += value
+                seen.append("after the block: clean")
+                with switch:
+                    seen.append("a block after the stop ran")
+            except BaseException as error:
+                seen.append(type(error).__name__)
+
+        thread = threading.Thread(target=body)
+        thread.start()
+        assert entered.wait(5)
+        if not inside:
+            time.sleep(0.05)  # out of the block by now
+        raised = switch.stop()
+        stopped.set()
+        thread.join(5)
+        assert not thread.is_alive()
+        return raised, seen
+
+    assert in_a_thread(inside=True) == (True, ["WorkerStopped", "after the block: clean", "WorkerStopped"])
+    assert in_a_thread(inside=False) == (False, ["block ran out", "after the block: clean", "WorkerStopped"])
 
 
 @pytest.mark.parametrize("code, expected", [(3, "exited unexpectedly with exit code 3"),

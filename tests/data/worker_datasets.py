@@ -122,6 +122,54 @@ class SleepingRows(Rows):
         return super().__getitem__(index)
 
 
+class StuckInPython(Rows):
+    """Sample ``index`` runs Python code for ``seconds`` (``how``: "busy", a busy loop; "naps", ``time.sleep`` in
+    0.05 s steps), as a sample stuck in a loop would: a worker thread there stops only where an exception is
+    raised in it. ``entered`` is set as that sample begins; ``finished`` records the samples whose loop ran out
+    (never stopped). Bounded, so that a thread that nothing stops ends after the test all the same."""
+
+    def __init__(self, n, how, index=0, seconds=5.0):
+        super().__init__(n)
+        self.how, self.index, self.seconds = how, index, seconds
+        self.entered, self.finished = threading.Event(), []
+
+    def __getitem__(self, index):
+        if index == self.index:
+            self.entered.set()
+            end = time.monotonic() + self.seconds
+            while time.monotonic() < end:
+                if self.how == "naps":
+                    time.sleep(0.05)
+            self.finished.append(index)
+        return super().__getitem__(index)
+
+
+#: worker ids whose busy_worker_init_fn ran to its end (a thread that nothing stopped)
+BUSY_INIT_FINISHED = []
+
+
+def busy_worker_init_fn(worker_id):
+    """A ``worker_init_fn`` stuck in a busy Python loop for 5 s."""
+    end = time.monotonic() + 5.0
+    while time.monotonic() < end:
+        pass
+    BUSY_INIT_FINISHED.append(worker_id)
+
+
+class BusyRows(Rows):
+    """Each sample runs a busy Python loop of 0 to ``most`` seconds, a random length per sample."""
+
+    def __init__(self, n, most):
+        super().__init__(n)
+        self.most = most
+
+    def __getitem__(self, index):
+        end = time.monotonic() + random.Random(index).uniform(0, self.most)
+        while time.monotonic() < end:
+            pass
+        return super().__getitem__(index)
+
+
 class ExitingRows(Rows):
     """Ends its worker process at sample ``index``: ``os._exit(code)``, or SIGKILL when ``code`` is None."""
 

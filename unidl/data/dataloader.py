@@ -240,10 +240,13 @@ class DataLoader:
 
     - ``worker_type="thread"`` (the default): threads of this process. No start-up cost, no pickling,
       the caller's backend scope applies inside them, and batches are converted to tensors there too.
-      Right for NumPy slicing, I/O and anything else that releases the GIL. A thread stuck inside a
-      sample cannot be stopped from outside: after a timeout or Ctrl-C it is abandoned (a daemon thread,
-      it never keeps the interpreter from exiting) and ends when that sample returns; ``os._exit`` in a
-      thread ends the whole process.
+      Right for NumPy slicing, I/O and anything else that releases the GIL. A thread still in a sample
+      after a timeout, Ctrl-C or the iterator's end is stopped by an exception raised in that sample
+      (``WorkerStopped``, a ``BaseException``), which Python raises at the thread's next bytecode: a sample
+      in a Python loop, or sleeping in short steps, stops; one inside a single call that does not return to
+      Python (a long ``time.sleep``, a blocking read) stops only when that call returns, and the timeout's
+      error (elsewhere a ``RuntimeWarning``) names it and where it is (a daemon thread, it never keeps the
+      interpreter from exiting); ``os._exit`` in a thread ends the whole process.
     - ``worker_type="process"``: processes started with ``multiprocessing`` (start method ``"spawn"``
       unless ``multiprocessing_context`` says otherwise: the parent may already run torch's or
       TensorFlow's threads, which ``"fork"`` does not survive). Right for Python-heavy ``__getitem__``

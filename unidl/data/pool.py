@@ -5,24 +5,29 @@ exhaustion, error, timeout, Ctrl-C and garbage collection alike.
 The main process never blocks for long: it waits for results ``POLL`` seconds at a time, checking in
 between that every worker is alive and within the timeout, so that Ctrl-C and a dead worker are noticed
 within ``POLL`` seconds. Starting and stopping the workers hold Ctrl-C back until they are done
-(``interrupts_held``): cut halfway, they would leave workers that nobody stops. Large batches of worker
-processes come through shared memory (``shared_batches.py``): the pool names each batch's segment when it
-hands the batch out and removes every segment that was not delivered when it stops.
+(``interrupts_held``): cut halfway, they would leave workers that nobody stops. A worker thread still in a sample
+when its pool stops is stopped by an exception raised in that sample (``thread_stop.py``); the few that this
+cannot stop are named. Large batches of worker processes come through shared memory (``shared_batches.py``):
+the pool names each batch's segment when it hands the batch out and removes every segment that was not delivered
+when it stops.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import pickle
 import queue
 import signal
+import sys
 import threading
 import time
+import warnings
 import weakref
 
 from unidl import config
-from unidl.data import shared_batches, worker
+from unidl.data import shared_batches, thread_stop, worker
 from unidl.data.result_pipes import ResultPipes
 from unidl.errors import DataLoaderError
 
@@ -30,6 +35,9 @@ from unidl.errors import DataLoaderError
 POLL = 0.05
 #: seconds workers get to stop by themselves before they are terminated: after a normal end, after a failure
 GRACE, GRACE_ON_FAILURE = 1.0, 0.1
+#: seconds worker threads get to end once asked to stop (an exception raised in the sample): a sample in a Python
+#: loop ends within milliseconds, one sleeping in short steps within a step
+THREAD_STOP_WAIT = 0.2
 
 _generations = itertools.count()
 
@@ -204,6 +212,7 @@ class WorkerPool:
         self._share = kind == "process" and shared_batches.available()
         if self._share:
             shared_batches.remove_abandoned()
+        self._switches = [None] * num_workers  # worker threads': where the pool may stop them (thread_stop.py)
         if kind == "process":
             payload = pickled_for_workers(dataset, collate_fn, worker_init_fn)
             self._results = ResultPipes()  # one pipe per worker, made as it starts (result_pipes.py)
@@ -220,14 +229,16 @@ class WorkerPool:
             self._tasks = [queue.Queue() for _ in range(num_workers)]
             # daemon threads: one stuck in a sample cannot keep the interpreter from exiting
             self._current = [[-1, -1] for _ in range(num_workers)]
+            self._switches = [thread_stop.StopSwitch() for _ in range(num_workers)]
             self._workers = [threading.Thread(target=worker.serve, name=f"unidl-data-worker-{w}", daemon=True,
                                               args=(w, dataset, collate_fn, worker_init_fn, self._tasks[w],
                                                     self._results, self._current[w], seed, epoch),
-                                              kwargs={"seeding": False, "portable": False})
+                                              kwargs={"seeding": False, "portable": False,
+                                                      "stop_switch": self._switches[w]})
                              for w in range(num_workers)]
         # the workers of a pool dropped without shutdown() (Ctrl-C landing just before it) stop all the same
-        self._finalizer = weakref.finalize(self, in_finalizer, _stop, kind, self._workers, self._tasks,
-                                           self._results, self._segments, GRACE_ON_FAILURE)
+        self._finalizer = weakref.finalize(self, in_finalizer, _stop, kind, self._workers, self._switches,
+                                           self._tasks, self._results, self._segments, GRACE_ON_FAILURE)
 
     def start(self) -> None:
         """Start the workers, all of them or (on any error, Ctrl-C included) none."""
@@ -423,31 +434,34 @@ class WorkerPool:
             return  # no timeout, or a worker process still starting (interpreter, imports, unpickling)
         waited = time.monotonic() - max(waiting_since, ready_at)
         if waited > timeout:
-            # (Python cannot stop a thread: a stuck one outlives its loader, which a user should not learn from top)
-            stuck = "" if self.kind == "process" else (
-                "; the thread cannot be stopped and keeps running in this process until its sample returns: "
-                "worker_type='process' runs samples in worker processes, which a timeout ends")
+            # stopped here, so that the error can say which threads could not be (a user should not learn it from top)
+            left = self.shutdown(GRACE_ON_FAILURE, warn=False)
+            stuck = "" if self.kind == "process" else f"; {left}" if left else "; its thread was stopped"
             error = DataLoaderError(f"{self.describe(owner)} did not deliver batch {batch} of epoch {epoch} "
                                     f"(samples {indices.tolist()}) within timeout={timeout:g} s{stuck}")
             error.worker_id, error.batch = owner, batch
             raise error
 
     # ---- stopping -----------------------------------------------------------
-    def shutdown(self, grace: float = GRACE) -> None:
-        """Stop every worker: ask, wait up to ``grace`` seconds, then terminate and kill processes.
+    def shutdown(self, grace: float = GRACE, warn: bool = True) -> str | None:
+        """Stop every worker: ask, wait up to ``grace`` seconds, then terminate and kill processes, and raise
+        ``WorkerStopped`` in the samples of threads (``thread_stop.py``), waiting ``THREAD_STOP_WAIT`` s more.
 
-        A worker thread stuck inside a sample cannot be stopped from outside; it is a daemon thread and
-        ends when that sample returns.
+        Returns what names the worker threads that did not stop, and why, or None; ``warn``: say it in a
+        ``RuntimeWarning`` too (the caller that puts it in its error does not). Those threads are daemon threads,
+        which never keep the interpreter from exiting.
         """
         with interrupts_held():
             if self._finalizer.detach() is not None:  # the first call: from here on the pool is closed
                 self.generation = None
-                _stop(self.kind, self._workers, self._tasks, self._results, self._segments, grace)
+                return _stop(self.kind, self._workers, self._switches, self._tasks, self._results,
+                             self._segments, grace, warn)
+        return None
 
 
-def _stop(kind, workers, tasks_queues, results, segments, grace: float) -> None:
+def _stop(kind, workers, switches, tasks_queues, results, segments, grace: float, warn: bool = True) -> str | None:
     """Stop a pool's workers (``WorkerPool.shutdown``), from its parts: also the finalizer of a pool
-    that was dropped without ``shutdown``."""
+    that was dropped without ``shutdown``. Returns (and, with ``warn``, warns) what names the threads left."""
     for tasks in tasks_queues:
         try:
             tasks.put(None)
@@ -459,6 +473,7 @@ def _stop(kind, workers, tasks_queues, results, segments, grace: float) -> None:
                if handle.ident is not None and handle is not threading.current_thread()]
     for handle in started:
         handle.join(max(0.0, deadline - time.monotonic()))
+    left = _stop_threads(workers, switches) if kind == "thread" else None
     if kind == "process":
         for handle in started:
             if handle.is_alive():
@@ -476,3 +491,43 @@ def _stop(kind, workers, tasks_queues, results, segments, grace: float) -> None:
     for name in segments.values():
         shared_batches.discard(name)
     segments.clear()
+    if left and warn:  # (last: a warnings filter that raises must not cut the stop short)
+        warnings.warn(f"DataLoader: {left}", RuntimeWarning, stacklevel=2)
+    return left
+
+
+def _stop_threads(workers, switches) -> str | None:
+    """Raise ``WorkerStopped`` in each worker thread still running that is inside a sample (or
+    ``worker_init_fn``), and wait up to ``THREAD_STOP_WAIT`` s for them to end; what names those that did not,
+    where they are and why, or None."""
+    asked = {}
+    for handle, switch in zip(workers, switches):
+        if handle.ident is not None and handle.is_alive():
+            # (a garbage collection's finalizer may run this in a worker thread: that one is told, not interrupted)
+            asked[handle] = switch.stop(interrupt=handle is not threading.current_thread())
+    deadline = time.monotonic() + THREAD_STOP_WAIT
+    for handle in asked:
+        if handle is not threading.current_thread():
+            handle.join(max(0.0, deadline - time.monotonic()))
+    left = [handle for handle in asked if handle.is_alive() and handle is not threading.current_thread()]
+    if not left:
+        return None
+    frames = sys._current_frames()
+    where = ", ".join(f"{handle.name} ({_whereabouts(frames.get(handle.ident))})" for handle in left)
+    if not thread_stop.AVAILABLE:
+        why = "this Python cannot raise an exception in another thread to stop it"
+    else:
+        why = ("the exception that stops a thread (WorkerStopped, raised in its sample) takes effect at the thread's "
+               "next Python bytecode, and each is inside one call that does not return to Python until it ends (a "
+               "long time.sleep, a blocking read, C code), or in a sample that catches BaseException")
+    return (f"worker thread{'s' if len(left) > 1 else ''} {where} could not be stopped within {THREAD_STOP_WAIT:g} s: "
+            f"{why}; each keeps running in this process until that call returns: worker_type='process' runs samples "
+            f"in worker processes, which a timeout ends")
+
+
+def _whereabouts(frame) -> str:
+    """Where a thread's innermost Python frame is, as ``file.py:line in function``."""
+    if frame is None:
+        return "ended meanwhile"
+    code = frame.f_code
+    return f"at {os.path.basename(code.co_filename)}:{frame.f_lineno} in {code.co_name}"

@@ -23,6 +23,7 @@ import numpy as np
 from unidl.data import shared_batches
 from unidl.data.dataset import Fields, TensorDataset, batched_by_dataset, check_flat_field, flat_fields
 from unidl.data.result_pipes import PipeSender
+from unidl.data.thread_stop import WorkerStopped
 
 #: seconds an idle worker process waits for a task before checking that the main process still lives
 IDLE_POLL = 0.5
@@ -164,7 +165,7 @@ def _portable(arrays) -> tuple:
     return arrays
 
 
-def _run_batch(worker_id, dataset, collate_fn, task, portable: bool, current):
+def _run_batch(worker_id, dataset, collate_fn, task, portable: bool, current, stop_switch):
     _, generation, batch, indices, batch_seed, context, convert, shared = task
     progress = {"step": "sample", "index": None}
     current[0], current[1] = generation, batch
@@ -183,7 +184,10 @@ def _run_batch(worker_id, dataset, collate_fn, task, portable: bool, current):
         return arrays
 
     try:
-        payload = context.copy().run(job) if context is not None else job()
+        with stop_switch:  # (a worker thread's: where the pool may stop it, thread_stop.py)
+            payload = context.copy().run(job) if context is not None else job()
+    except WorkerStopped:
+        raise
     except BaseException as error:  # SystemExit in a sample is a failure of that sample, too
         return ("failed", worker_id, generation,
                 Failure.capture(error, worker_id, batch, progress["index"], progress["step"], portable))
@@ -193,19 +197,32 @@ def _run_batch(worker_id, dataset, collate_fn, task, portable: bool, current):
 
 
 def serve(worker_id: int, dataset, collate_fn, worker_init_fn, tasks, results, current, seed, epoch,
-          seeding: bool, portable: bool, parent=None) -> None:
-    """A worker's life: seed, ``worker_init_fn(worker_id)``, then batches until a ``None`` task.
+          seeding: bool, portable: bool, parent=None, stop_switch=None) -> None:
+    """A worker's life: seed, ``worker_init_fn(worker_id)``, then batches until a ``None`` task, or until its
+    ``stop_switch`` (a worker thread's, ``thread_stop.py``) raises ``WorkerStopped`` in the user's code.
 
     ``current``: two integers, (generation, batch) of the batch in hand, batch -1 when idle; in shared
     memory for a process, so that the main process can name the batch a worker died on.
     ``seeding``: seed the global RNGs from (seed, epoch, worker_id) now and at each new epoch, and from
     (seed, epoch, batch) for each batch (processes only: threads share one global RNG).
     """
+    try:
+        _serve(worker_id, dataset, collate_fn, worker_init_fn, tasks, results, current, seed, epoch, seeding,
+               portable, parent, stop_switch or contextlib.nullcontext())
+    except WorkerStopped:
+        return  # the pool stopped this thread, and reads nothing more from it
+
+
+def _serve(worker_id, dataset, collate_fn, worker_init_fn, tasks, results, current, seed, epoch, seeding,
+           portable, parent, stop_switch) -> None:
     if seeding:
         seed_global_rngs(WORKER_STREAM, seed, epoch, worker_id)
     if worker_init_fn is not None:
         try:
-            worker_init_fn(worker_id)
+            with stop_switch:
+                worker_init_fn(worker_id)
+        except WorkerStopped:
+            raise
         except BaseException as error:
             results.put(("failed", worker_id, None,
                          Failure.capture(error, worker_id, None, None, "worker_init_fn", portable)))
@@ -228,7 +245,7 @@ def serve(worker_id: int, dataset, collate_fn, worker_init_fn, tasks, results, c
             if seeding:
                 seed_global_rngs(WORKER_STREAM, seed, epoch, worker_id)
             continue
-        results.put(_run_batch(worker_id, dataset, collate_fn, task, portable, current))
+        results.put(_run_batch(worker_id, dataset, collate_fn, task, portable, current, stop_switch))
 
 
 def process_main(worker_id: int, payload: bytes, tasks, results, current, seed, epoch, settings=None) -> None:

@@ -1,0 +1,99 @@
+"""Stopping a DataLoader worker thread from outside: CPython cannot end a thread, but it can raise an exception
+in one (``PyThreadState_SetAsyncExc``), at the thread's next bytecode. ``pool.py`` asks a worker thread stuck in
+a sample to stop this way; ``worker.py`` runs each call of the user's code (a batch, ``worker_init_fn``) inside
+the thread's ``StopSwitch``, the only place where the exception can be raised.
+
+A sample stuck in a Python loop, or in a loop of short ``time.sleep`` calls, stops; one blocked inside a single
+call that does not return to Python (a long ``time.sleep``, a blocking read, C code) stops only when that call
+returns, and one that catches ``BaseException`` may not stop at all: ``pool.py`` names such threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+
+
+class WorkerStopped(BaseException):
+    """Raised inside a worker thread's own call of the user's code to stop the thread. A ``BaseException``, as
+    ``KeyboardInterrupt``, so that a sample's ``except Exception`` does not swallow it; the worker's loop catches
+    it and ends quietly (``worker.serve``)."""
+
+
+def _api(argument):
+    """``PyThreadState_SetAsyncExc(thread id, argument)`` with the exception's type ``argument`` (``py_object``:
+    an exception class; ``c_void_p``: None is NULL, which withdraws a pending one), or None off CPython. A
+    prototype of its own, so that another library setting ``ctypes.pythonapi``'s argument types does not matter."""
+    pythonapi = getattr(ctypes, "pythonapi", None)
+    if pythonapi is None or not hasattr(pythonapi, "PyThreadState_SetAsyncExc"):
+        return None
+    return ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, argument)(("PyThreadState_SetAsyncExc", pythonapi))
+
+
+_raise_in, _withdraw_in = _api(ctypes.py_object), _api(ctypes.c_void_p)
+
+#: whether this Python can raise an exception in another thread (CPython can)
+AVAILABLE = _raise_in is not None
+
+
+def _delivered_here() -> None:
+    """A few backward jumps, at each of which CPython raises an exception pending for this thread."""
+    for _ in range(1000):
+        pass
+
+
+class StopSwitch:
+    """One worker thread's switch: ``with switch:`` around each call of the user's code in that thread; ``stop()``,
+    from another thread, asks it to stop, raising ``WorkerStopped`` in it if it is inside such a block now.
+
+    The exception can surface only inside the block or as it ends, never after: ``stop()`` raises it only while
+    the thread is inside a block (both under one lock, so never in a thread that finished meanwhile, whose id a
+    new thread may have taken), and a block left after a stop takes in any exception still pending for its thread
+    before it ends (pending past the block, it would surface in the worker's loop, or in ``threading``'s own code
+    as the thread ends). ``with switch:`` raises ``WorkerStopped`` whenever a stop was asked before the
+    block ended, also where the user's code caught it or it came before the block began.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._inside: int | None = None  # the id of the thread inside a block, if one is
+        self.requested = False
+        self.raised = False  # whether stop() raised WorkerStopped in the thread
+
+    def __enter__(self):
+        with self._lock:
+            if self.requested:
+                raise WorkerStopped
+            self._inside = threading.get_ident()
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        with self._lock:
+            self._inside = None
+        if self.raised:
+            # stop() can no longer raise here: take in what it raised if that is still pending (a pending exception
+            # is replaced by this one, raised and caught below), so that nothing surfaces after the block
+            _raise_in(ctypes.c_ulong(threading.get_ident()), ctypes.py_object(WorkerStopped))
+            try:
+                _delivered_here()
+            except WorkerStopped:
+                pass
+        if self.requested:
+            raise WorkerStopped
+        return False
+
+    def stop(self, interrupt: bool = True) -> bool:
+        """Ask the thread to stop: it leaves its block with ``WorkerStopped`` (and enters none); ``interrupt``: raise
+        ``WorkerStopped`` in it now if it is inside a block (not from the thread itself: the exception would end
+        whatever that thread runs now, a garbage collection's finalizer). True where it was raised."""
+        if self.requested:  # (asked before: raised at most once)
+            return self.raised
+        with self._lock:
+            self.requested = True
+            if not interrupt or self._inside is None or not AVAILABLE:
+                return False
+            affected = _raise_in(ctypes.c_ulong(self._inside), ctypes.py_object(WorkerStopped))
+            if affected > 1:  # (one thread per id: never, but the C API asks to withdraw it then)
+                _withdraw_in(ctypes.c_ulong(self._inside), None)
+            self.raised = affected == 1
+            return self.raised
