@@ -354,11 +354,11 @@ def uneven_batches_warning():
     return [str(warning.message) for warning in caught if "splits unevenly" in str(warning.message)]
 
 
-def two_layer_with_options(precision=None, accumulate=1, clip_grad_norm=None, poisoned=False):
+def two_layer_with_options(precision=None, accumulate=1, clip_grad_norm=None, poisoned=False, eager=False):
     """The two-layer net (float32, SGD with momentum, whose step grows with the gradient) after 3 updates of global
-    batch 6 (``accumulate`` micro-steps of 6 each), with ``precision``, ``clip_grad_norm``, and where ``poisoned``
-    an infinite target in the second half of the first batch (another device's share than the first half's): the
-    weights, each call's ``last_step_finite`` and loss, and the loss scale after them (float16)."""
+    batch 6 (``accumulate`` micro-steps of 6 each), with ``precision``, ``clip_grad_norm``, ``eager``, and where
+    ``poisoned`` an infinite target in the second half of the first batch (another device's share than the first
+    half's): the weights, each call's ``last_step_finite`` and loss, and the loss scale after them (float16)."""
     ud.manual_seed(1)
     rng = np.random.default_rng(1)
     samples = 18 * accumulate
@@ -368,7 +368,7 @@ def two_layer_with_options(precision=None, accumulate=1, clip_grad_norm=None, po
     model = ud.models.TwoLayerNet(5, 7, 3)
     optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, clip_grad_norm=clip_grad_norm)
     step = ud.train_step(model, ud.nn.MSELoss(), optimizer, precision=precision, accumulate=accumulate,
-                         check_finite=False)
+                         check_finite=False, eager=eager)
     flags, losses = [], []
     for start in range(0, samples, 6):
         losses.append(float(ud.to_numpy(step(x[start:start + 6], y[start:start + 6]))))
@@ -451,23 +451,26 @@ def too_small_step_batches():
 
 def uneven_step_loss():
     """``train_step``'s loss on a batch of 5 over 2 devices (shares 2 + 3), and ``fit``'s over the same one batch,
-    beside the shares' average (the objective whose gradient the step applies: each share's mean counting equally,
-    as DDP's) and the whole batch's mean of the starting outputs."""
+    compiled and with ``eager=True``, beside the shares' average (the objective whose gradient the step applies:
+    each share's mean counting equally, as DDP's) and the whole batch's mean of the starting outputs."""
     rng = np.random.default_rng(1)
     x, y = rng.standard_normal((5, 5)).astype(np.float32), rng.standard_normal((5, 3)).astype(np.float32)
-    ud.manual_seed(1)
-    model = ud.models.TwoLayerNet(5, 7, 3)
-    errors = (np.asarray(ud.to_numpy(model(x)), np.float64) - y) ** 2
-    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1))
-    loss = float(ud.to_numpy(step(x, y)))
-    ud.manual_seed(1)
-    model = ud.models.TwoLayerNet(5, 7, 3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # (fit's warning of the uneven split: jobs.uneven_batches_warning's)
-        history = ud.fit(model, x, y, batch_size=5, shuffle=False, verbose=0, loss=ud.nn.MSELoss(),
-                         optimizer=ud.optim.SGD(model.parameters(), lr=0.1))
-    return {"loss": loss, "fit_loss": history.as_dict()["loss"][0], "whole": float(errors.mean()),
-            "shares": float((errors[:2].mean() + errors[2:].mean()) / 2)}
+    found = {}
+    for eager in (False, True):
+        ud.manual_seed(1)
+        model = ud.models.TwoLayerNet(5, 7, 3)
+        errors = (np.asarray(ud.to_numpy(model(x)), np.float64) - y) ** 2
+        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1), eager=eager)
+        loss = float(ud.to_numpy(step(x, y)))
+        ud.manual_seed(1)
+        model = ud.models.TwoLayerNet(5, 7, 3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (fit's warning of the uneven split: jobs.uneven_batches_warning's)
+            history = ud.fit(model, x, y, batch_size=5, shuffle=False, verbose=0, loss=ud.nn.MSELoss(),
+                             optimizer=ud.optim.SGD(model.parameters(), lr=0.1), eager=eager)
+        prefix = "eager_" if eager else ""
+        found.update({f"{prefix}loss": loss, f"{prefix}fit_loss": history.as_dict()["loss"][0]})
+    return dict(found, whole=float(errors.mean()), shares=float((errors[:2].mean() + errors[2:].mean()) / 2))
 
 
 def data_parallel_job(directory, resumed_directory, resume_file, float16_directory):

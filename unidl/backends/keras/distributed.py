@@ -201,18 +201,6 @@ def _averages(running) -> bool:
     return getattr(running, "gradients_averaged_in_backward", False) or getattr(running, "averages_in_step", False)
 
 
-def refuse_eager_step() -> None:
-    """Before an eager train step or ``fit`` (``eager=True``: Keras's ``train_on_batch`` or ``Model.fit`` run
-    eagerly) is built, on its first call: in a group whose engine carries Keras's step in its replica context
-    (``in_group``: TensorFlow's strategy), the engine's own ``DistributedError``, before anything changes. An
-    eager step runs outside that context, where its gradients could not be summed over the ranks, nor (with
-    ``accumulate`` N > 1) its window at the window's last micro-step, after the first ones had changed it. The
-    compiled step (``eager=False``) trains; elsewhere (torch's DDP, JAX's engine, whose ``io_callback`` averages an
-    eager step's gradients too, one process) nothing."""
-    if in_group():
-        _running().require_replica_context()
-
-
 def data_parallel(step, variables=()):
     """``step`` in the engine's replica context with rank 0's ``variables`` broadcast; ``step`` outside a group."""
     running = _running()

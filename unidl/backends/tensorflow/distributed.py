@@ -309,9 +309,10 @@ def module_state(model) -> list:
 
 
 def require_replica_context() -> None:
-    """In a group, outside the strategy's replica context (a step unidl did not build, Keras's eager
-    ``train_on_batch``): a ``DistributedError``, as that step would train on this rank's gradients alone;
-    nothing inside it, or outside a group."""
+    """In a group, outside the strategy's replica context (a step unidl did not build: Keras's own
+    ``train_on_batch`` or ``Model.fit`` called on a unidl model's ``keras.Model``): a ``DistributedError``, as that
+    step would train on this rank's gradients alone; nothing inside it, or outside a group. (unidl's steps run in
+    it, ``eager=True`` too: ``data_parallel`` called eagerly runs the step through ``strategy.run`` eagerly.)"""
     if _strategy is None:
         return
     if not tf.distribute.has_strategy() or tf.distribute.get_strategy() is not _strategy \
@@ -319,8 +320,8 @@ def require_replica_context() -> None:
         raise DistributedError(
             "a training step of this data-parallel job runs outside the replica context of its "
             f"tf.distribute.{type(_strategy).__name__}, so its gradients would not be averaged over the ranks (or "
-            "devices): train with ud.train_step or ud.fit (on keras compiled: its eager train_on_batch, eager=True, "
-            "is not data-parallel)")
+            "devices): train with ud.train_step or ud.fit (eager=True too), not Keras's own train_on_batch or "
+            "Model.fit")
 
 
 def reduce_in_step(values, op="mean"):
@@ -328,8 +329,8 @@ def reduce_in_step(values, op="mean"):
     the strategy's all-reduce, in one batched collective; the values themselves outside a group.
 
     Called inside a step that ``data_parallel`` runs. In a group but outside the strategy's replica context
-    (a step unidl did not build, Keras's eager ``train_on_batch``), this raises: that step would train on
-    this rank's gradients alone."""
+    (a step unidl did not build: Keras's own ``train_on_batch``), this raises: that step would train on this
+    rank's gradients alone."""
     if _strategy is None:
         return list(values)
     require_replica_context()
