@@ -166,14 +166,6 @@ def share_loss_weight():
     return None if weight is None else weight()
 
 
-def refuse_replicas_in_process(what: str) -> None:
-    """The engine's ``DistributedError`` for ``what`` (a training setting the tensorflow backend refuses with
-    several devices in one process: a mixed precision with ``accumulate`` N > 1), where this process runs several
-    replicas (``replicas_in_process``); nothing elsewhere."""
-    if replicas_in_process():
-        _running().refuse_replicas_in_process(what)
-
-
 def job_key():
     """Which job a step compiled now trains in, for the compile's key: ``job_of_step()``, the group itself (None
     outside a job; a group equals itself only). Keras's compiled step of a job holds the engine's collectives

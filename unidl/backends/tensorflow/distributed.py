@@ -157,7 +157,6 @@ class Engine:
     update_once = staticmethod(lambda update: update_once(update))
     writes_state_here = staticmethod(lambda: writes_state_here())
     share_loss_weight = staticmethod(lambda: share_loss_weight())
-    refuse_replicas_in_process = staticmethod(lambda what: refuse_replicas_in_process(what))
 
     def stop(self):
         global _strategy
@@ -290,15 +289,6 @@ def update_once(update):
     if not _replicas_in_process() or tf.distribute.in_cross_replica_context():
         return update()
     return tf.distribute.get_replica_context().merge_call(lambda _: update())
-
-
-def refuse_replicas_in_process(what: str) -> None:
-    """Raise ``DistributedError`` for ``what``, a training setting whose state changes in every replica of a
-    ``MirroredStrategy`` (so N replicas would change it N times); nothing outside one."""
-    if _replicas_in_process():
-        raise DistributedError(f"{what} is not available with several devices in one process "
-                               f"(unidl.distributed.init(devices=...)); train one process per device "
-                               f"(unidl.distributed.launch), or leave it out")
 
 
 def module_state(model) -> list:
