@@ -856,9 +856,9 @@ def keras_on_jax_job():
     """On ranks whose Keras runs on JAX (the jax launch starts its ranks with ``KERAS_BACKEND=jax``): Keras's own
     jitted train step, whose loss and gradients the jax engine averages inside it, through ``train_step`` (the
     two-layer net in float64 and with ``accumulate=2``, and float16's with it, their collectives counted, and
-    float32 and bf16-mixed; and ``eager_two_layers``) and ``fit`` (``batch_norm_from_rank_0``: rank 0's weights broadcast); the guard over
-    windows (``guarded_windows``, and a float16 window's) and float16's overflow of one rank's share, their
-    collectives counted too; a layer one rank's forward skips, beside the jax backend's step
+    float32 and bf16-mixed; and ``eager_two_layers``) and ``fit`` (``batch_norm_from_rank_0``: rank 0's weights
+    broadcast); the guard over windows (``guarded_windows``, and a float16 window's) and float16's overflow of one
+    rank's share, their collectives counted too; a layer one rank's forward skips, beside the jax backend's step
     (``train_a_layer_of_one_rank``); the watchdog's timeout (launch's ``collective_timeout``)."""
     import jax
 
