@@ -88,14 +88,15 @@ def poisoned_window(precision):
             "weights": {k: np.array(ud.to_numpy(v)) for k, v in model.state_dict().items()}}
 
 
-def train_two_layer(dtype, precision=None, lr_scale=1.0, accumulate=1, collectives=None, all_reduces=None):
+def train_two_layer(dtype, precision=None, lr_scale=1.0, accumulate=1, collectives=None, all_reduces=None,
+                    eager=False):
     """The two-layer net after two epochs of ``train_step`` calls over a shuffled loader with global batch 4:
     Adam, or with a mixed ``precision`` SGD with momentum (whose step, unlike Adam's, grows with the gradient,
     so that a sum over the ranks where their mean belongs shows; ``lr_scale`` scales its learning rate).
     ``accumulate``: micro-steps per update (on tensorflow's engine a window kept on each rank, averaged once
     per update); ``collectives``: a list that gets the number of collective ops in each graph the step traced;
     ``all_reduces`` (torch's engine): a list that gets the number of all-reduces each call ran
-    (``counting_all_reduces``)."""
+    (``counting_all_reduces``); ``eager``: the step's ``eager``."""
     with ud.use_dtype(dtype):
         ud.manual_seed(1)
         rng = np.random.default_rng(1)
@@ -104,7 +105,8 @@ def train_two_layer(dtype, precision=None, lr_scale=1.0, accumulate=1, collectiv
         optimizer = (ud.optim.Adam(model.parameters(), lr=0.01) if precision is None
                      else ud.optim.SGD(model.parameters(), lr=0.05 * lr_scale, momentum=0.9))
         with keras_step_graphs() as made:
-            step = ud.train_step(model, ud.nn.MSELoss(), optimizer, precision=precision, accumulate=accumulate)
+            step = ud.train_step(model, ud.nn.MSELoss(), optimizer, precision=precision, accumulate=accumulate,
+                                 eager=eager)
             loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=4, shuffle=True, seed=5)
             for _ in range(2):
                 for xb, yb in loader:
@@ -354,11 +356,11 @@ def uneven_batches_warning():
     return [str(warning.message) for warning in caught if "splits unevenly" in str(warning.message)]
 
 
-def two_layer_with_options(precision=None, accumulate=1, clip_grad_norm=None, poisoned=False):
+def two_layer_with_options(precision=None, accumulate=1, clip_grad_norm=None, poisoned=False, eager=False):
     """The two-layer net (float32, SGD with momentum, whose step grows with the gradient) after 3 updates of global
-    batch 6 (``accumulate`` micro-steps of 6 each), with ``precision``, ``clip_grad_norm``, and where ``poisoned``
-    an infinite target in the second half of the first batch (another device's share than the first half's): the
-    weights, each call's ``last_step_finite`` and loss, and the loss scale after them (float16)."""
+    batch 6 (``accumulate`` micro-steps of 6 each), with ``precision``, ``clip_grad_norm``, ``eager``, and where
+    ``poisoned`` an infinite target in the second half of the first batch (another device's share than the first
+    half's): the weights, each call's ``last_step_finite`` and loss, and the loss scale after them (float16)."""
     ud.manual_seed(1)
     rng = np.random.default_rng(1)
     samples = 18 * accumulate
@@ -368,7 +370,7 @@ def two_layer_with_options(precision=None, accumulate=1, clip_grad_norm=None, po
     model = ud.models.TwoLayerNet(5, 7, 3)
     optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, clip_grad_norm=clip_grad_norm)
     step = ud.train_step(model, ud.nn.MSELoss(), optimizer, precision=precision, accumulate=accumulate,
-                         check_finite=False)
+                         check_finite=False, eager=eager)
     flags, losses = [], []
     for start in range(0, samples, 6):
         losses.append(float(ud.to_numpy(step(x[start:start + 6], y[start:start + 6]))))
@@ -451,23 +453,26 @@ def too_small_step_batches():
 
 def uneven_step_loss():
     """``train_step``'s loss on a batch of 5 over 2 devices (shares 2 + 3), and ``fit``'s over the same one batch,
-    beside the shares' average (the objective whose gradient the step applies: each share's mean counting equally,
-    as DDP's) and the whole batch's mean of the starting outputs."""
+    compiled and with ``eager=True``, beside the shares' average (the objective whose gradient the step applies:
+    each share's mean counting equally, as DDP's) and the whole batch's mean of the starting outputs."""
     rng = np.random.default_rng(1)
     x, y = rng.standard_normal((5, 5)).astype(np.float32), rng.standard_normal((5, 3)).astype(np.float32)
-    ud.manual_seed(1)
-    model = ud.models.TwoLayerNet(5, 7, 3)
-    errors = (np.asarray(ud.to_numpy(model(x)), np.float64) - y) ** 2
-    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1))
-    loss = float(ud.to_numpy(step(x, y)))
-    ud.manual_seed(1)
-    model = ud.models.TwoLayerNet(5, 7, 3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # (fit's warning of the uneven split: jobs.uneven_batches_warning's)
-        history = ud.fit(model, x, y, batch_size=5, shuffle=False, verbose=0, loss=ud.nn.MSELoss(),
-                         optimizer=ud.optim.SGD(model.parameters(), lr=0.1))
-    return {"loss": loss, "fit_loss": history.as_dict()["loss"][0], "whole": float(errors.mean()),
-            "shares": float((errors[:2].mean() + errors[2:].mean()) / 2)}
+    found = {}
+    for eager in (False, True):
+        ud.manual_seed(1)
+        model = ud.models.TwoLayerNet(5, 7, 3)
+        errors = (np.asarray(ud.to_numpy(model(x)), np.float64) - y) ** 2
+        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1), eager=eager)
+        loss = float(ud.to_numpy(step(x, y)))
+        ud.manual_seed(1)
+        model = ud.models.TwoLayerNet(5, 7, 3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (fit's warning of the uneven split: jobs.uneven_batches_warning's)
+            history = ud.fit(model, x, y, batch_size=5, shuffle=False, verbose=0, loss=ud.nn.MSELoss(),
+                             optimizer=ud.optim.SGD(model.parameters(), lr=0.1), eager=eager)
+        prefix = "eager_" if eager else ""
+        found.update({f"{prefix}loss": loss, f"{prefix}fit_loss": history.as_dict()["loss"][0]})
+    return dict(found, whole=float(errors.mean()), shares=float((errors[:2].mean() + errors[2:].mean()) / 2))
 
 
 def data_parallel_job(directory, resumed_directory, resume_file, float16_directory):
@@ -481,7 +486,7 @@ def data_parallel_job(directory, resumed_directory, resume_file, float16_directo
         written.append(os.path.basename(path))
         return save_file(tensors, path, *args, **kwargs)
 
-    collectives, mixed_collectives, all_reduces = [], [], {}
+    collectives, mixed_collectives, float16_collectives, all_reduces = [], [], [], {}
     checkpoint.save_file = counting_save_file  # the writer itself still runs: this only counts its calls
     try:
         weights, history = train_cnn(directory)
@@ -509,6 +514,9 @@ def data_parallel_job(directory, resumed_directory, resume_file, float16_directo
                 train_two_layer("float32", "bf16-mixed", accumulate=2, collectives=mixed_collectives))),
             "all_reduces": all_reduces,
             "bf16_accumulate_collectives": mixed_collectives, "poisoned_window": poisoned_window("16-mixed"),
+            "two_layer_fp16_accumulate": train_two_layer("float32", HALF_BATCH_FLOAT16, accumulate=2,
+                                                         collectives=float16_collectives),
+            "fp16_accumulate_collectives": float16_collectives, **eager_training(),
             "dynamic_per_rank": train_dynamic_accumulating(1, depth_of_rank=True),
             "coverage": sample_coverage(), "unshuffled_seed": unshuffled_drawn_seed(),
             "too_small": too_small_last_batch(), "uneven": uneven_batches_warning(),
@@ -772,8 +780,6 @@ def data_parallel_job_then_failure(results_directory, failing_rank, job_args_by_
         with ud.use_backend(backend):
             results[backend] = data_parallel_job(*job_args)
             if backend == "keras":
-                results[backend]["eager"] = eager_fit_refusal()
-                results[backend]["eager_window"] = eager_window_refusal()
                 results[backend]["fp16_overflow"] = float16_overflow_on_one_rank()
     if extra is not None:
         results["extra"] = extra()
@@ -804,7 +810,8 @@ def keras_on_torch_job(directory):
     """On ranks whose Keras runs on torch (``KERAS_BACKEND=torch``): the two-layer net through ``train_step``
     (Keras's ``train_on_batch``) in float64 and float32, with bf16-mixed and 16-mixed, with ``accumulate=2``
     (and bf16-mixed, 16-mixed), the all-reduces of each call of the float64 and float16 accumulating steps counted,
-    the CNN through ``fit`` (Keras's ``Model.fit``), ``float16_checkpoint_job`` and the non-finite guard
+    the CNN through ``fit`` (Keras's ``Model.fit``), ``eager_training``, ``float16_checkpoint_job`` and the
+    non-finite guard
     (``poisoned_run``, also of a float16 window); then, the
     group left, rank 0 trains the same in one process (the reference, on the same framework) and resumes the
     job's first float16 checkpoint there."""
@@ -821,7 +828,7 @@ def keras_on_torch_job(directory):
                 # float16's window is Keras's loss scaler's: one all-reduce per update too
                 "two_layer_fp16_accumulate": train_two_layer("float32", HALF_BATCH_FLOAT16, accumulate=2,
                                                              all_reduces=counts["two_layer_fp16_accumulate"]),
-                "cnn": train_cnn(os.path.join(directory, name))}
+                "cnn": train_cnn(os.path.join(directory, name)), **eager_training()}
 
     rank = ud.distributed.rank()
     float16 = os.path.join(directory, "float16")
@@ -849,9 +856,9 @@ def keras_on_jax_job():
     """On ranks whose Keras runs on JAX (the jax launch starts its ranks with ``KERAS_BACKEND=jax``): Keras's own
     jitted train step, whose loss and gradients the jax engine averages inside it, through ``train_step`` (the
     two-layer net in float64 and with ``accumulate=2``, and float16's with it, their collectives counted, and
-    float32 and bf16-mixed) and ``fit`` (``batch_norm_from_rank_0``: rank 0's weights broadcast); the guard over
-    windows (``guarded_windows``, and a float16 window's) and float16's overflow of one rank's share, their
-    collectives counted too; a layer one rank's forward skips, beside the jax backend's step
+    float32 and bf16-mixed; and ``eager_two_layers``) and ``fit`` (``batch_norm_from_rank_0``: rank 0's weights
+    broadcast); the guard over windows (``guarded_windows``, and a float16 window's) and float16's overflow of one
+    rank's share, their collectives counted too; a layer one rank's forward skips, beside the jax backend's step
     (``train_a_layer_of_one_rank``); the watchdog's timeout (launch's ``collective_timeout``)."""
     import jax
 
@@ -874,7 +881,8 @@ def keras_on_jax_job():
                 "batch_norm": batch_norm_from_rank_0(), "guarded_windows": guarded_windows(),
                 "guarded_fp16_window": engine_all_reduces(counts, "guarded_fp16_window", lambda: poisoned_run(
                     "float32", 4, (0,), HALF_BATCH_FLOAT16, 2)),
-                "fp16_overflow": engine_all_reduces(counts, "fp16_overflow", float16_overflow_on_one_rank)}
+                "fp16_overflow": engine_all_reduces(counts, "fp16_overflow", float16_overflow_on_one_rank),
+                **eager_two_layers()}
 
 
 def step_in_the_job():
@@ -899,38 +907,30 @@ def step_in_the_job():
     return call
 
 
-def eager_fit_refusal():
-    """The error of ``fit(..., eager=True)`` (on keras: Keras's ``train_on_batch``, outside the engine's replica
-    context), or None if it trained."""
-    from unidl.errors import DistributedError
-
+def fit_cnn_eagerly():
+    """The CNN's weights after one epoch of ``fit(..., eager=True)`` over ``cnn_data`` (batches of 8, 8, 4, not
+    shuffled; SGD with momentum, whose step grows with the gradient) and its epoch's logs."""
+    ud.manual_seed(0)
     x, y = cnn_data()
     model = ud.models.CNN(in_channels=1, num_classes=3, image_size=8)
-    try:
-        ud.fit(model, (x, y), loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1),
-               batch_size=CNN_BATCH, eager=True, verbose=0)
-    except DistributedError as error:
-        return str(error)
-    return None
+    history = ud.fit(model, (x, y), loss=ud.nn.CrossEntropyLoss(), batch_size=CNN_BATCH, shuffle=False, eager=True,
+                     optimizer=ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), verbose=0)
+    return {k: ud.to_numpy(v) for k, v in model.state_dict().items()}, history.as_dict()
 
 
-def eager_window_refusal():
-    """The first call of ``train_step(..., eager=True, accumulate=2)`` (on keras: Keras's eager ``train_on_batch``,
-    outside the engine's replica context, where its window could not be reduced at its last micro-step): its
-    error, whether the weights are unchanged, and the optimizer's state after it; None if it trained."""
-    from unidl.errors import DistributedError
+def eager_two_layers():
+    """``eager=True`` training of the two-layer net through ``train_step`` (the step run by Python at every call,
+    in the engine's replica context where it has one): in float64, with ``accumulate=2`` and float16's with it."""
+    return {"eager_two_layer64": train_two_layer("float64", eager=True),
+            "eager_two_layer_accumulate": train_two_layer("float64", accumulate=2, eager=True),
+            "eager_two_layer_fp16_accumulate": train_two_layer("float32", HALF_BATCH_FLOAT16, accumulate=2,
+                                                               eager=True)}
 
-    ud.manual_seed(1)
-    model = ud.models.TwoLayerNet(5, 7, 3)
-    start = {k: np.array(ud.to_numpy(v)) for k, v in model.state_dict().items()}
-    optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    step = ud.train_step(model, ud.nn.MSELoss(), optimizer, eager=True, accumulate=2)
-    try:
-        step(np.ones((2, 5), np.float32), np.ones((2, 3), np.float32))
-    except DistributedError as error:
-        return {"error": str(error), "state": optimizer.state_dict(),
-                "unchanged": all(np.array_equal(ud.to_numpy(v), start[k]) for k, v in model.state_dict().items())}
-    return None
+
+def eager_training():
+    """``eager_two_layers`` and the CNN through ``fit(..., eager=True)`` (``fit_cnn_eagerly``); the same runs in
+    one process are the references."""
+    return {**eager_two_layers(), "eager_cnn": fit_cnn_eagerly()}
 
 
 def _framework():

@@ -76,11 +76,14 @@ def _launch(backends, directory):
             two_layer["accumulate"] = jobs.train_two_layer("float64", accumulate=2)
             two_layer["bf16_accumulate"] = jobs.train_two_layer("float32", "bf16-mixed", accumulate=2)
             two_layer["dynamic"] = jobs.train_dynamic_accumulating()
+            two_layer["fp16_accumulate"] = jobs.train_two_layer("float32", jobs.HALF_BATCH_FLOAT16, accumulate=2)
+            eager = jobs.eager_training()
             float16 = jobs.train_float16(place / "float16" / "one")
             cnn64 = jobs.train_cnn_float64()
         files = sorted(os.listdir(place / "one"))
         references[backend] = {"engine": backend, "reference": reference, "history": history, "directory": place,
                                "two_layer": two_layer, "cnn64": cnn64, "files": files, "float16": float16,
+                               "eager": eager,
                                "float16_files": sorted(os.listdir(place / "float16" / "one"))}
         job_args[backend] = (str(place / "two"), str(place / "one_to_two"), str(place / "one" / files[0]),
                              str(place / "float16"))
@@ -139,15 +142,27 @@ def job(request, launches, tmp_path_factory):
     return _job(request.param, launches, tmp_path_factory)
 
 
-@pytest.mark.skipif("keras" not in ud.available_backends(), reason="the keras backend is not installed")
-def test_eager_keras_training_in_a_job_is_refused_rather_than_left_unaveraged(launches, tmp_path_factory):
-    for rank in _job("keras", launches, tmp_path_factory)["ranks"]:
-        assert "outside the replica context" in rank["eager"] and "would not be averaged" in rank["eager"]
-        # with accumulate=2 too, at the first call, before its micro-step changed the weights or the window (the
-        # window's update, which reduces it over the ranks, would have raised at the second)
-        window = rank["eager_window"]
-        assert window is not None and "outside the replica context" in window["error"]
-        assert window["unchanged"] and window["state"]["step"] == 0 and "accumulation" not in window["state"]
+def test_eager_training_in_a_job_trains_the_weights_of_one_process(job):
+    """``eager=True`` (``jobs.eager_training``) on every engine, against the same eager training in one process:
+    the two-layer net in float64 (1e-12), with ``accumulate=2`` (each rank's window reduced once per update) and
+    float16's with it, and the CNN through ``fit`` (float32, 1e-6; its logs the job's means); both ranks alike.
+    On Keras-on-TensorFlow Keras's step runs by Python in the strategy's replica context (Keras's own eager
+    ``train_on_batch`` and ``Model.fit`` run outside it, where the gradients were averaged over no rank: refused)."""
+    rank0, rank1 = job["ranks"]
+    for name, reference, bound in (("eager_two_layer64", "eager_two_layer64", 1e-12),
+                                   ("eager_two_layer_accumulate", "eager_two_layer_accumulate", 1e-12),
+                                   ("eager_two_layer_fp16_accumulate", "eager_two_layer_fp16_accumulate",
+                                    FLOAT16_BOUND)):
+        assert all(np.array_equal(v, rank1[name][k]) for k, v in rank0[name].items()), name
+        _agree(rank0[name], job["eager"][reference], bound)
+    (weights0, logs0), (weights1, logs1) = rank0["eager_cnn"], rank1["eager_cnn"]
+    for name, value in weights0.items():
+        np.testing.assert_array_equal(value, weights1[name], err_msg=name)
+    _agree(weights0, job["eager"]["eager_cnn"][0], 1e-6)
+    for key, values in job["eager"]["eager_cnn"][1].items():
+        np.testing.assert_allclose(logs0[key], values, rtol=1e-6, err_msg=key)
+    # the eager float16 window against the compiled one in one process: the same rule
+    _agree(rank0["eager_two_layer_fp16_accumulate"], job["two_layer"]["fp16_accumulate"], FLOAT16_BOUND)
 
 
 @pytest.mark.skipif(not {"keras", "jax"} <= set(ud.available_backends()), reason="keras or jax is not installed")
@@ -170,6 +185,12 @@ def test_keras_on_jax_trains_data_parallel_on_the_jax_engine(launches, tmp_path_
                                    ("two_layer_fp16_accumulate", "bf16_accumulate", 2e-2)):
         assert all(np.array_equal(v, rank1[name][k]) for k, v in rank0[name].items()), name
         _agree(rank0[name], job["two_layer"][reference], bound)
+    # eager=True (Keras's train step run eagerly, its jax engine's average inside it) against the jax backend's
+    # eager training in one process
+    for name, bound in (("eager_two_layer64", 1e-12), ("eager_two_layer_accumulate", 1e-12),
+                        ("eager_two_layer_fp16_accumulate", FLOAT16_BOUND)):
+        assert all(np.array_equal(v, rank1[name][k]) for k, v in rank0[name].items()), name
+        _agree(rank0[name], job["eager"][name], bound)
     # one collective per step (10), rank 0's weights broadcast at the compile and the loader's seed; with
     # accumulate=2 one per window (5: each rank's window reduced where it closes, 10 when every micro-step was);
     # float16 alike, Keras's loss scaler checking the job's window, or step, for overflow (its check of each rank's
@@ -248,16 +269,18 @@ def test_two_ranks_with_global_batch_b_train_the_weights_of_one_process_with_bat
     _agree(rank0["two_layer_bf16_accumulate"], job["two_layer"]["bf16_accumulate"], 2e-2)
     assert all(np.array_equal(v, rank1["two_layer_bf16_accumulate"][k])
                for k, v in rank0["two_layer_bf16_accumulate"].items())
+    # float16 with accumulate=2 (each rank's window reduced once per update, before the loss scaler's check; on
+    # Keras-on-TensorFlow too, whose scaler's check and update then reduce nothing again): one process's weights
+    _agree(rank0["two_layer_fp16_accumulate"], job["two_layer"]["fp16_accumulate"], FLOAT16_BOUND)
+    assert all(np.array_equal(v, rank1["two_layer_fp16_accumulate"][k])
+               for k, v in rank0["two_layer_fp16_accumulate"].items())
     # a float16 window that one rank's micro-step made non-finite: skipped at its update on both ranks (the ranks'
-    # windows agree in the update's collective), the next window updates
+    # windows agree in the update's collective), the next window updates (Keras-on-TensorFlow refused float16's
+    # window in a job: its loss scaler's update reduced inside a cond)
     poisoned = [rank["poisoned_window"] for rank in job["ranks"]]
-    if job["engine"] == "keras":  # Keras's loss scaler updates inside a cond, where tf.distribute cannot all-reduce
-        assert all("precision='16-mixed' with accumulate=2 is not available in a data-parallel job on "
-                   "Keras-on-tensorflow" in p["refused"] for p in poisoned)
-    else:
-        assert [p["finite"] for p in poisoned] == [[True, False, True, True]] * 2
-        assert [(p["updates"], p["unchanged"]) for p in poisoned] == [(1, True)] * 2
-        assert all(np.array_equal(v, poisoned[1]["weights"][k]) for k, v in poisoned[0]["weights"].items())
+    assert [p.get("finite") for p in poisoned] == [[True, False, True, True]] * 2, poisoned
+    assert [(p["updates"], p["unchanged"]) for p in poisoned] == [(1, True)] * 2
+    assert all(np.array_equal(v, poisoned[1]["weights"][k]) for k, v in poisoned[0]["weights"].items())
     # a checkpoint one micro-step into a window holds the job's window (each rank's sums are its own until the
     # update): resumed on both ranks, the uninterrupted weights (rank 0's sums alone were 1e-2 away)
     for rank in (rank0, rank1):
@@ -265,7 +288,7 @@ def test_two_ranks_with_global_batch_b_train_the_weights_of_one_process_with_bat
     # two graphs: the micro-step's without a collective, the update's with them (Keras-on-TensorFlow too: Keras's
     # train step traced once for each place in the window)
     if job["engine"] in ("tensorflow", "keras"):
-        for name in ("accumulate_collectives", "bf16_accumulate_collectives"):
+        for name in ("accumulate_collectives", "bf16_accumulate_collectives", "fp16_accumulate_collectives"):
             counts = sorted(rank0[name])
             assert len(counts) == 2 and counts[0] == 0 and counts[1] > 0, (name, counts)
     # on the jax engine, which counts its collectives: one per call of the step (10), plus rank 0's weights
@@ -456,6 +479,16 @@ def test_keras_on_torch_trains_data_parallel_through_distributed_data_parallel(t
     _agree(weights0, one["cnn"][0], 1e-6)  # fit (Keras's Model.fit), batches 8, 8, 4 split over the ranks
     np.testing.assert_allclose(history0["loss"], one["cnn"][1]["loss"], rtol=1e-6)
     assert multiprocessing.active_children() == []
+    # eager=True (Keras's train_on_batch run eagerly, its forward through DDP as the compiled step's): one process's
+    for key, bound in (("eager_two_layer64", 1e-12), ("eager_two_layer_accumulate", 1e-12),
+                       ("eager_two_layer_fp16_accumulate", FLOAT16_BOUND)):
+        for name in one[key]:
+            np.testing.assert_array_equal(rank0[key][name], rank1[key][name], err_msg=f"{key}: {name}")
+        _agree(rank0[key], one[key], bound)
+    for name in one["eager_cnn"][0]:
+        np.testing.assert_array_equal(rank0["eager_cnn"][0][name], rank1["eager_cnn"][0][name], err_msg=name)
+    _agree(rank0["eager_cnn"][0], one["eager_cnn"][0], 1e-6)
+    np.testing.assert_allclose(rank0["eager_cnn"][1]["loss"], one["eager_cnn"][1]["loss"], rtol=1e-6)
     # mixed precision (torch.autocast under Keras's step) and accumulate=2 in the job (each rank's window under
     # DDP's no_sync(), averaged once per update by the optimizer: the same weights)
     for key, bound in (("two_layer_accumulate", 1e-12), ("two_layer_bf16", 2e-2), ("two_layer_fp16", FLOAT16_BOUND),

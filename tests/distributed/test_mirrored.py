@@ -24,7 +24,13 @@ import unidl as ud
 from tests.distributed import jobs
 ud.set_backend("tensorflow")
 directory = tempfile.mkdtemp()
+# mixed precision with accumulate=2: the window the replicas share, the job's gradients added once per micro-step
+MIXED = {"bf16_accumulated": {"precision": "bf16-mixed", "accumulate": 2},
+         "float16_accumulated": {"precision": "16-mixed", "accumulate": 2},
+         "float16_accumulated_poisoned": {"precision": "16-mixed", "accumulate": 2, "poisoned": True},
+         "eager_float16_accumulated": {"precision": "16-mixed", "accumulate": 2, "eager": True}}
 one = {"two_layer64": jobs.train_two_layer("float64"), "cnn": jobs.train_cnn(directory + "/one")}
+mixed = [{name: jobs.two_layer_with_options(**options) for name, options in MIXED.items()}]
 split = {"step_inputs": [jobs.train_with_step_inputs()]}
 early = ud.nn.Linear(5, 3)
 early_step = ud.train_step(early, ud.nn.MSELoss(), ud.optim.SGD(early.parameters(), lr=0.1))
@@ -37,6 +43,7 @@ def refusal(step):
 refused = {"built_before": refusal(early_step)}
 place = [ud.distributed.rank(), ud.distributed.world_size(), ud.distributed.num_replicas()]
 two = {"two_layer64": jobs.train_two_layer("float64"), "cnn": jobs.train_cnn(directory + "/two")}
+mixed.append({name: jobs.two_layer_with_options(**options) for name, options in MIXED.items()})
 split["step_inputs"].append(jobs.train_with_step_inputs())
 split.update(too_small=jobs.too_small_step_batches(), uneven=jobs.uneven_step_loss())
 rng = np.random.default_rng(2)
@@ -78,7 +85,7 @@ def listed(weights):
     return {k: np.asarray(v).tolist() for k, v in weights.items()}
 print(json.dumps({"place": place, "outputs": [ud.to_numpy(outputs).tolist(), before.tolist()],
                   "loss": [float(ud.to_numpy(loss)), float(np.mean((before - y) ** 2))], "too_small": too_small,
-                  "batch_norm": batch_norm, "modes": modes, "refused": refused, "split": split,
+                  "batch_norm": batch_norm, "modes": modes, "refused": refused, "split": split, "mixed": mixed,
                   "replica_1_ops": sum(n.startswith("replica_1/") for n in names),
                   "one": {k: listed(v) for k, v in one.items() if k != "cnn"}, "one_cnn": listed(one["cnn"][0]),
                   "two": {k: listed(v) for k, v in two.items() if k != "cnn"}, "two_cnn": listed(two["cnn"][0]),
@@ -99,7 +106,12 @@ ud.set_backend("keras")
 directory = tempfile.mkdtemp()
 OPTIONS = {"plain": {}, "clipped": {"clip_grad_norm": 0.05}, "accumulated": {"accumulate": 2},
            "poisoned": {"poisoned": True}, "bf16": {"precision": "bf16-mixed"}, "float16": {"precision": "16-mixed"},
-           "float16_poisoned": {"precision": "16-mixed", "poisoned": True}}
+           "float16_poisoned": {"precision": "16-mixed", "poisoned": True},
+           "bf16_accumulated": {"precision": "bf16-mixed", "accumulate": 2},
+           "float16_accumulated": {"precision": "16-mixed", "accumulate": 2},
+           "float16_accumulated_poisoned": {"precision": "16-mixed", "accumulate": 2, "poisoned": True},
+           "eager": {"eager": True}, "eager_accumulated": {"eager": True, "accumulate": 2},
+           "eager_float16_accumulated": {"precision": "16-mixed", "accumulate": 2, "eager": True}}
 def trained():
     return {"two_layer64": jobs.train_two_layer("float64"), "cnn": jobs.train_cnn(directory + "/" + str(len(runs))),
             **{name: jobs.two_layer_with_options(**options) for name, options in OPTIONS.items()}}
@@ -117,9 +129,7 @@ def refusal(make):
 def built(**options):
     layer = ud.nn.Linear(5, 3)
     return lambda: ud.train_step(layer, ud.nn.MSELoss(), ud.optim.SGD(layer.parameters(), lr=0.1), **options)
-refused = {"built_before": refusal(lambda: early_step), "eager": refusal(built(eager=True)),
-           "bf16_accumulated": refusal(built(precision="bf16-mixed", accumulate=2)),
-           "float16_accumulated": refusal(built(precision="16-mixed", accumulate=2))}
+refused = {"built_before": refusal(lambda: early_step)}
 place = [ud.distributed.rank(), ud.distributed.world_size(), ud.distributed.num_replicas()]
 with jobs.keras_step_graphs() as made:
     runs.append(trained())
@@ -196,6 +206,28 @@ def test_two_devices_of_one_process_train_the_weights_of_one_device_with_the_sam
            "'cpu:1'])" in refused["built_before"], refused
     assert "that this process has left" in refused["after_shutdown"], refused
     _check_the_batch_split(found["split"])
+    _check_mixed_precision_windows(*found["mixed"])
+
+
+def _check_mixed_precision_windows(one, two):
+    """Mixed precision with ``accumulate=2`` on two devices of one process (``jobs.two_layer_with_options``, one
+    device's run ``one`` and two devices' ``two``): the replicas share one window, the job's gradients added to it
+    once per micro-step, and its update runs once; the weights of one device within one unit in the last place of
+    the compute dtype (bfloat16 2 ** -7, float16 2 ** -10: the forward rounds a share of 3 rows, not 6), each call's
+    flag and the loss scale one device's, the losses to the same bound (the poisoned window skipped, its scale halved),
+    eagerly too."""
+    import numpy as np
+
+    for name, bound in (("bf16_accumulated", 2 ** -7), ("float16_accumulated", 2 ** -10),
+                        ("float16_accumulated_poisoned", 2 ** -10), ("eager_float16_accumulated", 2 ** -10)):
+        _agree({k: np.asarray(v) for k, v in two[name]["weights"].items()},
+               {k: np.asarray(v) for k, v in one[name]["weights"].items()}, bound)
+        assert (two[name]["finite"], two[name]["scale"]) == (one[name]["finite"], one[name]["scale"]), name
+        np.testing.assert_allclose(two[name]["losses"], one[name]["losses"], rtol=bound, err_msg=name)
+    # each window of 2 micro-steps updates once (a window added to by each replica would be twice as long)
+    assert one["float16_accumulated"]["finite"] == [True] * 6
+    assert one["float16_accumulated_poisoned"]["finite"] == [True, False, True, True, True, True]
+    assert one["float16_accumulated_poisoned"]["scale"] == one["float16_accumulated"]["scale"] / 2
 
 
 def _check_the_batch_split(split):
@@ -216,8 +248,6 @@ def _check_the_batch_split(split):
     # check_finite=False a NaN loss and a silently skipped step), whether or not the step checks finiteness
     # (checked inside the graph, traced for any batch size; an eager step's when traced, its size known then)
     for case, found in split["too_small"].items():
-        if "eager=True" in case and "outside the replica context" in found["result"]:  # (refused on Keras-on-TF)
-            continue
         assert found["result"].startswith("DistributedError: with 2 devices in this process, a batch (size 1) has "
                                           "fewer samples than replicas, so a device would train on none"), found
         assert "drop_last=True" in found["result"] and not found["changed"], (case, found)
@@ -228,6 +258,9 @@ def _check_the_batch_split(split):
     assert abs(uneven["shares"] - uneven["whole"]) > 1e-2  # (the case tells them apart)
     assert uneven["loss"] == pytest.approx(uneven["shares"], rel=1e-6)
     assert uneven["fit_loss"] == pytest.approx(uneven["shares"], rel=1e-6)  # (fit's logs: Keras's loss tracker)
+    # eager=True too: each replica on its own share (the whole batch on each replica gave the whole batch's mean)
+    assert uneven["eager_loss"] == pytest.approx(uneven["shares"], rel=1e-6)
+    assert uneven["eager_fit_loss"] == pytest.approx(uneven["shares"], rel=1e-6)
 
 
 def _batch_norm_of_the_first_share(norm):
@@ -280,6 +313,14 @@ def test_two_devices_of_one_process_train_keras_on_tensorflow_as_one_device_with
         assert (two[name]["finite"], two[name]["scale"]) == (one[name]["finite"], one[name]["scale"]), name
     assert one["float16_poisoned"]["finite"][0] is False
     assert one["float16_poisoned"]["scale"] == one["float16"]["scale"] / 2
+    # and with accumulate=2 (the tensorflow backend's rule: test_two_devices_of_one_process_train_the_weights_...)
+    _check_mixed_precision_windows(one, two)
+    # eager=True: Keras's train step run by Python in the strategy's replicas (Keras's own eager train_on_batch
+    # runs outside them, and was refused), the weights, flags and losses of one device
+    for name in ("eager", "eager_accumulated"):
+        _agree(arrays(two[name]["weights"]), arrays(one[name]["weights"]), 1e-6)
+        assert two[name]["finite"] == one[name]["finite"], name
+        np.testing.assert_allclose(two[name]["losses"], one[name]["losses"], rtol=1e-6, err_msg=name)
     # a step's loss is the whole batch's mean (each replica returns its share's)
     assert found["loss"][0] == pytest.approx(found["loss"][1], rel=1e-5)
     assert "fewer samples than replicas" in found["too_small"] and "drop_last=True" in found["too_small"]
@@ -290,11 +331,6 @@ def test_two_devices_of_one_process_train_keras_on_tensorflow_as_one_device_with
     np.testing.assert_allclose(norm["running_mean"], mean, atol=1e-6)
     np.testing.assert_allclose(norm["running_var"], var, atol=1e-6)
     refused = found["refused"]
-    # the tensorflow backend's refusals with several devices in one process: a mixed precision's window
-    for name in ("bf16_accumulated", "float16_accumulated"):
-        assert "with accumulate=2 is not available with several devices in one process" in refused[name], refused
-    # Keras's eager train_on_batch runs outside the strategy's replicas: refused, as in a job of several processes
-    assert "outside the replica context of its tf.distribute.MirroredStrategy" in refused["eager"], refused
     assert "built before this process joined its data-parallel job (rank 0 of 1 on keras, devices ['cpu:0', " \
            "'cpu:1'])" in refused["built_before"], refused
     assert "that this process has left" in refused["after_shutdown"], refused

@@ -376,9 +376,6 @@ class Backend(BackendInterface):
                                 lambda: step_key(model, loss_fn, optimizer))
 
     def _train_step(self, model, loss_fn, optimizer, eager, precision=None, accumulate=1):
-        if eager:  # (in a job whose engine runs Keras's step in its replica context: refused, before any change)
-            keras_distributed.refuse_eager_step()
-
         def compile_for_this_step():
             return self.compile(model, loss_fn, optimizer, eager=eager, precision=precision, accumulate=accumulate)
 
@@ -387,14 +384,21 @@ class Backend(BackendInterface):
         if graph is not None:
             return _CompiledForStep(native, compile_for_this_step, graph)
         to_input, scope = self.to_input, self._scope  # (Keras's trainer in unidl's device: its batches go there)
+        # in a job whose engine runs Keras's step in its replica context (TensorFlow's strategy): Keras's step run
+        # eagerly in it, where Keras's own eager train_on_batch would run outside it, its gradients summed over no
+        # rank; Keras's train_on_batch elsewhere (torch's DDP, JAX's engine carry it, and one process)
+        in_job = keras_function.eager_train_step(native, per_batch=True) if keras_distributed.in_group() else None
 
         def step(x, y, *inputs):  # extra step inputs reach the forward as model(x, *inputs)
-            x = (to_input(x), *[to_input(v) for v in inputs]) if inputs else to_input(x)
             runs = native.train_step_runs
             try:
                 # (Ctrl-C in Keras-on-JAX's step: the model keeps a step's state; one that Keras swallowed: raised)
                 with KeptStepState(native), swallowed_ctrl_c_raised(), scope():
-                    result = native.train_on_batch(x, to_input(y))
+                    if in_job is not None:  # (tensors: the engine splits tensors over the replicas of a process)
+                        result = in_job(*[keras.ops.convert_to_tensor(to_input(v)) for v in (x, y, *inputs)])
+                    else:
+                        result = native.train_on_batch((to_input(x), *[to_input(v) for v in inputs]) if inputs
+                                                       else to_input(x), to_input(y))
             except Exception as error:
                 if not HOST.keras_state_in_place:
                     _raise_if_traced_value(error, model, bool(inputs))
@@ -433,8 +437,6 @@ class Backend(BackendInterface):
 
     def _fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager, precision, accumulate=1,
                    totals=None, step_inputs=None, before_batch=None):
-        if eager:  # (as _train_step's)
-            keras_distributed.refuse_eager_step()
         native = self.compile(model, loss_fn, optimizer, metrics=metrics, eager=eager, precision=precision,
                               accumulate=accumulate)
         to_input = self.to_input
@@ -442,10 +444,13 @@ class Backend(BackendInterface):
 
         def graph_of(native):
             graph = None if eager else self._fit_graph(native)
-            if graph is None and eager and step_inputs is not None:  # (Model.fit takes no per-batch extra inputs)
+            # Model.fit takes no per-batch extra inputs; and in a job whose engine runs Keras's step in its replica
+            # context (TensorFlow's strategy) it runs the step outside it (as _train_step's)
+            if graph is None and eager and (step_inputs is not None or keras_distributed.in_group()):
                 step = keras_function.eager_train_step(native)
-                graph = None if step is None else lambda x, y, *inputs: step(to_input(x), to_input(y),
-                                                                              *[to_input(v) for v in inputs])
+                # (tensors: the engine splits tensors over the replicas of a process, and leaves arrays whole)
+                graph = None if step is None else lambda *values: step(
+                    *[keras.ops.convert_to_tensor(to_input(v)) for v in values])
             return graph
 
         graph = graph_of(native)

@@ -166,14 +166,6 @@ def share_loss_weight():
     return None if weight is None else weight()
 
 
-def refuse_replicas_in_process(what: str) -> None:
-    """The engine's ``DistributedError`` for ``what`` (a training setting the tensorflow backend refuses with
-    several devices in one process: a mixed precision with ``accumulate`` N > 1), where this process runs several
-    replicas (``replicas_in_process``); nothing elsewhere."""
-    if replicas_in_process():
-        _running().refuse_replicas_in_process(what)
-
-
 def job_key():
     """Which job a step compiled now trains in, for the compile's key: ``job_of_step()``, the group itself (None
     outside a job; a group equals itself only). Keras's compiled step of a job holds the engine's collectives
@@ -199,18 +191,6 @@ def _averages(running) -> bool:
     """Whether the engine ``running`` gives each rank the job's mean gradient (in the backward: torch's DDP;
     inside the step: JAX's), not a sum that Keras's per-replica loss scaling makes the mean (TensorFlow's)."""
     return getattr(running, "gradients_averaged_in_backward", False) or getattr(running, "averages_in_step", False)
-
-
-def refuse_eager_step() -> None:
-    """Before an eager train step or ``fit`` (``eager=True``: Keras's ``train_on_batch`` or ``Model.fit`` run
-    eagerly) is built, on its first call: in a group whose engine carries Keras's step in its replica context
-    (``in_group``: TensorFlow's strategy), the engine's own ``DistributedError``, before anything changes. An
-    eager step runs outside that context, where its gradients could not be summed over the ranks, nor (with
-    ``accumulate`` N > 1) its window at the window's last micro-step, after the first ones had changed it. The
-    compiled step (``eager=False``) trains; elsewhere (torch's DDP, JAX's engine, whose ``io_callback`` averages an
-    eager step's gradients too, one process) nothing."""
-    if in_group():
-        _running().require_replica_context()
 
 
 def data_parallel(step, variables=()):

@@ -32,15 +32,18 @@ def train_step_graph(native, per_batch: bool):
         native, lambda: HOST.keras_train_step_function(step, train_step_name(native)))
 
 
-def eager_train_step(native):
+def eager_train_step(native, per_batch: bool = False):
     """Keras's own ``Model.train_step`` of a compiled ``keras.Model`` run by Python at every call, as Keras's
-    ``run_eagerly`` runs it, returning Keras's running logs as ``train_step_graph(native, per_batch=False)`` does;
-    None on a host that keeps Keras's state functional (JAX: its ``train_step`` takes and returns the state).
-    For ``ud.fit(eager=True)`` with per-step inputs, which ``Model.fit`` cannot take batch by batch (its
-    ``tf.data`` input pipeline refuses a number's rank-0 tensor)."""
+    ``run_eagerly`` runs it, returning Keras's running logs as ``train_step_graph(native, per_batch)`` does (the
+    batch's loss with ``per_batch``); None on a host that keeps Keras's state functional (JAX: its ``train_step``
+    takes and returns the state). For ``ud.fit(eager=True)`` with per-step inputs, which ``Model.fit`` cannot take
+    batch by batch (its ``tf.data`` input pipeline refuses a number's rank-0 tensor), and for ``eager=True`` in a
+    job whose engine runs Keras's step in its replica context (``keras_distributed.in_group``: TensorFlow's
+    strategy), which Keras's eager ``train_on_batch`` and ``Model.fit`` would leave (their gradients summed over
+    no rank): this step runs in it, eagerly, as the compiled one does in its graph."""
     if not HOST.keras_state_in_place:
         return None
-    return _train_step(native, per_batch=False)
+    return _train_step(native, per_batch=per_batch)
 
 
 def _train_step(native, per_batch: bool):

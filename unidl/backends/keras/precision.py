@@ -5,6 +5,8 @@ step, halving the scale; doubling it after ``growth_interval`` finite steps), on
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 
 from unidl.backends.keras import distributed as keras_distributed
@@ -26,9 +28,12 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
     own scaler logic: one overflow check, one scale move and one (unscaled, guarded, clipped) update per window,
     the same rule whether Keras's trainer updates variables in place (``apply``) or threads them as values
     (``stateless_apply``, Keras-on-JAX). In a data-parallel job each rank keeps its own window, reduced over the
-    ranks once, when it closes, before the overflow check (Keras-on-torch's DDP: ``_local_micro_step``; JAX's
-    engine: inside the step, ``keras_distributed.window_in_step``); a step without a window (``accumulate`` 1) on
-    JAX's engine is averaged before that check too, in one all-reduce (``_stateless_apply``)."""
+    ranks once, when it closes, before the overflow check (Keras-on-torch's DDP and TensorFlow's strategy:
+    ``_local_micro_step``, on TensorFlow in the graph traced for the window's last micro-step; JAX's engine: inside
+    the step, ``keras_distributed.window_in_step``); a step without a window (``accumulate`` 1) on JAX's engine is
+    averaged before that check too, in one all-reduce (``_stateless_apply``). Replicas of one process
+    (``init(devices=...)``) share one window, the job's gradients added to it once per micro-step
+    (``_apply_once``)."""
 
     _window_size = 1
     _closing_finite = None  # (the closing window's finite flag while Keras's apply of its sums runs: check_finite)
@@ -164,24 +169,38 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
             # check reads the optimizer's gradients only, as torch's GradScaler unscales only those)
             grads, trainable_variables, _ = own_gradients(self.inner_optimizer, grads, list(trainable_variables))
         accumulate = getattr(self, "_window_size", 1)
-        if accumulate == 1 and keras_distributed.replicas_in_process():
-            return self._apply_once(grads, trainable_variables)
+        if keras_distributed.replicas_in_process():
+            return self._apply_once(grads, trainable_variables, accumulate)
         if accumulate == 1:
             return super().apply(grads, trainable_variables)
         variables = list(trainable_variables) if trainable_variables is not None else list(self._trainable_variables)
         grads = [None if g is None else dense_gradient(g) for g in grads]  # (an Embedding's rows: summed into totals)
+        local = keras_distributed.accumulates_locally()  # this rank's window, reduced over the ranks at its end
+        if local:
+            inner = self.inner_optimizer
+            indices = [inner._get_variable_index(v) for v in variables]
+            # a parameter read only by a loop or branch that did not run has no gradient (NativeOptimizer.apply)
+            reads = HOST.gradient_conditions(variables, grads, agree=False)
+            # every write of the micro-step waits for its gradients and loss (a value check failed in the forward:
+            # none)
+            with self._this_micro_step(), HOST.after([*grads, inner._step_loss]):
+                self._local_micro_step(grads, variables, indices, [self._window[i] for i in indices], reads,
+                                       accumulate)
+            return
+        self._micro_step(grads, variables, accumulate, lambda sums: super(LossScaleOptimizer, self).apply(
+            sums, variables))
+
+    def _micro_step(self, grads, variables, accumulate, apply):
+        """A micro-step of the window of this process (one replica, or several that share it: run once for them,
+        on the job's gradients): ``grads`` added to the window, and at its last micro-step the window's sums handed
+        to ``apply`` (Keras's scaler logic: one overflow check, one scale move, one update), the window emptied."""
         inner = self.inner_optimizer
         indices = [inner._get_variable_index(v) for v in variables]
         totals = [self._window[i] for i in indices]
-        local = keras_distributed.accumulates_locally()  # this rank's window, reduced over the ranks at its end
         # a parameter read only by a loop or branch that did not run has no gradient (NativeOptimizer.apply)
-        reads = HOST.gradient_conditions(variables, grads, agree=not local)
+        reads = HOST.gradient_conditions(variables, grads)
         # every write of the micro-step waits for its gradients and loss (a value check failed in the forward: none)
-        computed = [*grads, self.inner_optimizer._step_loss]
-        if local:
-            with self._this_micro_step(), HOST.after(computed):
-                self._local_micro_step(grads, variables, indices, totals, reads, accumulate)
-            return
+        computed = [*grads, inner._step_loss]
         self.set_window_position(None)  # (the count moves on the device)
         flags = {i: self._window_has_gradient[i] for i, g, read in zip(indices, grads, reads)
                  if g is None or read is not None}
@@ -203,8 +222,7 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
             # one in an earlier micro-step (its flag), else keeps its value and slots (NativeOptimizer's rule)
             sums = [keras.ops.convert_to_tensor(t) for t in totals]
             had = {i: keras.ops.convert_to_tensor(flag) for i, flag in flags.items()}
-            inner._with_window_rule(had, lambda: self._apply_closing(
-                finite, lambda: super(LossScaleOptimizer, self).apply(sums, variables)))
+            inner._with_window_rule(had, lambda: self._apply_closing(finite, lambda: apply(sums)))
             for total, index in zip(totals, indices):
                 total.assign(keras.ops.zeros_like(total))
                 self._window_has_gradient[index].assign(keras.ops.convert_to_tensor(False))
@@ -217,18 +235,25 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
 
         keras.ops.cond(closes, update, wait)
 
-    def _apply_once(self, grads, trainable_variables):
+    def _apply_once(self, grads, trainable_variables, accumulate):
         """``apply`` where several replicas of this process share the variables (``init(devices=...)``): the
         job's gradients and loss in one all-reduce in each replica (``job_gradients``), then Keras's overflow check,
         scale move and the guarded update once for all of them (``keras_distributed.update_once``, as the
         tensorflow backend's loss scaler under its ``MirroredStrategy``): the collective cannot run inside the
-        check's conditional there (``merge_call`` inside a ``tf.cond``)."""
+        check's conditional there (``merge_call`` inside a ``tf.cond``). With ``accumulate`` N > 1 the job's
+        gradients are added once to the one window the replicas share (``_micro_step``), which at its last
+        micro-step runs the same check, move and update on its sums, as one device's window."""
         inner = self.inner_optimizer
         variables = list(trainable_variables) if trainable_variables is not None else list(self._trainable_variables)
+        if accumulate > 1:
+            grads = [None if g is None else dense_gradient(g) for g in grads]  # (as apply's window)
         loss, grads, present = inner.job_gradients(inner._step_loss, grads, variables)
         with inner.applying_the_jobs(loss, present):
             # (Keras's rule without its TensorFlow entry, which refuses the cross-replica context it runs in here)
-            return keras_distributed.update_once(lambda: self._common_apply(grads, trainable_variables))
+            if accumulate == 1:
+                return keras_distributed.update_once(lambda: self._common_apply(grads, trainable_variables))
+            return keras_distributed.update_once(lambda: self._micro_step(
+                grads, variables, accumulate, lambda sums: self._common_apply(sums, variables)))
 
     @property
     def window_size(self) -> int:
@@ -257,8 +282,12 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
             return
         self._window_finite.assign(keras.ops.convert_to_tensor(True))
         sums, flags, job_finite = closed
-        inner._with_window_rule(flags, lambda: self._apply_closing(
-            job_finite, lambda: super(LossScaleOptimizer, self).apply(sums, variables)))
+        # on TensorFlow's strategy the job's sums and flag are in hand (reduce_window): Keras's overflow check and
+        # the update inside its conditional reduce nothing again (a second sum, and a collective inside the cond);
+        # DDP's (Keras-on-torch) reductions there are none already
+        with (inner.applying_the_jobs(None, None) if keras_distributed.in_group() else contextlib.nullcontext()):
+            inner._with_window_rule(flags, lambda: self._apply_closing(
+                job_finite, lambda: super(LossScaleOptimizer, self).apply(sums, variables)))
 
     def checkpointed(self):
         """This scaler's scale as a ``unidl.training.LossScaler`` (the optimizer's checkpointed state): Keras's
@@ -304,23 +333,10 @@ def keras_optimizer(optimizer, precision, accumulate=1):
     every step of it with this ``accumulate`` and precision adds to the same variables)."""
     from unidl.training import accumulation_window, loss_scale_storage, variable_window
 
-    if precision is not None and accumulate > 1:  # (the tensorflow backend's refusal, with its reason: a window
-        # that every replica of one process would add to)
-        keras_distributed.refuse_replicas_in_process(f"precision={precision.name!r} with accumulate={accumulate}")
     if precision is None or not precision.scales_loss:
         if accumulate > 1:
             accumulation_window(optimizer, accumulate, precision, lambda: optimizer.native.window(accumulate))
         return optimizer.native
-
-    if accumulate > 1 and keras_distributed.in_group():
-        from unidl.errors import DistributedError
-
-        raise DistributedError(
-            f"precision={precision.name!r} with accumulate={accumulate} is not available in a data-parallel job on "
-            f"Keras-on-{HOST.name}: Keras's loss scaler updates inside a conditional, where the engine's "
-            f"all-reduce cannot run (TensorFlow: merge_call inside a cond); use precision='bf16-mixed' or "
-            f"accumulate=1 there, or the {HOST.name} backend or KERAS_BACKEND=torch, which accumulate float16 in a "
-            f"job")
 
     def create():
         with floatx("float32"):

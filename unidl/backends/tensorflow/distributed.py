@@ -157,7 +157,6 @@ class Engine:
     update_once = staticmethod(lambda update: update_once(update))
     writes_state_here = staticmethod(lambda: writes_state_here())
     share_loss_weight = staticmethod(lambda: share_loss_weight())
-    refuse_replicas_in_process = staticmethod(lambda what: refuse_replicas_in_process(what))
 
     def stop(self):
         global _strategy
@@ -292,15 +291,6 @@ def update_once(update):
     return tf.distribute.get_replica_context().merge_call(lambda _: update())
 
 
-def refuse_replicas_in_process(what: str) -> None:
-    """Raise ``DistributedError`` for ``what``, a training setting whose state changes in every replica of a
-    ``MirroredStrategy`` (so N replicas would change it N times); nothing outside one."""
-    if _replicas_in_process():
-        raise DistributedError(f"{what} is not available with several devices in one process "
-                               f"(unidl.distributed.init(devices=...)); train one process per device "
-                               f"(unidl.distributed.launch), or leave it out")
-
-
 def module_state(model) -> list:
     """The parameters and buffers of a unidl module (none for another callable)."""
     if not hasattr(model, "named_parameters"):
@@ -309,9 +299,10 @@ def module_state(model) -> list:
 
 
 def require_replica_context() -> None:
-    """In a group, outside the strategy's replica context (a step unidl did not build, Keras's eager
-    ``train_on_batch``): a ``DistributedError``, as that step would train on this rank's gradients alone;
-    nothing inside it, or outside a group."""
+    """In a group, outside the strategy's replica context (a step unidl did not build: Keras's own
+    ``train_on_batch`` or ``Model.fit`` called on a unidl model's ``keras.Model``): a ``DistributedError``, as that
+    step would train on this rank's gradients alone; nothing inside it, or outside a group. (unidl's steps run in
+    it, ``eager=True`` too: ``data_parallel`` called eagerly runs the step through ``strategy.run`` eagerly.)"""
     if _strategy is None:
         return
     if not tf.distribute.has_strategy() or tf.distribute.get_strategy() is not _strategy \
@@ -319,8 +310,8 @@ def require_replica_context() -> None:
         raise DistributedError(
             "a training step of this data-parallel job runs outside the replica context of its "
             f"tf.distribute.{type(_strategy).__name__}, so its gradients would not be averaged over the ranks (or "
-            "devices): train with ud.train_step or ud.fit (on keras compiled: its eager train_on_batch, eager=True, "
-            "is not data-parallel)")
+            "devices): train with ud.train_step or ud.fit (eager=True too), not Keras's own train_on_batch or "
+            "Model.fit")
 
 
 def reduce_in_step(values, op="mean"):
@@ -328,8 +319,8 @@ def reduce_in_step(values, op="mean"):
     the strategy's all-reduce, in one batched collective; the values themselves outside a group.
 
     Called inside a step that ``data_parallel`` runs. In a group but outside the strategy's replica context
-    (a step unidl did not build, Keras's eager ``train_on_batch``), this raises: that step would train on
-    this rank's gradients alone."""
+    (a step unidl did not build: Keras's own ``train_on_batch``), this raises: that step would train on this
+    rank's gradients alone."""
     if _strategy is None:
         return list(values)
     require_replica_context()

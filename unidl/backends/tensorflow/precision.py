@@ -11,8 +11,7 @@ from unidl.nn.module import trainable_mask
 from unidl.precision import BACKOFF_FACTOR, GROWTH_FACTOR, autocast_modules, modules_of
 from unidl.backends.tensorflow import ops as tf_ops
 from unidl.backends.tensorflow.distributed import (accumulates_locally, average_gradients, data_parallel,
-                                                   module_state, reduce_in_step, refuse_replicas_in_process,
-                                                   update_once)
+                                                   module_state, reduce_in_step, update_once)
 from unidl.backends.tensorflow.function import PerModeGraphs, to_graph_input
 from unidl.backends.tensorflow.control_flow import gradient_conditions
 from unidl.backends.tensorflow.optimizer import assign_numpy, finite_marker, read_numpy
@@ -150,8 +149,7 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
         scaler = (loss_scale_storage(optimizer, precision, lambda: LossScale(precision)) if precision.scales_loss
                   else None)
     window = None
-    if accumulate > 1:  # its window variables would be added to by every replica of one process
-        refuse_replicas_in_process(f"precision={precision.name!r} with accumulate={accumulate}")
+    if accumulate > 1:
         from unidl.training import accumulation_window
 
         def create():
@@ -197,16 +195,20 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
                                       for index, flag in enumerate(has_gradient)])
             else:
                 native.finite.assign(True)
-        else:
-            reads = gradient_conditions(params, grads)  # (a loop that did not run: no gradient, as PyTorch's)
-            count = window.add(grads, checked, reads)
-
-            def wait():  # a micro-step inside the window: nothing skipped yet
-                native.finite.assign(True)
-                return tf.constant(True)
-
-            tf.cond(count >= accumulate, lambda: update(*window.take(mask, grads, reads)), wait)
+        else:  # one process (several devices in it: the replicas' mean gradients, added to the one window once)
+            update_once(lambda: micro_step(mask, grads, checked))
         return (loss, outputs) if with_outputs else loss
+
+    def micro_step(mask, grads, checked):
+        """A micro-step of the window in this process: added, and the window's update at its last."""
+        reads = gradient_conditions(params, grads)  # (a loop that did not run: no gradient, as PyTorch's)
+        count = window.add(grads, checked, reads)
+
+        def wait():  # a micro-step inside the window: nothing skipped yet
+            native.finite.assign(True)
+            return tf.constant(True)
+
+        return tf.cond(count >= accumulate, lambda: update(*window.take(mask, grads, reads)), wait)
 
     step = data_parallel(step, module_state(model))  # in a process group: the strategy's replica context
     if eager:
