@@ -676,6 +676,39 @@ def test_load_weights_whose_read_fails_after_the_checks_changes_nothing(tmp_path
     assert _bits(model.state_dict()) == saved
     with pytest.raises(TypeError, match="staged must be True or False, got 'False'"):
         ud.load_weights(model, path, staged="False")
+    ud.load_weights(_stateful_model(1), path, staged=np.False_)  # (a NumPy bool, as torch's flags take it)
+
+
+def test_load_weights_whose_write_fails_says_which_tensors_it_wrote(tmp_path, backend, monkeypatch):
+    """Staged, every read passes before the first write; a write that fails then (a device's allocation, Ctrl-C
+    between two tensors) leaves the tensors before it loaded, and the error's note says which, and that the reads had
+    passed (it said nothing: the model was silently partly loaded)."""
+    path = tmp_path / "model.safetensors"
+    ud.save(_stateful_model(0), path)
+    saved = _bits(load_file(path)[0])
+    model = _stateful_model(1)
+    before = _bits(model.state_dict())
+    keys = list(before)
+    backend_class, writes = type(model._backend), []
+    assign = backend_class.assign
+
+    def failing(self, variable, value):
+        writes.append(variable)
+        if len(writes) == len(keys):  # (the last tensor's write)
+            raise MemoryError("out of device memory")
+        return assign(self, variable, value)
+
+    monkeypatch.setattr(backend_class, "assign", failing)
+    with pytest.raises(MemoryError) as failed:
+        ud.load_weights(model, path)
+    monkeypatch.undo()
+    note = "\n".join(getattr(failed.value, "__notes__", []))
+    assert (f"Sequential is partly loaded: {len(keys) - 1} of the {len(keys)} tensors loaded from {str(path)!r} "
+            f"({', '.join(keys[:4])}, ...) were written before this error, the others keep their earlier values "
+            f"(every tensor was read and verified before the first write") in note, note
+    after = _bits(model.state_dict())
+    assert {key for key in keys if after[key] == saved[key]} == set(keys[:-1])
+    assert after[keys[-1]] == before[keys[-1]]
 
 
 @pytest.mark.parametrize("fault", ["OSError", "MemoryError", "changed"])
@@ -698,9 +731,9 @@ def test_load_weights_whose_read_fails_after_the_checks_says_which_tensors_it_wr
     with pytest.raises(raised, match="the bytes of tensor '2.bias'" if fault == "changed" else None) as failed:
         ud.load_weights(model, path, staged=False)
     note = "\n".join(getattr(failed.value, "__notes__", []))
-    assert (f"Sequential is partly loaded: {len(written)} of the {len(keys)} tensors that ud.load_weights loads from "
-            f"{str(path)!r} ({', '.join(written[:4])}, ...) were written before this error, the others keep their "
-            f"earlier values") in note, note
+    assert (f"Sequential is partly loaded: {len(written)} of the {len(keys)} tensors loaded from {str(path)!r} "
+            f"({', '.join(written[:4])}, ...) were written before this error, the others keep their earlier values "
+            f"(after its checks, which passed, each tensor is read as it is written") in note, note
     after = _bits(model.state_dict())
     assert {key for key in keys if after[key] == saved[key]} == set(written)
     assert {key for key in keys if after[key] == before[key]} == {last}

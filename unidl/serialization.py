@@ -16,6 +16,7 @@ import re
 
 import numpy as np
 
+from unidl import arguments
 from unidl.errors import CorruptFileError, StateDictError, UnknownModelError, UnsafeFormatError
 from unidl.io.safetensors import SafetensorsFile, check_readable_file, is_safetensors, load_file, save_file
 from unidl.nn import loading
@@ -490,9 +491,9 @@ class ModelLoad:
             with restored_on_failure(self.model) if self.restore else contextlib.nullcontext(False) as undone:
                 stream_into(self.model, keys, take, written)
         except BaseException as error:
-            if written and staged is None and self.restore and not undone:
+            if written and self.restore and not undone:
                 try:
-                    note = _partly_loaded(self.model, self.reader.path, keys, written)
+                    note = _partly_loaded(self.model, self.reader.path, self.names, written, staged is not None)
                 except Exception:  # (a note that cannot be made never replaces the error it would explain)
                     note = None
                 if note is not None:
@@ -501,16 +502,19 @@ class ModelLoad:
         return self.keys
 
 
-def _partly_loaded(model, path: str, keys, written: list[str]) -> str:
-    """The note on an error raised while ``ud.load_weights`` streamed a checked file into an existing model after
-    it had written ``written``: nothing holds those tensors' earlier values (the memory bound of one tensor beyond
-    the model), so the user is told which changed rather than left to find out."""
+def _partly_loaded(model, path: str, keys, written: list[str], staged: bool) -> str:
+    """The note on an error raised while a checked file was written into an existing model after ``written``:
+    streamed (``ud.load_weights(staged=False)``), nothing holds those tensors' earlier values (the memory bound of
+    one tensor beyond the model); staged, every read had passed and a write failed (a device's allocation, Ctrl-C).
+    Either way the user is told which tensors changed rather than left to find out."""
     total = sum(1 for key, _ in model._state_variables(extra_state="set_extra_state") if key in keys)
     shown = ", ".join(written[:4]) + (", ..." if len(written) > 4 else "")
-    return (f"{type(model).__name__} is partly loaded: {len(written)} of the {total} tensors that ud.load_weights "
-            f"loads from {path!r} ({shown}) were written before this error, the others keep their earlier values "
-            f"(after its checks, which passed, each tensor is read as it is written, so that no copy of the model is "
-            f"held); load the file again once it reads")
+    how = ("every tensor was read and verified before the first write; this error came while they were written"
+           if staged else "after its checks, which passed, each tensor is read as it is written, so that no copy of "
+           "the model is held")
+    return (f"{type(model).__name__} is partly loaded: {len(written)} of the {total} tensors loaded from {path!r} "
+            f"({shown}) were written before this error, the others keep their earlier values ({how}); load the "
+            f"file again")
 
 
 def checked_load(model, reader: SafetensorsFile, names: dict[str, str], strict: bool = True,
@@ -758,7 +762,8 @@ def load_weights(model, path, strict: bool = True, *, allow_pickle: bool = False
     verified again, before the first write, so that a read that fails after the checks (an I/O error, a
     ``MemoryError``, the file changed in place by another program) leaves the model as it was, as
     ``load_checkpoint`` does; the writes then free each staged tensor (or adopt it as its variable's memory) as they
-    go. ``staged=False`` is for a model whose second copy does not fit in memory: the tensors are read into the
+    go (a write that fails, a device's allocation or Ctrl-C between two tensors, leaves those before it loaded,
+    named in the error's note). ``staged=False`` is for a model whose second copy does not fit in memory: the tensors are read into the
     model one at a time, module by module as ``load_state_dict`` loads them (torch's order: a module's variables
     and ``set_extra_state``, then its children's), so that the load holds about one tensor beyond the model; a read
     that fails after the checks then leaves the tensors before it loaded, and the error's note names them: nothing
@@ -771,8 +776,7 @@ def load_weights(model, path, strict: bool = True, *, allow_pickle: bool = False
 
     if not isinstance(model, Module):
         raise TypeError(f"ud.load_weights expects a unidl.nn.Module, got {type(model).__name__}")
-    if not isinstance(staged, bool):  # (a string "False" would stage: the flag rule of train_step's check_finite)
-        raise TypeError(f"ud.load_weights' staged must be True or False, got {staged!r}")
+    staged = arguments.boolean("ud.load_weights", "staged", staged)  # (a string "False" would stage)
     path = check_readable_file(path)
     if not is_safetensors(path):
         state, _ = read_weights(path, allow_pickle=allow_pickle)

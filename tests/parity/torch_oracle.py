@@ -187,5 +187,5 @@ def compare_table(cases: dict[str, Case], backend: str, dtype: str, modes=("eage
 TWO_RUNS = [("float32", ("ud.function",)), ("float64", ("eager",))]
 RUNS = [("float32", ("ud.function", "eager")), ("float64", ("eager", "ud.function"))]
 if os.environ.get("UNIDL_TEST_KERAS_ONLY", "") not in ("", "0") and \
-        os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        (os.environ.get("KERAS_BACKEND") or "tensorflow") != "tensorflow":
     RUNS = TWO_RUNS

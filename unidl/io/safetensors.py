@@ -400,7 +400,9 @@ class SafetensorsFile:
         dtype_name, shape = self.entries[name]
         buffer = self._read_bytes(name)
         if dtype_name == "BF16":
-            upper = buffer.view("<u2").astype(np.uint32) << 16
+            upper = buffer.view("<u2").astype(np.uint32)
+            del buffer  # (the bytes freed before the float32 array is made: one widened copy at a time)
+            np.left_shift(upper, 16, out=upper)
             return upper.view(np.float32).reshape(shape)
         array = buffer.view(DTYPES[dtype_name]).reshape(shape)
         return array.astype(array.dtype.newbyteorder("="), copy=False)
