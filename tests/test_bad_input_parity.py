@@ -7,6 +7,7 @@ sample) give PyTorch's values. See docs/guarantees.md, "Behaviour that is the sa
 import itertools
 import os
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -753,6 +754,52 @@ def test_a_class_weight_of_another_dtype_than_the_logits_is_one_error_beside_lab
                                    torch.tensor(weight), label_smoothing=smoothing)
         assert wide_loss.dtype == np.float64 and expected.dtype == torch.float64
         np.testing.assert_allclose(wide_loss, expected.numpy(), rtol=1e-6)
+
+
+#: (a loss module holding weights w (3,), torch.nn's, what it takes: logits and labels or 0/1 targets)
+WEIGHTED_LOSSES = {
+    "CrossEntropyLoss": (lambda w: ud.nn.CrossEntropyLoss(weight=w, label_smoothing=0.1),
+                         lambda w: torch.nn.CrossEntropyLoss(weight=w, label_smoothing=0.1), "labels"),
+    "NLLLoss": (lambda w: ud.nn.NLLLoss(weight=w), lambda w: torch.nn.NLLLoss(weight=w), "labels"),
+    "MultiMarginLoss": (lambda w: ud.nn.MultiMarginLoss(weight=w), lambda w: torch.nn.MultiMarginLoss(weight=w),
+                        "labels"),
+    "BCEWithLogitsLoss": (lambda w: ud.nn.BCEWithLogitsLoss(weight=w, pos_weight=w),
+                          lambda w: torch.nn.BCEWithLogitsLoss(weight=w, pos_weight=w), "targets"),
+    "BCELoss": (lambda w: lambda x, t: ud.nn.BCELoss(weight=w)(ud.ops.sigmoid(x), t),
+                lambda w: lambda x, t: torch.nn.BCELoss(weight=w)(torch.sigmoid(x), t), "targets"),
+    "MultiLabelSoftMarginLoss": (lambda w: ud.nn.MultiLabelSoftMarginLoss(weight=w),
+                                 lambda w: torch.nn.MultiLabelSoftMarginLoss(weight=w), "targets"),
+}
+
+
+def test_a_weighted_loss_built_inside_a_function_gives_torchs_value(mode):
+    """A loss module holding weights (a class ``weight``, ``pos_weight``) built inside ``ud.function``, as a torch
+    step may build it, with the weight a tensor passed to the function, one made in it, or a NumPy array, gives
+    torch.nn's value on every backend, as ``ud.ops.cross_entropy_loss`` with the weight does: tensorflow and keras
+    raised a ``GraphConstructError`` whose advice (read values outside, write the ``if`` on the tensor; or build
+    the module outside) did not fit, and jax ran the function eagerly with a warning. Made while a graph is
+    traced, the loss holds the weight as a tensor of that graph."""
+    x, labels = X[0, 0, :4, :3], np.array([0, 2, 1, 2])
+    targets = np.array([[1, 0, 1], [0, 0, 1], [1, 1, 0], [0, 1, 0]], np.float32)
+    weight = np.array([1.0, 2.0, 0.5], np.float32)
+    sources = {"passed": lambda w: w, "made inside": lambda w: ud.tensor(weight), "NumPy": lambda w: weight}
+    rows = [(name, source) for name in WEIGHTED_LOSSES for source in sources]
+
+    def loss_of(name, source):
+        make, _, target = WEIGHTED_LOSSES[name]
+        return lambda x, y, t, w: make(sources[source](w))(x, y if target == "labels" else t)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ud.RetraceWarning)  # (not run eagerly instead of compiled)
+        got = run_each(mode, [loss_of(*row) for row in rows], x, labels, targets, weight)
+
+    def check(row):
+        name, source = row
+        _, make, target = WEIGHTED_LOSSES[name]
+        expected = make(torch.tensor(weight))(torch.tensor(x), torch.tensor(labels if target == "labels" else targets))
+        np.testing.assert_allclose(got[rows.index(row)], expected.numpy(), rtol=1e-5)
+
+    check_rows(rows, check)
 
 
 def test_argmax_counts_nan_as_the_largest_value(mode):
