@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from unidl import arguments, config, ctc, input_checks, loss_ops, ops as functional, tensors
+from unidl import arguments, config, ctc, input_checks, loss_ops, ops as functional
 from unidl.errors import DtypeMismatchError, LossShapeError
 from unidl.dtype_kinds import dtype_name, holds_floats, is_floating
 from unidl.nn.distance import PairwiseDistance
@@ -97,21 +97,22 @@ def _weight_buffer(loss, name: str, value, check_shape=None) -> None:
     force, a buffer as in PyTorch's ``state_dict()``, or None. ``check_shape``: called with the weight's shape (a
     tuple; None for a size a graph leaves unknown, which the op checks when it runs) to raise for a wrong one.
 
-    A loss made while a graph is traced (inside ``ud.function``: torch's idiom of a loss built in the step) keeps
-    the weight as a tensor of that graph instead, its constant or its input: a tensor made in or passed to the
-    function has no value to copy into a buffer until the graph runs, and a TensorFlow graph cannot create a
-    variable at each trace. It takes the values the buffer would; ``state_dict()`` has no entry for it there."""
+    A symbolic tensor, one made in or passed to a function that a graph is traced from (a loss built inside
+    ``ud.function``, as a torch step may build it), has no value to copy into a buffer until the graph runs: the
+    loss holds it as it is, a tensor of that graph, in the float dtype in force, and has no buffer of it (as the
+    op ``ud.ops.cross_entropy_loss`` takes it)."""
     if value is None:
         setattr(loss, name, None)
         return
     backend = loss._backend
-    weight = value if backend.is_tensor(value) else tensors.tensor(np.asarray(to_numpy(value), dtype=np.float64))
+    symbolic = backend.is_tensor(value) and not backend.is_concrete(value)
+    weight = value if symbolic else np.asarray(to_numpy(value), dtype=np.float64)
     if check_shape is not None:
         check_shape(tuple(weight.shape))
-    if backend.is_concrete(weight):
-        loss.register_buffer(name, np.asarray(to_numpy(weight), dtype=np.float64))
-    else:
+    if symbolic:
         setattr(loss, name, functional.cast(weight, config.get_dtype()))
+    else:
+        loss.register_buffer(name, weight)
 
 
 def _class_weight_buffer(loss, weight) -> None:

@@ -484,7 +484,8 @@ class GraphFunction:
                     raise GraphConstructError(
                         f"a module built (its variables created) inside ud.function {self.__name__!r} on tensorflow: "
                         f"a TensorFlow graph cannot create variables at each call. Build the module once outside "
-                        f"the function and call it inside") from None
+                        f"the function and call it inside (a loss's weight given as a tensor, ud.tensor(weight), "
+                        f"needs no variable: the loss holds it as a tensor of the graph)") from None
                 raise
             raise marked from None
         if keep:
