@@ -451,6 +451,7 @@ class LinearCrossEntropyLoss(_Loss):
         loss_ops.refuse_chunking(owner, options)
         label_smoothing = loss_ops.linear_label_smoothing(owner, label_smoothing)
         super().__init__(reduction)
+
         def check_shape(shape):  # (a size a graph leaves unknown: the cross-entropy op's to check)
             if len(shape) != 1 or shape[0] not in (num_classes, None):
                 raise LossShapeError(f"{owner} needs a weight of shape {(num_classes,)} (one per class), got {shape}")
@@ -470,8 +471,6 @@ class LinearCrossEntropyLoss(_Loss):
                 f"out_features={self.out_features}, bias={self.linear.bias is not None}, "
                 f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, "
                 f"label_smoothing={self.label_smoothing}, options=None")
-
-
 
 
 class MultiLabelSoftMarginLoss(_Loss):
