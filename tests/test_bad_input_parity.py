@@ -126,10 +126,11 @@ def test_an_input_of_another_rank_names_its_shape_in_a_graph_too(mode):
     """A layer's input of a rank it does not take names the input's shape in a graph as eagerly: a TensorFlow graph
     (tensorflow, Keras-on-TensorFlow), traced for any sizes of a rank, refuses the rank while tracing, and named
     ``(None, None)``; the function is then traced once more for the call's exact shapes, in a graph that never
-    runs, whose error names them."""
+    runs, whose error names them (a ``ud.function`` called in it, traced for any sizes too, likewise)."""
     conv1d, conv2d, pool = ud.nn.Conv1d(2, 4, 3), ud.nn.Conv2d(2, 4, 3), ud.nn.MaxPool2d(2)
-    raises_exactly(ud.ShapeMismatchError, "Conv2d(2, 4, kernel_size=(3, 3), stride=(1, 1)) expected input of shape "
-                   "(N, 2, H, W) or (2, H, W), received (3, 5)", lambda: run(mode, conv2d, X[0, 0, :3]))
+    for call in (conv2d, ud.function(lambda t: conv2d(t))):  # (a compiled function's, called inside one's too)
+        raises_exactly(ud.ShapeMismatchError, "Conv2d(2, 4, kernel_size=(3, 3), stride=(1, 1)) expected input of "
+                       "shape (N, 2, H, W) or (2, H, W), received (3, 5)", lambda: run(mode, call, X[0, 0, :3]))
     raises_exactly(ud.ShapeMismatchError, "Conv1d(2, 4, kernel_size=(3,), stride=(1,)) expected input of shape "
                    "(N, 2, L) or (2, L), received (1, 2, 4, 5)", lambda: run(mode, conv1d, X[:1, :, :4]))
     raises_exactly(ud.ShapeMismatchError, "MaxPool2d(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False) "

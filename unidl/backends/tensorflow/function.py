@@ -547,7 +547,8 @@ class GraphFunction:
                     try:
                         graph = self._graph_for(key, statics, packing)
                     except ShapeMismatchError:  # (raised while tracing for any sizes: a rank, a size known then)
-                        if not _exact_shapes(key) and tf.executing_eagerly():
+                        # (sizes known: an eager call, or one in the exact trace of a function calling this one)
+                        if not _exact_shapes(key) and all(t.shape.is_fully_defined() for t in tensors):
                             exact = tuple((tuple(t.shape), t.dtype) for t in tensors)
                             self._raise_exact_shape_error((exact, static_key, structures), statics, packing)
                         raise
