@@ -7,6 +7,7 @@ sample) give PyTorch's values. See docs/guarantees.md, "Behaviour that is the sa
 import itertools
 import os
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -119,6 +120,22 @@ def test_pool_window_larger_than_the_padded_input(mode):
     raises_exactly(ud.ShapeMismatchError, "avg_pool2d: kernel height 3 is larger than the padded input height 2 "
                    "(input shape (1, 2, 2, 2)); use a smaller kernel, more padding or a larger input",
                    run, mode, lambda x: ud.ops.avg_pool2d(x, 3), SMALL)
+
+
+def test_an_input_of_another_rank_names_its_shape_in_a_graph_too(mode):
+    """A layer's input of a rank it does not take names the input's shape in a graph as eagerly: a TensorFlow graph
+    (tensorflow, Keras-on-TensorFlow), traced for any sizes of a rank, refuses the rank while tracing, and named
+    ``(None, None)``; the function is then traced once more for the call's exact shapes, in a graph that never
+    runs, whose error names them (a ``ud.function`` called in it, traced for any sizes too, likewise)."""
+    conv1d, conv2d, pool = ud.nn.Conv1d(2, 4, 3), ud.nn.Conv2d(2, 4, 3), ud.nn.MaxPool2d(2)
+    for call in (conv2d, ud.function(lambda t: conv2d(t))):  # (a compiled function's, called inside one's too)
+        raises_exactly(ud.ShapeMismatchError, "Conv2d(2, 4, kernel_size=(3, 3), stride=(1, 1)) expected input of "
+                       "shape (N, 2, H, W) or (2, H, W), received (3, 5)", lambda: run(mode, call, X[0, 0, :3]))
+    raises_exactly(ud.ShapeMismatchError, "Conv1d(2, 4, kernel_size=(3,), stride=(1,)) expected input of shape "
+                   "(N, 2, L) or (2, L), received (1, 2, 4, 5)", lambda: run(mode, conv1d, X[:1, :, :4]))
+    raises_exactly(ud.ShapeMismatchError, "MaxPool2d(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False) "
+                   "expected NCHW input of rank 4 (or one sample (C, H, W)), received shape (1, 1, 2, 4, 5)",
+                   lambda: run(mode, pool, X[None, :, :, :4]))
 
 
 # ---- c. pool padding larger than half the kernel -----------------------------------------------------------------
@@ -753,6 +770,53 @@ def test_a_class_weight_of_another_dtype_than_the_logits_is_one_error_beside_lab
                                    torch.tensor(weight), label_smoothing=smoothing)
         assert wide_loss.dtype == np.float64 and expected.dtype == torch.float64
         np.testing.assert_allclose(wide_loss, expected.numpy(), rtol=1e-6)
+
+
+#: (a loss module holding weights w (3,), torch.nn's, what it takes: logits and labels or 0/1 targets)
+WEIGHTED_LOSSES = {
+    "CrossEntropyLoss": (lambda w: ud.nn.CrossEntropyLoss(weight=w, label_smoothing=0.1),
+                         lambda w: torch.nn.CrossEntropyLoss(weight=w, label_smoothing=0.1), "labels"),
+    "NLLLoss": (lambda w: ud.nn.NLLLoss(weight=w), lambda w: torch.nn.NLLLoss(weight=w), "labels"),
+    "MultiMarginLoss": (lambda w: ud.nn.MultiMarginLoss(weight=w), lambda w: torch.nn.MultiMarginLoss(weight=w),
+                        "labels"),
+    "BCEWithLogitsLoss": (lambda w: ud.nn.BCEWithLogitsLoss(weight=w, pos_weight=w),
+                          lambda w: torch.nn.BCEWithLogitsLoss(weight=w, pos_weight=w), "targets"),
+    "BCELoss": (lambda w: lambda x, t: ud.nn.BCELoss(weight=w)(ud.ops.sigmoid(x), t),
+                lambda w: lambda x, t: torch.nn.BCELoss(weight=w)(torch.sigmoid(x), t), "targets"),
+    "MultiLabelSoftMarginLoss": (lambda w: ud.nn.MultiLabelSoftMarginLoss(weight=w),
+                                 lambda w: torch.nn.MultiLabelSoftMarginLoss(weight=w), "targets"),
+}
+
+
+def test_a_weighted_loss_built_inside_a_function_gives_torchs_value(mode):
+    """A loss module holding weights (a class ``weight``, ``pos_weight``) built inside ``ud.function``, as a torch
+    step may build it, with the weight a tensor passed to the function or made in it, gives torch.nn's value on
+    every backend, as ``ud.ops.cross_entropy_loss`` with the weight does: tensorflow and keras raised a
+    ``GraphConstructError`` whose advice (read values outside the function, write the ``if`` on the tensor) did
+    not fit, and jax ran the function eagerly with a warning. The loss holds such a weight as the tensor of the
+    graph it is. (A NumPy weight becomes a buffer there too, a variable that a TensorFlow graph cannot create:
+    tests/test_function.py.)"""
+    x, labels = X[0, 0, :4, :3], np.array([0, 2, 1, 2])
+    targets = np.array([[1, 0, 1], [0, 0, 1], [1, 1, 0], [0, 1, 0]], np.float32)
+    weight = np.array([1.0, 2.0, 0.5], np.float32)
+    sources = {"passed": lambda w: w, "made inside": lambda w: ud.tensor(weight)}
+    rows = [(name, source) for name in WEIGHTED_LOSSES for source in sources]
+
+    def loss_of(name, source):
+        make, _, target = WEIGHTED_LOSSES[name]
+        return lambda x, y, t, w: make(sources[source](w))(x, y if target == "labels" else t)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ud.RetraceWarning)  # (not run eagerly instead of compiled)
+        got = run_each(mode, [loss_of(*row) for row in rows], x, labels, targets, weight)
+
+    def check(row):
+        name, source = row
+        _, make, target = WEIGHTED_LOSSES[name]
+        expected = make(torch.tensor(weight))(torch.tensor(x), torch.tensor(labels if target == "labels" else targets))
+        np.testing.assert_allclose(got[rows.index(row)], expected.numpy(), rtol=1e-5)
+
+    check_rows(rows, check)
 
 
 def test_argmax_counts_nan_as_the_largest_value(mode):

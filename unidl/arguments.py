@@ -15,6 +15,8 @@ import numbers
 
 import numpy as np
 
+from unidl.dtype_kinds import dtype_name
+
 # a loss's reductions, PyTorch's (``KLDivLoss`` and ``kl_div`` add 'batchmean')
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -258,13 +260,31 @@ def known_number(owner: str, name: str, value):
         raise traced from None
 
 
+def shown(value) -> str:
+    """``value`` as an error message names it: a framework's tensor by its shape and dtype, with its value where it
+    is 0-d and can be read now ('a tensor of shape (2,) and dtype float32', 'a 0-d tensor of dtype float32 holding
+    0.1; give a Python number, float(t)'), in the same words on every backend (a tensor's repr differs by
+    framework: ``tensor(...)``, ``<tf.Tensor ...>``, ``Array(...)``); anything else as its repr."""
+    if isinstance(value, (np.ndarray, np.generic)) or not (hasattr(value, "shape") and hasattr(value, "dtype")):
+        return repr(value)
+    from unidl import config  # (here, not at the top: config imports the backends' registry, which imports this)
+
+    shape, dtype = tuple(value.shape), dtype_name(value.dtype)
+    if shape:
+        return f"a tensor of shape {shape} and dtype {dtype}"
+    backend = config.backend()
+    readable = backend.is_tensor(value) and backend.is_concrete(value) and "bfloat16" not in dtype
+    held = f" holding {str(backend.to_numpy(value)[()])}" if readable else ""  # (bfloat16: Keras's to_numpy refuses it)
+    return f"a 0-d tensor of dtype {dtype}{held}; give a Python number, float(t)"
+
+
 def check_range(owner: str, name: str, value, low=0.0, high=math.inf, low_open=False, high_open=True) -> float:
     """``value`` as a Python float (a NumPy scalar or 0-d array too, as ``torch.optim`` takes them); ``ValueError``
     naming the hyperparameter unless it is a number (not a bool, not NaN) with low <= value < high (bounds as
     asked)."""
     number = real(value)
     if number is None or math.isnan(number):
-        raise ValueError(f"{owner} {name} must be a number, got {value!r}")
+        raise ValueError(f"{owner} {name} must be a number, got {shown(value)}")
     below = number <= low if low_open else number < low
     above = number >= high if high_open else number > high
     if below or above:

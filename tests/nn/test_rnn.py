@@ -277,6 +277,20 @@ def test_bad_lengths_and_states_are_clear_errors(backend):
         ud.nn.LSTM(2, 3, proj_size=2)(x, (ud.tensor(np.zeros((1, 3, 3), np.float32)),) * 2)
 
 
+@pytest.mark.parametrize("name", ["RNN", "GRU"])
+@pytest.mark.parametrize("proj_size", [1, 0])
+def test_a_projection_of_an_rnn_or_gru_is_a_value_error_as_torchs(backend, name, proj_size):
+    """``proj_size`` is the LSTM's: given to ``RNN`` or ``GRU`` (any value, 0 too) it is a ``ValueError``, as torch.nn
+    raises it (it was a ``TypeError``, an unexpected keyword), with torch's words and the class and value given."""
+    with pytest.raises(ValueError, match="proj_size argument is only supported for LSTM, not RNN or GRU"):
+        getattr(torch.nn, name)(3, 4, proj_size=proj_size)
+    with pytest.raises(ValueError) as caught:
+        getattr(ud.nn, name)(3, 4, proj_size=proj_size)
+    assert type(caught.value) is ValueError
+    assert str(caught.value) == (f"{name}: proj_size argument is only supported for LSTM, not RNN or GRU (got "
+                                 f"proj_size={proj_size})")
+
+
 def test_one_layers_dropout_warns_and_flags_are_checked_as_torch(backend):
     """``dropout`` with ``num_layers=1`` does nothing: torch's warning, word for word (it was silent); a string for
     ``bias`` or ``bidirectional`` is an error (it was taken as True)."""

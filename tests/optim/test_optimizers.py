@@ -405,6 +405,25 @@ def test_invalid_hyperparameters(backend, build, message):
         build(Holder().parameters())
 
 
+def test_a_tensor_hyperparameter_is_named_in_the_same_words_on_every_backend(backend):
+    """A framework's tensor given where a number is wanted (``lr``, ``momentum``) is the ``ValueError`` it was on
+    every backend, but its message names the tensor by its shape and dtype (a 0-d one with its value, and the fix),
+    the same words on every backend: it showed each framework's repr (``tensor([...])``, ``<tf.Tensor ...>``,
+    ``Array(...)``)."""
+    params = Holder().parameters()
+    for build, message in [
+        (lambda: ud.optim.SGD(params, lr=ud.tensor(np.array([0.1, 0.2], np.float32))),
+         "SGD lr must be a number, got a tensor of shape (2,) and dtype float32"),
+        (lambda: ud.optim.SGD(params, lr=ud.tensor(np.float32(0.1))),
+         "SGD lr must be a number, got a 0-d tensor of dtype float32 holding 0.1; give a Python number, float(t)"),
+        (lambda: ud.optim.SGD(params, lr=0.1, momentum=ud.tensor(np.zeros((1, 1), np.int64))),
+         "SGD momentum must be a number, got a tensor of shape (1, 1) and dtype int64"),
+    ]:
+        with pytest.raises(ValueError) as caught:
+            build()
+        assert str(caught.value) == message
+
+
 @pytest.mark.parametrize("build, message", [
     (lambda p: ud.optim.RMSprop(p, foreach=True), "RMSprop foreach=True: unidl's RMSprop does not implement it"),
     (lambda p: ud.optim.Adam(p, fused=True), "Adam fused=True: .* takes fused at PyTorch's default only, None or False"),

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from unidl import arguments, ctc, input_checks, loss_ops, ops as functional
+from unidl import arguments, config, ctc, input_checks, loss_ops, ops as functional
 from unidl.errors import DtypeMismatchError, LossShapeError
 from unidl.dtype_kinds import dtype_name, holds_floats, is_floating
 from unidl.nn.distance import PairwiseDistance
@@ -71,11 +71,8 @@ class BCEWithLogitsLoss(_Loss):
         if isinstance(weight, str):  # BCEWithLogitsLoss('sum'): the reduction, positionally
             weight, reduction = None, weight
         super().__init__(reduction)
-        for name, value in (("weight", weight), ("pos_weight", pos_weight)):
-            if value is not None:
-                self.register_buffer(name, np.asarray(to_numpy(value), dtype=np.float64))
-            else:
-                setattr(self, name, None)
+        _weight_buffer(self, "weight", weight)
+        _weight_buffer(self, "pos_weight", pos_weight)
 
     def forward(self, logits, targets):
         logits = self._check_same_shape(logits, targets)
@@ -95,6 +92,38 @@ def _check_float_targets(loss, targets) -> None:
                                  f"ud.ops.cast(y, 'float32')")
 
 
+def _weight_buffer(loss, name: str, value, check_shape=None) -> None:
+    """``loss.<name>``: a weight the loss multiplies by (a class ``weight``, ``pos_weight``) in the float dtype in
+    force, a buffer as in PyTorch's ``state_dict()``, or None. ``check_shape``: called with the weight's shape (a
+    tuple; None for a size a graph leaves unknown, which the op checks when it runs) to raise for a wrong one.
+
+    A symbolic tensor, one made in or passed to a function that a graph is traced from (a loss built inside
+    ``ud.function``, as a torch step may build it), has no value to copy into a buffer until the graph runs: the
+    loss holds it as it is, a tensor of that graph, in the float dtype in force, and has no buffer of it (as the
+    op ``ud.ops.cross_entropy_loss`` takes it)."""
+    if value is None:
+        setattr(loss, name, None)
+        return
+    backend = loss._backend
+    symbolic = backend.is_tensor(value) and not backend.is_concrete(value)
+    weight = value if symbolic else np.asarray(to_numpy(value), dtype=np.float64)
+    if check_shape is not None:
+        check_shape(tuple(weight.shape))
+    if symbolic:
+        setattr(loss, name, functional.cast(weight, config.get_dtype()))
+    else:
+        loss.register_buffer(name, weight)
+
+
+def _class_weight_buffer(loss, weight) -> None:
+    """``loss.weight``: one value per class (a ``ValueError`` for another rank), as ``_weight_buffer`` holds it."""
+    def check_shape(shape):
+        if len(shape) != 1:
+            raise ValueError(f"{type(loss).__name__} weight must be one value per class (C,), got shape {shape}")
+
+    _weight_buffer(loss, "weight", weight, check_shape)
+
+
 class BCELoss(_Loss):
     """Binary cross-entropy of probabilities: reduce(-weight * (t * log(p) + (1 - t) * log(1 - p))), each log
     clamped at -100 as in PyTorch. ``weight`` (optional) broadcasts against the input."""
@@ -103,10 +132,7 @@ class BCELoss(_Loss):
         if isinstance(weight, str):  # BCELoss('sum'): the reduction, positionally
             weight, reduction = None, weight
         super().__init__(reduction)
-        if weight is not None:
-            self.register_buffer("weight", np.asarray(to_numpy(weight), dtype=np.float64))
-        else:
-            self.weight = None
+        _weight_buffer(self, "weight", weight)
 
     def forward(self, probabilities, targets):
         probabilities = self._check_same_shape(probabilities, targets)
@@ -174,13 +200,7 @@ class _WeightedClassLoss(_Loss):
         if isinstance(weight, str):  # CrossEntropyLoss('sum'): the reduction, positionally
             weight, reduction = None, weight
         super().__init__(reduction)
-        if weight is not None:
-            weight = np.asarray(to_numpy(weight), dtype=np.float64)
-            if weight.ndim != 1:
-                raise ValueError(f"{type(self).__name__} weight must be one value per class (C,), got shape {weight.shape}")
-            self.register_buffer("weight", weight)
-        else:
-            self.weight = None
+        _class_weight_buffer(self, weight)
         self.ignore_index = int(ignore_index)
 
     def _check_shapes(self, scores, target, probabilities_allowed: bool):
@@ -429,14 +449,14 @@ class LinearCrossEntropyLoss(_Loss):
                  reduction: str = "mean", weight=None, ignore_index=None, label_smoothing: float = 0.0, options=None):
         owner = "LinearCrossEntropyLoss"
         loss_ops.refuse_chunking(owner, options)
-        if weight is not None:
-            weight = np.asarray(to_numpy(weight), dtype=np.float64)
-            if weight.shape != (num_classes,):
-                raise LossShapeError(f"{owner} needs a weight of shape {(num_classes,)} (one per class), got "
-                                     f"{weight.shape}")
         label_smoothing = loss_ops.linear_label_smoothing(owner, label_smoothing)
         super().__init__(reduction)
-        _class_weight_buffer(self, weight)
+
+        def check_shape(shape):  # (a size a graph leaves unknown: the cross-entropy op's to check)
+            if len(shape) != 1 or shape[0] not in (num_classes, None):
+                raise LossShapeError(f"{owner} needs a weight of shape {(num_classes,)} (one per class), got {shape}")
+
+        _weight_buffer(self, "weight", weight, check_shape)
         self.num_classes, self.out_features = int(num_classes), tuple(int(d) for d in out_features)
         self.ignore_index, self.label_smoothing, self.options = ignore_index, label_smoothing, None
         self.linear = Linear(in_features, math.prod(self.out_features, start=self.num_classes), bias=bias)
@@ -451,17 +471,6 @@ class LinearCrossEntropyLoss(_Loss):
                 f"out_features={self.out_features}, bias={self.linear.bias is not None}, "
                 f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, "
                 f"label_smoothing={self.label_smoothing}, options=None")
-
-
-def _class_weight_buffer(loss, weight) -> None:
-    """``loss.weight``: one value per class, a buffer as in PyTorch's ``state_dict()``, or None."""
-    if weight is None:
-        loss.weight = None
-        return
-    weight = np.asarray(to_numpy(weight), dtype=np.float64)
-    if weight.ndim != 1:
-        raise ValueError(f"{type(loss).__name__} weight must be one value per class (C,), got shape {weight.shape}")
-    loss.register_buffer("weight", weight)
 
 
 class MultiLabelSoftMarginLoss(_Loss):

@@ -242,6 +242,14 @@ class RNNBase(Module):
         return ", ".join(parts)
 
 
+def _refuse_projection(name: str, proj_size) -> None:
+    """A ``ValueError`` for a ``proj_size`` given to ``RNN`` or ``GRU`` (any value, 0 too), as torch.nn's: the
+    projection of the hidden state is the LSTM's alone (taken as a keyword, it was a ``TypeError``)."""
+    if proj_size is not None:
+        raise ValueError(f"{name}: proj_size argument is only supported for LSTM, not RNN or GRU (got "
+                         f"proj_size={proj_size!r})")
+
+
 class RNN(RNNBase):
     """Elman RNN, as ``torch.nn.RNN``.
 
@@ -260,6 +268,7 @@ class RNN(RNNBase):
         batch_first: input and output are (N, T, features) when True; (T, N, features) by default, as PyTorch.
         dropout: dropout probability on the outputs of every layer but the last, in training.
         bidirectional: run a second direction from the end (parameters ``..._reverse``); outputs concatenated.
+        proj_size: an LSTM's option; given to RNN or GRU (any value), a ``ValueError``, as torch.nn's.
 
     Parameters ``weight_ih_l{k}`` (H, in), ``weight_hh_l{k}`` (H, H), ``bias_ih_l{k}``, ``bias_hh_l{k}`` (H,),
     all U(-1/sqrt(H), 1/sqrt(H)): ``state_dict()`` is ``torch.nn.RNN``'s, both ways.
@@ -275,7 +284,9 @@ class RNN(RNNBase):
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
-                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False):
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
+                 proj_size=None):
+        _refuse_projection("RNN", proj_size)
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"RNN nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional)
@@ -358,7 +369,8 @@ class GRU(RNNBase):
     gates = 3
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False):
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *, proj_size=None):
+        _refuse_projection("GRU", proj_size)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional)
 
     def cell(self, h, projected, key):

@@ -219,6 +219,11 @@ class Backend(BackendInterface):
     def is_tensor(self, value):
         return isinstance(value, keras.Variable) or keras.ops.is_tensor(value)
 
+    def is_concrete(self, tensor):
+        # (the host's own tensors underneath: symbolic while the host traces ud.function, as its own backend's;
+        # the default, True, took them for values inside a graph on Keras-on-TensorFlow and Keras-on-JAX)
+        return HOST.is_concrete(tensor)
+
     def is_symbolic_size(self, size):
         return HOST.is_symbolic_size(size)
 

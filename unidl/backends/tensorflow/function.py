@@ -484,7 +484,8 @@ class GraphFunction:
                     raise GraphConstructError(
                         f"a module built (its variables created) inside ud.function {self.__name__!r} on tensorflow: "
                         f"a TensorFlow graph cannot create variables at each call. Build the module once outside "
-                        f"the function and call it inside") from None
+                        f"the function and call it inside (a loss's weight given as a tensor, ud.tensor(weight), "
+                        f"needs no variable: the loss holds it as a tensor of the graph)") from None
                 raise
             raise marked from None
         if keep:
@@ -543,7 +544,14 @@ class GraphFunction:
             graph = self._graphs.get(key)
             if graph is None:
                 with tracing_kept_graph():  # (called inside a shape check: the graph it keeps has the value rules)
-                    graph = self._graph_for(key, statics, packing)
+                    try:
+                        graph = self._graph_for(key, statics, packing)
+                    except ShapeMismatchError:  # (raised while tracing for any sizes: a rank, a size known then)
+                        # (sizes known: an eager call, or one in the exact trace of a function calling this one)
+                        if not _exact_shapes(key) and all(t.shape.is_fully_defined() for t in tensors):
+                            exact = tuple((tuple(t.shape), t.dtype) for t in tensors)
+                            self._raise_exact_shape_error((exact, static_key, structures), statics, packing)
+                        raise
         checks = self._checks.get(key) if self._checks and not exporting else None
         if self._written.get(key) and not exporting:  # (called in an XLA graph: its writes stand only where that
             xla_checks.note_written(self._written[key])  # graph's checks before the call held, as eagerly)
@@ -568,8 +576,14 @@ class GraphFunction:
         check's, ``tracing_for_shapes``), where every size is known and its checks raise while tracing, in order,
         as eagerly; nothing if that trace raises no size error (another failure of XLA's stands). Nothing runs a
         second time, so no state is written twice. Only on XLA's failure."""
-        if not any(check.error_class is ShapeMismatchError for check in checks):
-            return
+        if any(check.error_class is ShapeMismatchError for check in checks):
+            self._raise_exact_shape_error(exact_key, statics, packing)
+
+    def _raise_exact_shape_error(self, exact_key, statics, packing) -> None:
+        """Raise the ``ShapeMismatchError`` that the function traced for the call's exact shapes (``exact_key``)
+        raises while tracing, in a graph that never runs: the eager error, naming the input's sizes, where the trace
+        for any sizes raised one naming ``(None, None, None)`` (a rank refused while tracing) or XLA failed to
+        compile (``_raise_shape_check``). Nothing if that trace raises no size error (the caller's error stands)."""
         if self._plain is None:
             self._plain = GraphFunction(self._given_fn, device=self._device, name=self.__name__,
                                         cast_floats=self._cast_floats,
@@ -579,7 +593,7 @@ class GraphFunction:
                 self._plain._graph_for(exact_key, statics, packing, keep=False)
         except ShapeMismatchError as error:
             raise error from None
-        except Exception:  # (not a size check's: XLA's own error stands)
+        except Exception:  # (not a size error: the caller's error stands, XLA's own or the first trace's)
             return
 
 
