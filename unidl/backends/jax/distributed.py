@@ -35,6 +35,21 @@ _job = None  # the running ``_Job``, None outside a job of several processes
 _COLLECTIVES = {"sum": jax.lax.psum, "mean": jax.lax.psum, "max": jax.lax.pmax, "min": jax.lax.pmin}
 
 
+#: a reduction's values are padded with zeros to a power of two from ``_SMALLEST_REDUCTION`` up to
+#: ``_REDUCTION_BUCKET`` elements, and to a multiple of it above: the compiled collective is one program per length
+#: and dtype, and the reductions of a job (its steps' gradients, the broadcast of each model's weights, a loader's
+#: seed, a guard's flags) have many lengths, each a compilation of 0.2 s or more on a CPU where the padding costs
+#: microseconds (at most 64K elements, or doubling one of fewer)
+_SMALLEST_REDUCTION, _REDUCTION_BUCKET = 64, 1 << 16
+
+
+def _padded_size(size: int) -> int:
+    """The length a reduction of ``size`` values runs at (``_REDUCTION_BUCKET``)."""
+    if size <= _REDUCTION_BUCKET:
+        return max(_SMALLEST_REDUCTION, 1 << max(size - 1, 0).bit_length())
+    return -(-size // _REDUCTION_BUCKET) * _REDUCTION_BUCKET
+
+
 class _Watchdog:
     """Bounds the wait of this rank's collectives by the job's collective ``timeout`` (seconds): gloo's collectives
     inside XLA take no deadline, so a live peer that stops calling them (stuck, or held up by a long evaluation)
@@ -88,12 +103,14 @@ class _Job:
     def reduce(self, flat: np.ndarray, op: str) -> np.ndarray:
         """``flat`` (a 1-D NumPy array) reduced over the ranks with ``op``: every rank gets the same values."""
         self.all_reduces += 1
-        row = jax.device_put(flat[None], self.own)
-        rows = jax.make_array_from_single_device_arrays((self.world_size, flat.size), self.rows, [row])
+        padded = np.zeros(_padded_size(flat.size), flat.dtype)  # (zeros: every op reduces each element on its own,
+        padded[:flat.size] = flat  # and the padding is cut off again)
+        row = jax.device_put(padded[None], self.own)
+        rows = jax.make_array_from_single_device_arrays((self.world_size, padded.size), self.rows, [row])
         self.watchdog.waiting = (f"all-reduce #{self.all_reduces} ({op} of {flat.size} {flat.dtype} values)",
                                  time.monotonic())
         try:
-            result = np.asarray(self.reducers[op](rows).addressable_data(0)).reshape(flat.shape)
+            result = np.asarray(self.reducers[op](rows).addressable_data(0)).reshape(-1)[:flat.size]
         finally:
             self.watchdog.waiting = None
         if op != "mean":

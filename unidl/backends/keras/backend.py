@@ -166,7 +166,7 @@ class Backend(BackendInterface):
         # variable), the seed's bits in the state's dtype: int32 on Keras-on-torch, which a seed from 2**31 overflowed
         state = self._generator.state
         dtype = keras.backend.standardize_dtype(state.dtype)
-        state.assign(keras.ops.convert_to_tensor(np.array([seed, 0], np.uint64).astype(dtype)))
+        state.assign(keras.ops.convert_to_tensor(np.array([seed, 0], np.uint64).astype(dtype), dtype))
 
     def generator(self):
         """Unseeded dropout's generator, made at its first use (making it when the backend loads would start
@@ -208,6 +208,11 @@ class Backend(BackendInterface):
             if dtype is not None:
                 return keras.ops.convert_to_tensor(_owned(value, None), dtype)
             converted = self.to_input(value)
+            if isinstance(converted, np.ndarray) and converted.dtype.kind in "bif":
+                # with its own dtype: Keras-on-JAX's conversion of an array without one (jax 0.10's ``jnp.asarray``)
+                # compiles an XLA copy per shape and dtype (0.1 to 0.5 s each on a CPU: every batch size of a fit's,
+                # evaluate's and predict's), where one with its dtype is only put on the device
+                return keras.ops.convert_to_tensor(_owned(converted, None), converted.dtype)
             return keras.ops.convert_to_tensor(_owned(converted, None) if isinstance(converted, np.ndarray)
                                                else converted)
 
