@@ -60,11 +60,13 @@ def _compiled(backend: str, env: dict | None = None) -> dict:
 def test_the_jax_backend_compiles_no_bookkeeping_in_a_fit():
     """Adam's state (a learning rate, options, step counts, a finite flag and two slots per parameter) was 16
     programs (``jnp.asarray`` of a number, ``jnp.full`` of each slot's shape); the fit of 40 samples in batches of 16
-    (16 and 8) with 12 validation samples compiles its steps (2), the label check's probe (3 ops of one sample),
-    the metric's update (one per batch size, 3), validation's forward and eager loss (5) at most."""
+    (16 and 8) with 12 validation samples compiles its steps (2), the metric's update (one per batch size, 3),
+    validation's forward (1) and eager loss (3: the labels kept, their range, the loss) and no more: the label
+    check's probe of one sample is abstract (it was an eager op each, 3), the loss's kept labels one program (they
+    were two)."""
     counts = _compiled("jax")
     assert counts["optimizer"] == []
-    assert len(counts["fit"]) <= 13, counts["fit"]
+    assert len(counts["fit"]) <= 9, counts["fit"]
     assert np.all(np.isfinite(counts["loss"]))
 
 
@@ -90,3 +92,20 @@ def test_the_jax_engine_reduces_every_small_length_with_one_program():
     for size in (1, 100, 5000, 65536, 65537, 10**6):
         padded = _padded_size(size)
         assert padded >= size and padded - size < max(size, 1 << 16)
+
+
+def test_the_jax_probe_is_abstract_only_where_it_gives_what_the_eager_forward_does():
+    """fit's probe of one sample (``Backend.probe_forward``) traces a forward abstractly on jax, and runs it eagerly
+    where a value check meets a traced value (its error raised by the probe, as before) or the pass writes state."""
+    from unidl.metrics.probe import output_shape
+
+    with ud.use_backend("jax"):
+        model = ud.models.TwoLayerNet(4, 3, 6)
+        x = np.zeros((2, 4), np.float32)
+        assert output_shape(model, x) == (6,)
+        model.linear2 = ud.nn.Linear(3, 2)  # (a trace of the old layers is no answer)
+        assert output_shape(model, x) == (2,)
+        embedding = ud.nn.Sequential(ud.nn.Embedding(5, 2), ud.nn.Flatten())
+        with pytest.raises(ud.IndexOutOfRangeError, match=r"Embedding indices must lie in \[0, 5\)"):
+            embedding._backend.probe_forward(embedding, np.array([[1, 7]]))
+        assert embedding._backend.probe_forward(embedding, np.array([[1, 4]])).shape == (1, 4)

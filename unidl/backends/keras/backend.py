@@ -586,6 +586,9 @@ class Backend(BackendInterface):
                 return keras_stateless.value_and_grad_of_arguments(HOST, f, args, argnums)
         return HOST.value_and_grad(f, args, argnums, None if params is None else [p.value for p in params])
 
+    def probe_forward(self, forward, x):
+        return forward(self.tensor(x))
+
     def check_shapes(self, model, loss_fn, x, y):
         x, y = self.to_input(x), self.to_input(y)
         specs = [keras.KerasTensor(tuple(v.shape), dtype=keras.backend.standardize_dtype(v.dtype)) for v in (x, y)]
