@@ -109,3 +109,31 @@ def test_the_jax_probe_is_abstract_only_where_it_gives_what_the_eager_forward_do
         with pytest.raises(ud.IndexOutOfRangeError, match=r"Embedding indices must lie in \[0, 5\)"):
             embedding._backend.probe_forward(embedding, np.array([[1, 7]]))
         assert embedding._backend.probe_forward(embedding, np.array([[1, 4]])).shape == (1, 4)
+
+
+def test_the_jax_engines_reductions_of_several_lengths_and_ops_share_one_program():
+    """A job's reductions of 3 and 50 values, summed (the weights' broadcast) and averaged (the gradients), from the
+    main thread and under a device scope: one compiled psum (its length padded, one function for "sum" and "mean",
+    under one default device), where each length, op and scope was a program of its own; the values are exact."""
+    import jax
+
+    from unidl.backends.jax.distributed import _Job
+
+    compiled = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(event)
+
+    job = _Job(0, 1, 60.0)  # (one rank, this process's first CPU device: no job to join)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        values = np.arange(50, dtype=np.float64)
+        np.testing.assert_array_equal(job.reduce(values[:3], "sum"), values[:3])
+        np.testing.assert_array_equal(job.reduce(values, "sum"), values)
+        with jax.default_device(jax.devices("cpu")[0]):
+            np.testing.assert_array_equal(job.reduce(values[:3], "mean"), values[:3])
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+        job.watchdog.stopped.set()
+    assert len(compiled) == 1

@@ -94,10 +94,13 @@ class _Job:
         self.own = jax.local_devices(backend="cpu")[0]
         mesh = Mesh(np.array(self.devices), (_AXIS,))
         self.rows = NamedSharding(mesh, PartitionSpec(_AXIS))
-        self.reducers = {op: jax.jit(jax.shard_map(functools.partial(collective, axis_name=_AXIS), mesh=mesh,
-                                                   in_specs=PartitionSpec(_AXIS), out_specs=PartitionSpec(),
-                                                   check_vma=False))
-                         for op, collective in _COLLECTIVES.items()}
+        # one compiled function per collective ("sum" and "mean" share psum's: two were two compilations of each
+        # length, one for the broadcast of the weights and one for the steps' gradients)
+        compiled = {collective: jax.jit(jax.shard_map(functools.partial(collective, axis_name=_AXIS), mesh=mesh,
+                                                      in_specs=PartitionSpec(_AXIS), out_specs=PartitionSpec(),
+                                                      check_vma=False))
+                    for collective in set(_COLLECTIVES.values())}
+        self.reducers = {op: compiled[collective] for op, collective in _COLLECTIVES.items()}
         self.watchdog = _Watchdog(rank, world_size, timeout)  # last: nothing after it can fail and leave it running
 
     def reduce(self, flat: np.ndarray, op: str) -> np.ndarray:
@@ -110,7 +113,10 @@ class _Job:
         self.watchdog.waiting = (f"all-reduce #{self.all_reduces} ({op} of {flat.size} {flat.dtype} values)",
                                  time.monotonic())
         try:
-            result = np.asarray(self.reducers[op](rows).addressable_data(0)).reshape(-1)[:flat.size]
+            # under one default device wherever it is called from (a step's callback thread, a device scope of
+            # fit's): jit keys its programs on that setting too, which made the same reduction compile again
+            with jax.default_device(self.own):
+                result = np.asarray(self.reducers[op](rows).addressable_data(0)).reshape(-1)[:flat.size]
         finally:
             self.watchdog.waiting = None
         if op != "mean":
