@@ -437,6 +437,13 @@ class Backend(abc.ABC):
         """Run model and loss abstractly on the shapes of ``x`` and ``y`` (no compute, no state change),
         so that a shape error names the layer before a compiled graph fails cryptically."""
 
+    @abc.abstractmethod
+    def probe_forward(self, forward: Callable, x):
+        """``forward`` (an eval-mode forward, its state writes skipped) of a batch ``x`` (a NumPy array), of
+        whose outputs the caller reads only the shapes (``unidl.metrics.probe.output_shape``: fit's and evaluate's
+        probe of one sample); its errors are those of ``forward`` run on this backend's tensor of ``x``. A backend
+        whose eager ops each compile a program per shape may trace it abstractly where that gives the same."""
+
     # ---- compiled functions and custom gradients ---------------------------
     @abc.abstractmethod
     def function(self, fn: Callable, jit_compile: bool, name: str) -> Callable:

@@ -1,8 +1,9 @@
 """Which metrics a ``fit``/``evaluate`` call computes, and the ``Layout`` they are bound to before its first batch.
 
 The layout (the model's output shape and the target's shape and kind, per sample) comes from one sample of
-the data and one eval-mode forward of it, so that a metric that does not fit the task fails with a clear
-error before training, and so that graph code never needs a shape it cannot know (the number of classes).
+the data and one eval-mode forward of it (``Backend.probe_forward``: abstract where that gives the same, on jax),
+so that a metric that does not fit the task fails with a clear error before training, and so that graph code never
+needs a shape it cannot know (the number of classes).
 A loader with workers makes that sample in one of them: the dataset's code never runs in the main process.
 """
 
@@ -43,7 +44,7 @@ def output_shape(model, x: np.ndarray) -> tuple | None:
     model.eval()
     try:
         with python_randomness_preserved(), state_writes_skipped():  # (a probe, not a forward torch would run)
-            outputs = model(model._backend.tensor(x[:1]))
+            outputs = model._backend.probe_forward(model, x[:1])
     finally:
         model.train(was_training)
     shape = tuple(int(d) for d in tuple(outputs.shape)[1:]) if hasattr(outputs, "shape") else None

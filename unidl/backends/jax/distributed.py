@@ -35,6 +35,21 @@ _job = None  # the running ``_Job``, None outside a job of several processes
 _COLLECTIVES = {"sum": jax.lax.psum, "mean": jax.lax.psum, "max": jax.lax.pmax, "min": jax.lax.pmin}
 
 
+#: a reduction's values are padded with zeros to a power of two from ``_SMALLEST_REDUCTION`` up to
+#: ``_REDUCTION_BUCKET`` elements, and to a multiple of it above: the compiled collective is one program per length
+#: and dtype, and the reductions of a job (its steps' gradients, the broadcast of each model's weights, a loader's
+#: seed, a guard's flags) have many lengths, each a compilation of 0.2 s or more on a CPU where the padding costs
+#: microseconds (at most 64K elements, or doubling one of fewer)
+_SMALLEST_REDUCTION, _REDUCTION_BUCKET = 64, 1 << 16
+
+
+def _padded_size(size: int) -> int:
+    """The length a reduction of ``size`` values runs at (``_REDUCTION_BUCKET``)."""
+    if size <= _REDUCTION_BUCKET:
+        return max(_SMALLEST_REDUCTION, 1 << max(size - 1, 0).bit_length())
+    return -(-size // _REDUCTION_BUCKET) * _REDUCTION_BUCKET
+
+
 class _Watchdog:
     """Bounds the wait of this rank's collectives by the job's collective ``timeout`` (seconds): gloo's collectives
     inside XLA take no deadline, so a live peer that stops calling them (stuck, or held up by a long evaluation)
@@ -79,21 +94,29 @@ class _Job:
         self.own = jax.local_devices(backend="cpu")[0]
         mesh = Mesh(np.array(self.devices), (_AXIS,))
         self.rows = NamedSharding(mesh, PartitionSpec(_AXIS))
-        self.reducers = {op: jax.jit(jax.shard_map(functools.partial(collective, axis_name=_AXIS), mesh=mesh,
-                                                   in_specs=PartitionSpec(_AXIS), out_specs=PartitionSpec(),
-                                                   check_vma=False))
-                         for op, collective in _COLLECTIVES.items()}
+        # one compiled function per collective ("sum" and "mean" share psum's: two were two compilations of each
+        # length, one for the broadcast of the weights and one for the steps' gradients)
+        compiled = {collective: jax.jit(jax.shard_map(functools.partial(collective, axis_name=_AXIS), mesh=mesh,
+                                                      in_specs=PartitionSpec(_AXIS), out_specs=PartitionSpec(),
+                                                      check_vma=False))
+                    for collective in set(_COLLECTIVES.values())}
+        self.reducers = {op: compiled[collective] for op, collective in _COLLECTIVES.items()}
         self.watchdog = _Watchdog(rank, world_size, timeout)  # last: nothing after it can fail and leave it running
 
     def reduce(self, flat: np.ndarray, op: str) -> np.ndarray:
         """``flat`` (a 1-D NumPy array) reduced over the ranks with ``op``: every rank gets the same values."""
         self.all_reduces += 1
-        row = jax.device_put(flat[None], self.own)
-        rows = jax.make_array_from_single_device_arrays((self.world_size, flat.size), self.rows, [row])
+        padded = np.zeros(_padded_size(flat.size), flat.dtype)  # (zeros: every op reduces each element on its own,
+        padded[:flat.size] = flat  # and the padding is cut off again)
+        row = jax.device_put(padded[None], self.own)
+        rows = jax.make_array_from_single_device_arrays((self.world_size, padded.size), self.rows, [row])
         self.watchdog.waiting = (f"all-reduce #{self.all_reduces} ({op} of {flat.size} {flat.dtype} values)",
                                  time.monotonic())
         try:
-            result = np.asarray(self.reducers[op](rows).addressable_data(0)).reshape(flat.shape)
+            # under one default device wherever it is called from (a step's callback thread, a device scope of
+            # fit's): jit keys its programs on that setting too, which made the same reduction compile again
+            with jax.default_device(self.own):
+                result = np.asarray(self.reducers[op](rows).addressable_data(0)).reshape(-1)[:flat.size]
         finally:
             self.watchdog.waiting = None
         if op != "mean":

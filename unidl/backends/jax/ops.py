@@ -504,8 +504,25 @@ def in_checkified_trace() -> bool:
 
 def _stages_checks() -> bool:
     """Whether a value check of a traced value made now is staged (``_staged_check``): in a checkified trace, or in
-    the body of a ``scan`` that reports its checks (``_scan_reporting_checks``: an eager one too)."""
+    the body of a ``scan`` that reports its checks (``_scan_reporting_checks``: an eager one too). Asked by every
+    value check that meets a traced value, which an open ``unknown_values_checked`` block notes."""
+    noted = getattr(_trace, "unknown_values_checked", None)
+    if noted is not None:
+        noted.append(True)
     return getattr(_trace, "checkified", False) or bool(getattr(_trace, "scan_bodies", None))
+
+
+@contextlib.contextmanager
+def unknown_values_checked():
+    """A list, non-empty after the block where a value check in it met a traced value (``_stages_checks``): in an
+    abstract pass (``jax.eval_shape``) such a check cannot raise as it does eagerly (the backend's
+    ``probe_forward`` then runs the forward eagerly)."""
+    previous = getattr(_trace, "unknown_values_checked", None)
+    noted = _trace.unknown_values_checked = []
+    try:
+        yield noted
+    finally:
+        _trace.unknown_values_checked = previous
 
 
 def _staged_check(passed, message: str, **values) -> None:
@@ -635,8 +652,18 @@ def segment_sum(data, segment_ids, num_segments):
 def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
     logits, labels = _v(logits), _v(labels)
     # the labels' range checked first, outside the compiled body (whose trace cannot raise on values)
-    checked = check_index(jnp.where(labels != ignore_index, labels, 0), logits.shape[-1], "CrossEntropyLoss labels")
+    kept = (_labels_kept(labels, ignore_index) if _concrete(labels) and isinstance(ignore_index, int)
+            else jnp.where(labels != ignore_index, labels, 0))
+    checked = check_index(kept, logits.shape[-1], "CrossEntropyLoss labels")
     return _cross_entropy(logits, labels, checked, reduction, ignore_index)
+
+
+@functools.partial(jax.jit, static_argnames=("ignore_index",))
+def _labels_kept(labels, ignore_index):
+    """Concrete ``labels`` with 0 where they are ``ignore_index`` (static: a Python int, as the eager ``!=`` takes
+    it): one program per shape and dtype of an eager loss's labels, where ``!=`` and ``where`` were a compilation
+    each."""
+    return jnp.where(labels != ignore_index, labels, 0)
 
 
 @compiled_when_eager("logits", "labels", "checked")

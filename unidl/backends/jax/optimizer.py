@@ -13,7 +13,7 @@ import numpy as np
 
 from unidl.backends.jax.distributed import window_in_step
 from unidl.backends.jax.ops import checks_passed, unless_a_check_failed
-from unidl.backends.jax.variable import JaxVariable, made_beside, written_in_place
+from unidl.backends.jax.variable import JaxVariable, host_constant, made_beside, written_in_place
 from unidl.optim.optimizer import bound_rule, changeable_options, stepped
 from unidl.optim.param_groups import read_group_option, write_group_options
 
@@ -25,7 +25,7 @@ class JaxOptimizer:
         self._spec, self._ops = optimizer, ops
         dtype = optimizer.params[0].dtype
         # one learning rate per param group (the first is ``learning_rate``)
-        self.learning_rates = [JaxVariable(jnp.asarray(group["lr"], dtype), trainable=False)
+        self.learning_rates = [JaxVariable(host_constant(group["lr"], dtype), trainable=False)
                                for group in optimizer.param_groups]
         self.learning_rate = self.learning_rates[0]
         # each group's changeable hyperparameters (momentum, betas, ...) as variables (float64; nesterov a bool):
@@ -33,14 +33,14 @@ class JaxOptimizer:
         # ``param_groups[i][key] = value`` reaches it without a retrace; the others are constants of its trace
         self.group_options = [{key: _option_variables(value) for key, value in changeable_options(optimizer, g).items()}
                               for g in range(len(optimizer.param_groups))]
-        self.iterations = JaxVariable(jnp.asarray(0, jnp.int64), trainable=False)
+        self.iterations = JaxVariable(host_constant(0, jnp.int64), trainable=False)
         # a rule that reads the step reads each parameter's own count (torch.optim's per-parameter state["step"])
-        self.param_steps = ([JaxVariable(jnp.asarray(0, jnp.int64), trainable=False) for _ in optimizer.params]
+        self.param_steps = ([JaxVariable(host_constant(0, jnp.int64), trainable=False) for _ in optimizer.params]
                             if optimizer.uses_step else None)
-        self.finite = JaxVariable(jnp.asarray(True), trainable=False)
+        self.finite = JaxVariable(host_constant(True, jnp.bool_), trainable=False)
         self.slot_variables = [
-            {name: JaxVariable(jnp.full(optimizer.slot_shape(name, p.shape), optimizer.initial_slot_value,
-                                        optimizer.slot_dtype(name, p.dtype)), trainable=False)
+            {name: JaxVariable(host_constant(optimizer.initial_slot_value, optimizer.slot_dtype(name, p.dtype),
+                                             optimizer.slot_shape(name, p.shape)), trainable=False)
              for name in optimizer.slots}
             for p in optimizer.params]
 
@@ -62,10 +62,10 @@ class JaxOptimizer:
         def create():
             if getattr(self, "accumulated", None) is None:
                 with made_beside(self._spec.params):  # (on the parameters' device, as the other slots)
-                    self.accumulated = [JaxVariable(jnp.zeros(p.shape, p.dtype), trainable=False)
+                    self.accumulated = [JaxVariable(host_constant(0, p.dtype, p.shape), trainable=False)
                                         for p in self._spec.params]
-                    self.micro_steps = JaxVariable(jnp.asarray(0, jnp.int64), trainable=False)
-                    self.window_finite = JaxVariable(jnp.asarray(True), trainable=False)
+                    self.micro_steps = JaxVariable(host_constant(0, jnp.int64), trainable=False)
+                    self.window_finite = JaxVariable(host_constant(True, jnp.bool_), trainable=False)
                     self.window_has_gradient = gradient_flags(self._spec.params)
             return variable_window(accumulate, self.accumulated, self.micro_steps, self.window_finite, read_numpy,
                                    assign_numpy, storage=self, has_gradient=(self.window_has_gradient, self._spec.params))
@@ -168,7 +168,7 @@ class JaxOptimizer:
 def gradient_flags(params) -> list[JaxVariable]:
     """One boolean variable per parameter: it had a gradient in a micro-step of the accumulation window so far
     (torch's ``.grad is not None`` between ``zero_grad()`` and ``step()``), False in an empty window."""
-    return [JaxVariable(jnp.asarray(False), trainable=False) for _ in params]
+    return [JaxVariable(host_constant(False, jnp.bool_), trainable=False) for _ in params]
 
 
 def window_micro_step(totals, flags, grads, accumulate, params, present=None):
@@ -219,7 +219,7 @@ def _option_variables(value):
     """A param group's option as ``JaxVariable``s: a bool as a bool, a number as float64, a pair as a pair."""
     if isinstance(value, tuple):
         return tuple(_option_variables(v) for v in value)
-    return JaxVariable(jnp.asarray(value, jnp.bool_ if isinstance(value, bool) else jnp.float64), trainable=False)
+    return JaxVariable(host_constant(value, jnp.bool_ if isinstance(value, bool) else jnp.float64), trainable=False)
 
 
 def set_group_options(optimizer, group: int, keys) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 from unidl.backends.jax import distributed as jax_distributed, ops as jax_ops
 from unidl.backends.jax.optimizer import (all_finite, assign_numpy, gradient_flags, keep_window,
                                           read_numpy, window_micro_step)
-from unidl.backends.jax.variable import JaxVariable, made_beside
+from unidl.backends.jax.variable import JaxVariable, host_constant, made_beside
 from unidl.nn.module import trainable_mask
 from unidl.precision import BACKOFF_FACTOR, GROWTH_FACTOR, autocast_modules, modules_of
 from unidl.training import loss_scale_storage
@@ -23,8 +23,8 @@ class LossScale:
 
     def __init__(self, precision):
         self.precision = precision
-        self.scale = JaxVariable(jnp.asarray(precision.init_scale, jnp.float32), trainable=False)
-        self.good_steps = JaxVariable(jnp.asarray(0, jnp.int32), trainable=False)
+        self.scale = JaxVariable(host_constant(precision.init_scale, jnp.float32), trainable=False)
+        self.good_steps = JaxVariable(host_constant(0, jnp.int32), trainable=False)
 
     def variables(self) -> list:
         return [self.scale, self.good_steps]
@@ -53,10 +53,10 @@ class Window:
 
     def __init__(self, params, accumulate):
         self.accumulate, self.params = accumulate, params
-        self.sums = [JaxVariable(jnp.zeros(p.shape, p.dtype), trainable=False) for p in params]
+        self.sums = [JaxVariable(host_constant(0, p.dtype, p.shape), trainable=False) for p in params]
         self.has_gradient = gradient_flags(params)
-        self.losses = JaxVariable(jnp.zeros((accumulate,), jnp.float32), trainable=False)
-        self.count = JaxVariable(jnp.asarray(0, jnp.int32), trainable=False)
+        self.losses = JaxVariable(host_constant(0, jnp.float32, (accumulate,)), trainable=False)
+        self.count = JaxVariable(host_constant(0, jnp.int32), trainable=False)
 
     def variables(self) -> list:
         return [*self.sums, *self.has_gradient, self.losses, self.count]

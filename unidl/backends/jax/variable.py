@@ -112,6 +112,15 @@ def made_beside(variables):
     return contextlib.nullcontext()
 
 
+def host_constant(value, dtype, shape=()) -> jax.Array:
+    """``value`` (a number, repeated over ``shape``) as a JAX array of ``dtype`` on JAX's default device, made in
+    NumPy and put there: ``jnp.asarray(0, jnp.int64)``, ``jnp.full`` and ``jnp.zeros`` outside a trace each compile
+    an XLA program per dtype and shape (jax 0.10: ``convert_element_type``, ``broadcast_in_dim``, ``stage``), 0.1 to
+    0.5 s each on a CPU, for state an optimizer or a loss scaler makes once (the same values: NumPy rounds a Python
+    number to ``dtype`` as XLA's conversion does)."""
+    return jax.device_put(np.full(shape, value, dtype))
+
+
 def written_in_place(variable, value) -> None:
     """Set ``variable`` to ``value`` (a NumPy array or number, cast to the variable's dtype) on the device of its
     current value, outside a trace: a load or a scheduler's write, never moving the state off its device."""

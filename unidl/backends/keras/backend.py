@@ -166,7 +166,7 @@ class Backend(BackendInterface):
         # variable), the seed's bits in the state's dtype: int32 on Keras-on-torch, which a seed from 2**31 overflowed
         state = self._generator.state
         dtype = keras.backend.standardize_dtype(state.dtype)
-        state.assign(keras.ops.convert_to_tensor(np.array([seed, 0], np.uint64).astype(dtype)))
+        state.assign(keras.ops.convert_to_tensor(np.array([seed, 0], np.uint64).astype(dtype), dtype))
 
     def generator(self):
         """Unseeded dropout's generator, made at its first use (making it when the backend loads would start
@@ -208,6 +208,11 @@ class Backend(BackendInterface):
             if dtype is not None:
                 return keras.ops.convert_to_tensor(_owned(value, None), dtype)
             converted = self.to_input(value)
+            if isinstance(converted, np.ndarray) and converted.dtype.kind in "bif":
+                # with its own dtype: Keras-on-JAX's conversion of an array without one (jax 0.10's ``jnp.asarray``)
+                # compiles an XLA copy per shape and dtype (0.1 to 0.5 s each on a CPU: every batch size of a fit's,
+                # evaluate's and predict's), where one with its dtype is only put on the device
+                return keras.ops.convert_to_tensor(_owned(converted, None), converted.dtype)
             return keras.ops.convert_to_tensor(_owned(converted, None) if isinstance(converted, np.ndarray)
                                                else converted)
 
@@ -590,6 +595,9 @@ class Backend(BackendInterface):
             if not HOST.keras_state_in_place:  # the variables f assigns written after, through a StatelessScope
                 return keras_stateless.value_and_grad_of_arguments(HOST, f, args, argnums)
         return HOST.value_and_grad(f, args, argnums, None if params is None else [p.value for p in params])
+
+    def probe_forward(self, forward, x):
+        return forward(self.tensor(x))
 
     def check_shapes(self, model, loss_fn, x, y):
         x, y = self.to_input(x), self.to_input(y)

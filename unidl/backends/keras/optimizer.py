@@ -112,6 +112,19 @@ class LocalWindow:
         return sums, flags, K.isfinite(marker)
 
 
+def numpy_initializer(value):
+    """A Keras initializer of ``value`` everywhere, made in NumPy and given to the host framework with its dtype: on
+    Keras-on-JAX, Keras's own initializers (``"zeros"``) and a NumPy array given without its dtype (Keras converts
+    an initializer's result so) each compile an XLA program per shape and dtype (``jnp.zeros``; jax 0.10's
+    ``jnp.asarray``, a ``stage`` copy), 0.1 to 0.5 s each on a CPU, where an array with its dtype is only put on
+    the device; the same values on every host."""
+    def initializer(shape, dtype):
+        dtype = keras.backend.standardize_dtype(dtype)
+        return keras.ops.convert_to_tensor(np.full(shape, value, dtype), dtype)
+
+    return initializer
+
+
 class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
     """Keras optimizer whose ``update_step`` is ``spec.update`` (a unidl optimizer's rule)."""
 
@@ -132,11 +145,14 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
         # (``applying_the_jobs``); None elsewhere
         object.__setattr__(self, "_the_jobs", None)
         with keras.name_scope(self.name):
-            self.finite = keras.Variable(True, dtype="bool", trainable=False, name="last_step_finite")
+            # (each initial value a NumPy array of the variable's dtype: a Python number made one on Keras-on-JAX
+            # by ``jnp.asarray(value, dtype)``, which compiles an XLA conversion per dtype, ``numpy_initializer``)
+            self.finite = keras.Variable(np.asarray(True), dtype="bool", trainable=False, name="last_step_finite")
             # the learning rates of param groups after the first (whose rate is Keras's ``learning_rate``)
             # (attributes Keras tracks: its functional trainers thread them as the optimizer's state)
             self.group_learning_rates = [
-                keras.Variable(group["lr"], dtype=keras.config.floatx(), trainable=False, name="learning_rate")
+                keras.Variable(np.asarray(group["lr"], keras.config.floatx()), dtype=keras.config.floatx(),
+                               trainable=False, name="learning_rate")
                 for group in spec.param_groups[1:]]
             # each group's changeable hyperparameters (momentum, betas, ...) as variables (float64; nesterov a
             # bool): a compiled step reads those bound since construction (``bound_rule``), so that a later
@@ -149,7 +165,8 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
                     values = value if isinstance(value, tuple) else (value,)
                     entry[key] = (len(self.group_option_variables), len(values))
                     self.group_option_variables.extend(
-                        keras.Variable(v, dtype="bool" if isinstance(v, bool) else "float64", trainable=False,
+                        keras.Variable(np.asarray(v, "bool" if isinstance(v, bool) else "float64"),
+                                       dtype="bool" if isinstance(v, bool) else "float64", trainable=False,
                                        name="option") for v in values)
                 layout.append(entry)
             object.__setattr__(self, "_option_layout", layout)
@@ -158,9 +175,9 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(variables)
-        value = self._spec.initial_slot_value  # NumPy's, in the variable's dtype (Keras's Constant rounds a Python
-        # float to float32 first on TensorFlow: Adagrad's 0.1 in float64 was 0.10000000149011612)
-        initializer = lambda shape, dtype: np.full(shape, value, keras.backend.standardize_dtype(dtype))  # noqa: E731
+        # NumPy's value, in the variable's dtype (Keras's Constant rounds a Python float to float32 first on
+        # TensorFlow: Adagrad's 0.1 in float64 was 0.10000000149011612)
+        initializer = numpy_initializer(self._spec.initial_slot_value)
         spec = self._spec
         for variable in variables:  # (one number per parameter, ``scalar_slots``: 0-d, float32 as torch.optim's)
             self._slot_table.append({
@@ -171,7 +188,8 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
         # a rule that reads the step reads each parameter's own count (torch.optim's per-parameter state["step"]),
         # not Keras's ``iterations`` (which counts every update, with or without a gradient for the parameter)
         object.__setattr__(self, "param_steps", [
-            self.add_variable((), initializer="zeros", dtype="int64", aggregation="only_first_replica", name="step")
+            self.add_variable((), initializer=numpy_initializer(0), dtype="int64", aggregation="only_first_replica",
+                              name="step")
             for _ in variables] if self._spec.uses_step else None)
 
     def slots_of(self, variable) -> dict:
@@ -197,13 +215,18 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
     def _create_window(self) -> None:
         if getattr(self, "_accumulated", None) is None:
             with keras.name_scope(self.name):
+                # (from NumPy, each with its dtype: ``numpy_initializer``)
                 self._accumulated = [
-                    keras.Variable(K.zeros(tuple(p.shape), p.dtype), trainable=False, name="accumulated_gradient")
+                    keras.Variable(numpy_initializer(0), shape=tuple(p.shape), dtype=p.dtype, trainable=False,
+                                   name="accumulated_gradient")
                     for p in self._spec.params]
-                self._micro_steps = keras.Variable(0, dtype="int64", trainable=False, name="micro_steps")
-                self._window_finite = keras.Variable(True, dtype="bool", trainable=False, name="window_finite")
+                self._micro_steps = keras.Variable(np.asarray(0, "int64"), dtype="int64", trainable=False,
+                                                   name="micro_steps")
+                self._window_finite = keras.Variable(np.asarray(True), dtype="bool", trainable=False,
+                                                     name="window_finite")
                 # per parameter: it had a gradient in a micro-step of the window so far (torch's .grad is not None)
-                self._window_has_gradient = [keras.Variable(False, dtype="bool", trainable=False, name="has_gradient")
+                self._window_has_gradient = [keras.Variable(np.asarray(False), dtype="bool", trainable=False,
+                                                            name="has_gradient")
                                              for _ in self._spec.params]
 
     def window(self, accumulate: int):

@@ -14,8 +14,9 @@ from unidl.backends.keras import ops as keras_ops
 from unidl.backends.keras.dtypes import floatx
 from unidl.backends.keras.host import HOST
 from unidl.backends.keras.module import step_key
-from unidl.backends.keras.optimizer import (LocalWindow, assign_numpy, dense_gradient, gradients_used, own_gradients,
-                                           read_numpy, trainer_values_in_optimizer_order)
+from unidl.backends.keras.optimizer import (LocalWindow, assign_numpy, dense_gradient, gradients_used,
+                                           numpy_initializer, own_gradients, read_numpy,
+                                           trainer_values_in_optimizer_order)
 from unidl.precision import autocast_modules, modules_of
 
 
@@ -66,14 +67,16 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
         object.__setattr__(self, "_window_size", accumulate)
         if accumulate > 1 and getattr(self, "_window", None) is None:
             with keras.name_scope(self.name):
-                window = [self.add_variable(tuple(p.shape), initializer="zeros", dtype=p.dtype,
+                # (initial values from NumPy, each with its dtype: keras/optimizer.py ``numpy_initializer``)
+                window = [self.add_variable(tuple(p.shape), initializer=numpy_initializer(0), dtype=p.dtype,
                                             name="accumulated_scaled_gradient") for p in params]
-                count = self.add_variable((), initializer="zeros", dtype="int64", name="micro_steps")
+                count = self.add_variable((), initializer=numpy_initializer(0), dtype="int64", name="micro_steps")
                 # per parameter: it had a gradient in a micro-step of the window so far (torch's .grad is not None)
-                has_gradient = [self.add_variable((), initializer="zeros", dtype="bool", name="has_gradient")
+                has_gradient = [self.add_variable((), initializer=numpy_initializer(False), dtype="bool",
+                                                  name="has_gradient")
                                 for _ in params]
                 # every micro-step's loss so far was finite (a non-finite loss may come with finite gradients)
-                finite = self.add_variable((), initializer=keras.initializers.Constant(True), dtype="bool",
+                finite = self.add_variable((), initializer=numpy_initializer(True), dtype="bool",
                                            name="window_finite")
             object.__setattr__(self, "_window", window)
             object.__setattr__(self, "_window_finite", finite)

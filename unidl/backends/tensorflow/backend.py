@@ -362,6 +362,9 @@ class Backend(BackendInterface):
         grads = tape.gradient(value, targets, unconnected_gradients=unconnected)
         return value, [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
 
+    def probe_forward(self, forward, x):
+        return forward(self.tensor(x))
+
     def check_shapes(self, model, loss_fn, x, y):
         x, y = to_graph_input(x), to_graph_input(y)
         specs = (tf.TensorSpec(x.shape, x.dtype), tf.TensorSpec(y.shape, y.dtype))

@@ -437,6 +437,9 @@ class Backend(BackendInterface):
             return value, list(grads)  # None for an unused parameter: step() and apply() skip it
         return value, [torch.zeros_like(t) if g is None else g for g, t in zip(grads, targets)]
 
+    def probe_forward(self, forward, x):
+        return forward(self.tensor(x))
+
     def check_shapes(self, model, loss_fn, x, y):
         pass  # eager: the layers' own checks run on every real call
 
