@@ -583,7 +583,9 @@ class GraphFunction:
         """Raise the ``ShapeMismatchError`` that the function traced for the call's exact shapes (``exact_key``)
         raises while tracing, in a graph that never runs: the eager error, naming the input's sizes, where the trace
         for any sizes raised one naming ``(None, None, None)`` (a rank refused while tracing) or XLA failed to
-        compile (``_raise_shape_check``). Nothing if that trace raises no size error (the caller's error stands)."""
+        compile (``_raise_shape_check``). Nothing if that trace raises no size error (the caller's error stands).
+        The function's Python runs once more for that trace (a side effect of the user's, such as appending to a
+        list, happens twice on this error), as at any retrace; no graph of it runs and none is kept."""
         if self._plain is None:
             self._plain = GraphFunction(self._given_fn, device=self._device, name=self.__name__,
                                         cast_floats=self._cast_floats,
