@@ -329,7 +329,7 @@ def test_a_stop_that_a_finalizer_in_the_sample_takes_is_raised_once_more(monkeyp
     inside one C call or catching BaseException, neither of which was the case)."""
     dropped = []
     monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: dropped.append(unraisable.exc_type))
-    dataset, threads_before = CollectedThenStuck(4, cleanup=2.0), set(threading.enumerate())
+    dataset, threads_before = CollectedThenStuck(4, cleanup=3.0), set(threading.enumerate())
     loader = DataLoader(dataset, batch_size=1, num_workers=1, worker_type="thread", timeout=0.3)
     with pytest.raises(DataLoaderError, match=r"did not deliver batch 0 .*timeout=0\.3 s; its thread was stopped$"):
         next(iter(loader))

@@ -157,16 +157,15 @@ class CollectedThenStuck(Rows):
     """Sample 0 collects garbage whose finalizer runs Python code for ``cleanup`` seconds (someone's temporary
     directory removed, a pool stopped: run by the garbage collector in whichever thread collects, here a worker
     thread in its sample), then is stuck in a busy loop for 5 s. ``log`` records how the finalizer and the sample
-    ended; ``collecting`` is set as the collection begins."""
+    ended."""
 
     def __init__(self, n, cleanup):
         super().__init__(n)
-        self.cleanup, self.log, self.collecting = cleanup, [], threading.Event()
+        self.cleanup, self.log = cleanup, []
 
     def __getitem__(self, index):
         if index == 0:
-            _Finalized(self)  # (a reference cycle: only the collection below finalizes it)
-            self.collecting.set()
+            _Finalized(self)  # (a reference cycle: the collection below, in this thread, finalizes it)
             gc.collect()
             try:
                 end = time.monotonic() + 5.0
