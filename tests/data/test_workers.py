@@ -35,7 +35,7 @@ from unidl.errors import DataLoaderError, ShapeMismatchError
 from tests.data.worker_datasets import (INIT_IDS, ComputedRows, Draws, ExitingOnArrival, ExitingRows, FailingRows,
                                         InitDraws, KeyedArrays, LabelledRows, LocalNamedRows, NamedBatches,
                                         NoisyBatches, NoisyRows, Rows, SingleArrays, SleepingRows, StuckInPython,
-                                        CollectedThenStuck,
+                                        CollectedThenStuck, StuckWithCleanup,
                                         BusyRows, BUSY_INIT_FINISHED, busy_worker_init_fn, UnrestorableRows,
                                         SlowFirstDyingLater, ForkingWideRows,
                                         WideExitingRows, WideRows, WorkerProbe, failing_worker_init_fn, named_sample,
@@ -336,6 +336,18 @@ def test_a_stop_that_a_finalizer_in_the_sample_takes_is_raised_once_more(monkeyp
     assert worker_threads_left(threads_before, time.monotonic() + 1.0) == []
     assert dataset.log == ["cleanup cut short by WorkerStopped", "sample ended by WorkerStopped"]
     assert dropped == [WorkerStopped]
+
+
+def test_the_second_stop_never_cuts_short_a_sample_on_its_way_out():
+    """The stop raised once more (for one a finalizer took) is not raised in a thread that is handling the first
+    in its sample (an ``except BaseException`` or ``finally`` cleaning up before it lets it out): that cleanup runs
+    to its end, and the thread ends after it."""
+    dataset, threads_before = StuckWithCleanup(4, cleanup=0.15), set(threading.enumerate())
+    loader = DataLoader(dataset, batch_size=1, num_workers=1, worker_type="thread", timeout=0.3)
+    with pytest.raises(DataLoaderError, match=r"did not deliver batch 0 .*timeout=0\.3 s"):
+        next(iter(loader))
+    assert worker_threads_left(threads_before, time.monotonic() + 1.0) == []
+    assert dataset.log == ["sample ended by WorkerStopped", "cleanup finished"]
 
 
 @pytest.mark.parametrize("how", ["busy", "naps"])
@@ -825,6 +837,26 @@ def test_ctrl_c_in_a_step_of_fit_stops_the_workers_before_keyboard_interrupt_lea
                optimizer=ud.optim.SGD(model.parameters(), lr=0.1), verbose=0, callbacks=[CtrlC()], eager=True)
     assert "fit" in [item.name for item in caught.traceback]  # its frame, with the epoch, is still alive
     assert_workers_stopped("thread", threads_before, children_before, "a step of fit")
+
+
+def test_ctrl_c_in_a_step_of_fit_interrupts_a_worker_thread_stuck_in_a_sample():
+    """Ctrl-C in a step of ``fit`` (raised where a step's would come out, after the first batch) asks to stop now, as
+    one in the loader's wait does: the worker thread stuck in sample 1 meanwhile is interrupted there (``fit``
+    closes the epoch with ``interrupt``), not left to run until its sample returns, as a ``break`` leaves it."""
+    dataset = StuckInPython(8, "busy", index=1)
+
+    class CtrlC(ud.callbacks.Callback):
+        def on_batch_end(self, batch, logs=None):
+            assert dataset.entered.wait(10)
+            raise KeyboardInterrupt
+
+    threads_before = set(threading.enumerate())
+    model = ud.models.TwoLayerNet(3, 4, 8)
+    with pytest.raises(KeyboardInterrupt):
+        ud.fit(model, DataLoader(dataset, batch_size=1, num_workers=2), loss=ud.nn.CrossEntropyLoss(),
+               optimizer=ud.optim.SGD(model.parameters(), lr=0.1), verbose=0, callbacks=[CtrlC()], eager=True)
+    assert worker_threads_left(threads_before, time.monotonic() + 1.0) == []
+    assert dataset.interrupted == [(1, "WorkerStopped")] and dataset.finished == []
 
 
 def ctrl_c_after(seconds: float, sent: list) -> None:

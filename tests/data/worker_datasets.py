@@ -178,6 +178,33 @@ class CollectedThenStuck(Rows):
         return super().__getitem__(index)
 
 
+class StuckWithCleanup(Rows):
+    """Sample 0 is stuck in a busy loop for 5 s; an exception that ends it runs ``cleanup`` seconds of Python code
+    on its way out (``except BaseException``: files closed, a lock released), then goes on. ``log`` records it."""
+
+    def __init__(self, n, cleanup):
+        super().__init__(n)
+        self.cleanup, self.log = cleanup, []
+
+    def __getitem__(self, index):
+        if index == 0:
+            try:
+                end = time.monotonic() + 5.0
+                while time.monotonic() < end:
+                    pass
+            except BaseException as error:
+                self.log.append(f"sample ended by {type(error).__name__}")
+                try:
+                    end = time.monotonic() + self.cleanup
+                    while time.monotonic() < end:
+                        pass
+                    self.log.append("cleanup finished")
+                except BaseException as again:
+                    self.log.append(f"cleanup cut short by {type(again).__name__}")
+                raise
+        return super().__getitem__(index)
+
+
 class _Finalized:
     """Garbage in a reference cycle whose ``__del__`` runs Python code for its dataset's ``cleanup`` seconds."""
 
