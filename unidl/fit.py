@@ -670,8 +670,8 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
                 raise KeyboardInterrupt
         except _EndEpoch as end:  # a callback ended the epoch after a batch: its running logs are the epoch's
             logs = end.logs
-        except BaseException:
-            _stop_workers(batches)
+        except BaseException as error:
+            _stop_workers(batches, interrupt=isinstance(error, KeyboardInterrupt))
             raise
         if carried and values is None:  # a checkpoint without running totals: the two parts' means, joined
             logs = _whole_epoch_means(trainer, epoch, logs)
@@ -712,11 +712,12 @@ def _check_open_window(optimizer, trainer) -> None:
                              f"rate or check the data for NaN/inf")
 
 
-def _stop_workers(batches) -> None:
+def _stop_workers(batches, interrupt: bool) -> None:
     """Stop the workers of a ``DataLoader`` epoch that an error or Ctrl-C ends: its traceback keeps ``fit``'s
-    frame, and with it the epoch and its workers, alive (at the REPL until the next error)."""
+    frame, and with it the epoch and its workers, alive (at the REPL until the next error); ``interrupt`` (Ctrl-C):
+    worker threads still in a sample too (``Epoch.close``)."""
     if isinstance(batches, Epoch):
-        batches.close()
+        batches.close(interrupt)
 
 
 def _position_loader(loader: DataLoader, epoch: int) -> int:

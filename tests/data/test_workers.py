@@ -27,7 +27,7 @@ import pytest
 import unidl as ud
 from unidl import config
 from unidl import random as unidl_random
-from unidl.data import DataLoader, TensorDataset, shared_batches
+from unidl.data import DataLoader, TensorDataset, shared_batches, thread_stop, worker
 from unidl.data.dataloader import _check_pin_memory
 from unidl.data.pool import WorkerPool, in_finalizer
 from unidl.data.thread_stop import StopSwitch, WorkerStopped
@@ -35,6 +35,7 @@ from unidl.errors import DataLoaderError, ShapeMismatchError
 from tests.data.worker_datasets import (INIT_IDS, ComputedRows, Draws, ExitingOnArrival, ExitingRows, FailingRows,
                                         InitDraws, KeyedArrays, LabelledRows, LocalNamedRows, NamedBatches,
                                         NoisyBatches, NoisyRows, Rows, SingleArrays, SleepingRows, StuckInPython,
+                                        CollectedThenStuck, StuckWithCleanup,
                                         BusyRows, BUSY_INIT_FINISHED, busy_worker_init_fn, UnrestorableRows,
                                         SlowFirstDyingLater, ForkingWideRows,
                                         WideExitingRows, WideRows, WorkerProbe, failing_worker_init_fn, named_sample,
@@ -259,10 +260,10 @@ def test_a_sleeping_sample_times_out_naming_the_worker(worker_type):
     # a thread inside one long C call (time.sleep) outlives the loader (Python raises the exception that stops it
     # only when the call returns): said, naming the thread and where it is, with the way out
     said = re.compile(r"; worker thread unidl-data-worker-0 \(at worker_datasets\.py:\d+ in __getitem__\) could "
-                      r"not be stopped within 0\.2 s: .* each is inside one call that does not return to Python "
-                      r"until it ends \(a long time\.sleep, a blocking read, C code\).*; each keeps running in this "
-                      r"process until that call returns: worker_type='process' runs samples in worker processes, "
-                      r"which a timeout ends$")
+                      r"not be stopped within 0\.2 s: .* a thread inside one call that does not return to Python "
+                      r"until it ends \(a long time\.sleep, a blocking read, C code\) keeps running in this process "
+                      r"until that call returns, one whose sample catches BaseException until that sample returns; "
+                      r"worker_type='process' runs samples in worker processes, which a timeout or Ctrl-C ends$")
     assert bool(said.search(str(caught.value))) == (worker_type == "thread")
 
 
@@ -303,48 +304,122 @@ def test_a_worker_thread_stuck_in_worker_init_fn_is_stopped_by_its_timeout():
     assert BUSY_INIT_FINISHED == []
 
 
-@pytest.mark.parametrize("ending", ["close", "ctrl-c", "persistent loader dropped"])
 @pytest.mark.parametrize("how", ["busy", "naps"])
-def test_worker_threads_stuck_in_python_code_stop_with_their_iteration_or_loader(how, ending):
-    """Closing the iteration, Ctrl-C (a real SIGINT while the main thread waits for the stuck batch) and dropping a
-    loader whose persistent workers are stuck stop the thread stuck in a sample within a second, with no
-    exception anywhere but in that sample: Ctrl-C's ``KeyboardInterrupt`` comes out, nothing reaches
-    ``threading.excepthook`` (a ``WorkerStopped`` escaping the worker's own code) and the main thread goes on."""
+def test_a_timeout_stops_only_the_stuck_thread_and_lets_the_others_finish_their_sample(how):
+    """A timeout declares the batch it waited for stuck, and no other: its thread is interrupted in that sample, and
+    the other worker's healthy slow sample, running meanwhile, runs to its end (no ``WorkerStopped`` in it); that
+    thread then ends without taking its next batch (sample 3, queued before the stop)."""
+    dataset = StuckInPython(8, how, index=0, slow={1: 1.5, 3: 1.5})
+    threads_before = set(threading.enumerate())
+    loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_type="thread", timeout=0.3)
+    with pytest.raises(DataLoaderError, match=r"^DataLoader worker 0 \(thread unidl-data-worker-0\) did not deliver "
+                                              r"batch 0 of epoch 0 \(samples \[0\]\) within timeout=0\.3 s; its "
+                                              r"thread was stopped$"):
+        next(iter(loader))
+    assert dataset.interrupted == [(0, "WorkerStopped")]  # the stuck sample, and only it, at once
+    assert worker_threads_left(threads_before, time.monotonic() + 1.5 + 1.0) == []
+    assert dataset.finished == [1] and dataset.interrupted == [(0, "WorkerStopped")]
+
+
+def test_a_stop_that_a_finalizer_in_the_sample_takes_is_raised_once_more(monkeypatch):
+    """The exception that stops a thread can land in a garbage collection's finalizer that runs in its sample:
+    it ends that finalizer, and Python drops it there ("Exception ignored in ...", ``sys.unraisablehook``), so that
+    the sample goes on. A thread still in its sample after a moment and not on its way out gets it once more:
+    the stuck sample stops, and the timeout's error says so (it named the thread as one that could not be stopped,
+    inside one C call or catching BaseException, neither of which was the case)."""
+    dropped = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: dropped.append(unraisable.exc_type))
+    dataset, threads_before = CollectedThenStuck(4, cleanup=3.0), set(threading.enumerate())
+    loader = DataLoader(dataset, batch_size=1, num_workers=1, worker_type="thread", timeout=0.3)
+    with pytest.raises(DataLoaderError, match=r"did not deliver batch 0 .*timeout=0\.3 s; its thread was stopped$"):
+        next(iter(loader))
+    assert worker_threads_left(threads_before, time.monotonic() + 1.0) == []
+    assert dataset.log == ["cleanup cut short by WorkerStopped", "sample ended by WorkerStopped"]
+    assert dropped == [WorkerStopped]
+
+
+def test_the_second_stop_never_cuts_short_a_sample_on_its_way_out():
+    """The stop raised once more (for one a finalizer took) is not raised in a thread that is handling the first
+    in its sample (an ``except BaseException`` or ``finally`` cleaning up before it lets it out): that cleanup runs
+    to its end, and the thread ends after it."""
+    dataset, threads_before = StuckWithCleanup(4, cleanup=0.15), set(threading.enumerate())
+    loader = DataLoader(dataset, batch_size=1, num_workers=1, worker_type="thread", timeout=0.3)
+    with pytest.raises(DataLoaderError, match=r"did not deliver batch 0 .*timeout=0\.3 s"):
+        next(iter(loader))
+    assert worker_threads_left(threads_before, time.monotonic() + 1.0) == []
+    assert dataset.log == ["sample ended by WorkerStopped", "cleanup finished"]
+
+
+@pytest.mark.parametrize("how", ["busy", "naps"])
+def test_worker_threads_stuck_in_python_code_stop_on_ctrl_c(how):
+    """Ctrl-C (a real SIGINT while the main thread waits for the stuck batch) asks to stop now: the thread stuck in
+    a sample is stopped within a second, with no exception anywhere but in that sample: Ctrl-C's
+    ``KeyboardInterrupt`` comes out, nothing reaches ``threading.excepthook`` (a ``WorkerStopped`` escaping the
+    worker's own code) and the main thread goes on."""
     dataset, threads_before, escaped = StuckInPython(4, how, index=1), set(threading.enumerate()), []
     previous_hook, threading.excepthook = threading.excepthook, lambda args: escaped.append(args.exc_type)
     try:
-        loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_type="thread",
-                            persistent_workers=ending == "persistent loader dropped")
+        loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_type="thread")
         epoch = iter(loader)
         assert batches([next(epoch)]) == [([[0.0, 1.0, 2.0]], [0])]  # worker 0's; worker 1 is stuck in sample 1
         assert dataset.entered.wait(10)
-        if ending == "ctrl-c":
-            sent = []
-            ctrl_c_after(0.2, sent)
-            with pytest.raises(KeyboardInterrupt):
-                next(epoch)  # batch 1, which never comes
-            stopped_by = sent[0] + 1.0
-        else:
-            stopped_by = time.monotonic() + 1.0
-            if ending == "close":
-                epoch.close()
-            else:
-                del epoch, loader
-                gc.collect()
+        sent = []
+        ctrl_c_after(0.2, sent)
+        with pytest.raises(KeyboardInterrupt):
+            next(epoch)  # batch 1, which never comes
+        stopped_by = sent[0] + 1.0
         assert worker_threads_left(threads_before, stopped_by) == []
         assert sum(range(100_000)) == 4_999_950_000  # Python code of the main thread runs on after the stop
     finally:
         threading.excepthook = previous_hook
     assert dataset.finished == [] and escaped == []
+    assert dataset.interrupted == [(1, "WorkerStopped")]
+
+
+@pytest.mark.parametrize("ending", ["close", "break", "persistent loader dropped"])
+@pytest.mark.parametrize("how", ["busy", "naps"])
+def test_a_break_a_close_or_a_dropped_loader_lets_worker_threads_finish_the_sample_in_hand(how, ending):
+    """Ending the iteration (``Epoch.close()``, a ``break``) or dropping a loader whose persistent workers are busy
+    asks no sample to stop now: a worker thread in a healthy slow sample (1.2 s of Python code) is not interrupted
+    (an exception raised anywhere in the dataset's, a library's or a framework's code could leave a shared state
+    half-changed or a lock held); it finishes that sample and ends, without taking its next batch (sample 3, queued
+    before the stop). Nothing reaches ``threading.excepthook`` and the main thread goes on meanwhile."""
+    dataset = StuckInPython(6, how, index=1, seconds=1.2, slow={3: 1.2})
+    threads_before, escaped = set(threading.enumerate()), []
+    previous_hook, threading.excepthook = threading.excepthook, lambda args: escaped.append(args.exc_type)
+    try:
+        loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_type="thread",
+                            persistent_workers=ending == "persistent loader dropped")
+        if ending == "break":
+            for batch in loader:
+                assert batches([batch]) == [([[0.0, 1.0, 2.0]], [0])]  # worker 0's; worker 1 is in sample 1
+                assert dataset.entered.wait(10)
+                break
+        else:
+            epoch = iter(loader)
+            assert batches([next(epoch)]) == [([[0.0, 1.0, 2.0]], [0])]
+            assert dataset.entered.wait(10)
+            if ending == "close":
+                epoch.close()
+            else:
+                del epoch, loader
+                gc.collect()
+        assert sum(range(100_000)) == 4_999_950_000  # Python code of the main thread runs on after the stop
+        assert worker_threads_left(threads_before, time.monotonic() + 1.2 + 1.0) == []
+    finally:
+        threading.excepthook = previous_hook
+    assert dataset.finished == [1] and dataset.interrupted == [] and escaped == []
 
 
 def test_stopping_worker_threads_at_any_moment_raises_nothing_outside_their_samples():
-    """Pools of worker threads stopped at once (no grace) while their samples (busy loops of 0 to 2 ms) start and
-    end: the exception that stops a thread lands in a sample or the worker's own loop, never in the main thread,
-    another thread or ``threading``'s code as a worker ends (``threading.excepthook``), and every thread ends."""
+    """Pools of worker threads stopped at once (no grace, every thread interrupted, as Ctrl-C does) while their
+    samples (busy loops of 0 to 2 ms) start and end: the exception that stops a thread lands in a sample, never in
+    the worker's own loop (``worker.STOPS_OUTSIDE_BLOCKS``), the main thread, another thread or ``threading``'s
+    code as a worker ends (``threading.excepthook``), and every thread ends."""
     escaped, previous_hook = [], threading.excepthook
     threading.excepthook = lambda args: escaped.append(args.exc_type)
     threads_before, raised_in_samples = set(threading.enumerate()), 0
+    outside_before = worker.STOPS_OUTSIDE_BLOCKS
     try:
         for trial in range(60):
             pool = WorkerPool("thread", 3, BusyRows(64, most=0.002), ud.data.default_collate, None, None, 0, 0)
@@ -353,7 +428,7 @@ def test_stopping_worker_threads_at_any_moment_raises_nothing_outside_their_samp
             for _ in range(trial % 6):
                 next(delivered)
             time.sleep(random.Random(trial).uniform(0, 0.003))  # stopped mid-sample, between samples, at their ends
-            assert pool.shutdown(0.0) is None, f"trial {trial}"
+            assert pool.shutdown(0.0, interrupt=range(3)) is None, f"trial {trial}"
             raised_in_samples += sum(switch.raised for switch in pool._switches)
             delivered.close()
             assert sum(range(10_000)) == 49_995_000
@@ -361,6 +436,8 @@ def test_stopping_worker_threads_at_any_moment_raises_nothing_outside_their_samp
         threading.excepthook = previous_hook
     assert escaped == []
     assert worker_threads_left(threads_before, time.monotonic() + 1.0) == []
+    # none landed in the worker's own loop either, where it caught it and ended quietly
+    assert worker.STOPS_OUTSIDE_BLOCKS == outside_before
     assert raised_in_samples > 0  # (about a quarter of the stops land mid-sample, the rest between samples)
 
 
@@ -370,6 +447,7 @@ def test_a_stop_switch_raises_only_inside_its_block():
     does not begin; the thread's own code after the block runs with nothing pending."""
     def in_a_thread(inside):
         switch, seen, entered, stopped = StopSwitch(), [], threading.Event(), threading.Event()
+        left = threading.Event()  # set once the thread is out of the block
 
         def body():
             try:
@@ -382,6 +460,7 @@ def test_a_stop_switch_raises_only_inside_its_block():
             except WorkerStopped:
                 seen.append("WorkerStopped")
             entered.set()
+            left.set()
             stopped.wait(5)
             try:
                 total = 0
@@ -397,7 +476,7 @@ def test_a_stop_switch_raises_only_inside_its_block():
         thread.start()
         assert entered.wait(5)
         if not inside:
-            time.sleep(0.05)  # out of the block by now
+            assert left.wait(5)
         raised = switch.stop()
         stopped.set()
         thread.join(5)
@@ -406,6 +485,61 @@ def test_a_stop_switch_raises_only_inside_its_block():
 
     assert in_a_thread(inside=True) == (True, ["WorkerStopped", "after the block: clean", "WorkerStopped"])
     assert in_a_thread(inside=False) == (False, ["block ran out", "after the block: clean", "WorkerStopped"])
+
+
+def test_two_stops_at_once_raise_in_the_thread_once(monkeypatch):
+    """Two threads stopping one switch at the same moment (the main thread's stop and a garbage collection's
+    finalizer, say) raise ``WorkerStopped`` in its thread once: whether it was raised is read and set under the
+    switch's lock (read before it, both stops could pass the check and raise)."""
+    switch, stopped, entered = StopSwitch(), threading.Event(), threading.Event()
+    raised_by, real_raise = [], thread_stop._raise_in
+
+    def counted(thread_id, exception):
+        if threading.current_thread().name.startswith("stopper"):
+            raised_by.append(threading.current_thread().name)
+        return real_raise(thread_id, exception)
+
+    monkeypatch.setattr(thread_stop, "_raise_in", counted)
+
+    def body():
+        try:
+            with switch:
+                entered.set()
+                while not stopped.is_set():  # Python code: the exception lands at once
+                    pass
+        except WorkerStopped:
+            pass
+
+    class Watched:
+        """The switch's lock, counting the threads that wait for it."""
+
+        def __init__(self, lock):
+            self.lock, self.waiting = lock, 0
+
+        def __enter__(self):
+            self.waiting += 1
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc):
+            return self.lock.__exit__(*exc)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    assert entered.wait(5)
+    switch._lock = watched = Watched(switch._lock)
+    with watched.lock:  # both stops reach the lock while it is held, then go one after the other
+        stoppers = [threading.Thread(target=switch.stop, name=f"stopper-{n}") for n in range(2)]
+        for stopper in stoppers:
+            stopper.start()
+        deadline = time.monotonic() + 5
+        while watched.waiting < 2 and time.monotonic() < deadline:
+            time.sleep(0.001)
+    for stopper in stoppers:
+        stopper.join(5)
+    stopped.set()
+    thread.join(5)
+    assert not thread.is_alive() and switch.raised
+    assert len(raised_by) == 1
 
 
 @pytest.mark.parametrize("code, expected", [(3, "exited unexpectedly with exit code 3"),
@@ -703,6 +837,26 @@ def test_ctrl_c_in_a_step_of_fit_stops_the_workers_before_keyboard_interrupt_lea
                optimizer=ud.optim.SGD(model.parameters(), lr=0.1), verbose=0, callbacks=[CtrlC()], eager=True)
     assert "fit" in [item.name for item in caught.traceback]  # its frame, with the epoch, is still alive
     assert_workers_stopped("thread", threads_before, children_before, "a step of fit")
+
+
+def test_ctrl_c_in_a_step_of_fit_interrupts_a_worker_thread_stuck_in_a_sample():
+    """Ctrl-C in a step of ``fit`` (raised where a step's would come out, after the first batch) asks to stop now, as
+    one in the loader's wait does: the worker thread stuck in sample 1 meanwhile is interrupted there (``fit``
+    closes the epoch with ``interrupt``), not left to run until its sample returns, as a ``break`` leaves it."""
+    dataset = StuckInPython(8, "busy", index=1)
+
+    class CtrlC(ud.callbacks.Callback):
+        def on_batch_end(self, batch, logs=None):
+            assert dataset.entered.wait(10)
+            raise KeyboardInterrupt
+
+    threads_before = set(threading.enumerate())
+    model = ud.models.TwoLayerNet(3, 4, 8)
+    with pytest.raises(KeyboardInterrupt):
+        ud.fit(model, DataLoader(dataset, batch_size=1, num_workers=2), loss=ud.nn.CrossEntropyLoss(),
+               optimizer=ud.optim.SGD(model.parameters(), lr=0.1), verbose=0, callbacks=[CtrlC()], eager=True)
+    assert worker_threads_left(threads_before, time.monotonic() + 1.0) == []
+    assert dataset.interrupted == [(1, "WorkerStopped")] and dataset.finished == []
 
 
 def ctrl_c_after(seconds: float, sent: list) -> None:

@@ -4,6 +4,7 @@ Worker processes import this module: it imports NumPy and unidl.data only, never
 """
 
 import collections
+import gc
 import os
 import random
 import signal
@@ -125,23 +126,100 @@ class SleepingRows(Rows):
 class StuckInPython(Rows):
     """Sample ``index`` runs Python code for ``seconds`` (``how``: "busy", a busy loop; "naps", ``time.sleep`` in
     0.05 s steps), as a sample stuck in a loop would: a worker thread there stops only where an exception is
-    raised in it. ``entered`` is set as that sample begins; ``finished`` records the samples whose loop ran out
-    (never stopped). Bounded, so that a thread that nothing stops ends after the test all the same."""
+    raised in it; ``slow`` ({index: seconds}): other samples that run such code for a while, as a healthy slow
+    sample does (decoding, augmenting). ``entered`` is set as sample ``index`` begins; ``finished`` records the
+    samples whose loop ran out (never stopped), ``interrupted`` (index, exception name) those an exception ended.
+    Bounded, so that a thread that nothing stops ends after the test all the same."""
 
-    def __init__(self, n, how, index=0, seconds=5.0):
+    def __init__(self, n, how, index=0, seconds=5.0, slow=None):
         super().__init__(n)
-        self.how, self.index, self.seconds = how, index, seconds
-        self.entered, self.finished = threading.Event(), []
+        self.how, self.index, self.seconds, self.slow = how, index, seconds, dict(slow or {})
+        self.entered, self.finished, self.interrupted = threading.Event(), [], []
 
     def __getitem__(self, index):
-        if index == self.index:
-            self.entered.set()
-            end = time.monotonic() + self.seconds
-            while time.monotonic() < end:
-                if self.how == "naps":
-                    time.sleep(0.05)
+        seconds = self.seconds if index == self.index else self.slow.get(index)
+        if seconds is not None:
+            if index == self.index:
+                self.entered.set()
+            try:
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    if self.how == "naps":
+                        time.sleep(0.05)
+            except BaseException as error:
+                self.interrupted.append((index, type(error).__name__))
+                raise
             self.finished.append(index)
         return super().__getitem__(index)
+
+
+class CollectedThenStuck(Rows):
+    """Sample 0 collects garbage whose finalizer runs Python code for ``cleanup`` seconds (someone's temporary
+    directory removed, a pool stopped: run by the garbage collector in whichever thread collects, here a worker
+    thread in its sample), then is stuck in a busy loop for 5 s. ``log`` records how the finalizer and the sample
+    ended."""
+
+    def __init__(self, n, cleanup):
+        super().__init__(n)
+        self.cleanup, self.log = cleanup, []
+
+    def __getitem__(self, index):
+        if index == 0:
+            _Finalized(self)  # (a reference cycle: the collection below, in this thread, finalizes it)
+            gc.collect()
+            try:
+                end = time.monotonic() + 5.0
+                while time.monotonic() < end:
+                    pass
+                self.log.append("sample ran out")
+            except BaseException as error:
+                self.log.append(f"sample ended by {type(error).__name__}")
+                raise
+        return super().__getitem__(index)
+
+
+class StuckWithCleanup(Rows):
+    """Sample 0 is stuck in a busy loop for 5 s; an exception that ends it runs ``cleanup`` seconds of Python code
+    on its way out (``except BaseException``: files closed, a lock released), then goes on. ``log`` records it."""
+
+    def __init__(self, n, cleanup):
+        super().__init__(n)
+        self.cleanup, self.log = cleanup, []
+
+    def __getitem__(self, index):
+        if index == 0:
+            try:
+                end = time.monotonic() + 5.0
+                while time.monotonic() < end:
+                    pass
+            except BaseException as error:
+                self.log.append(f"sample ended by {type(error).__name__}")
+                try:
+                    end = time.monotonic() + self.cleanup
+                    while time.monotonic() < end:
+                        pass
+                    self.log.append("cleanup finished")
+                except BaseException as again:
+                    self.log.append(f"cleanup cut short by {type(again).__name__}")
+                raise
+        return super().__getitem__(index)
+
+
+class _Finalized:
+    """Garbage in a reference cycle whose ``__del__`` runs Python code for its dataset's ``cleanup`` seconds."""
+
+    def __init__(self, dataset):
+        self.dataset, self.me = dataset, self
+
+    def __del__(self):
+        try:
+            end = time.monotonic() + self.dataset.cleanup
+            while time.monotonic() < end:
+                pass
+            self.dataset.log.append("cleanup finished")
+        except BaseException as error:
+            self.dataset.log.append(f"cleanup cut short by {type(error).__name__}")
+            raise
 
 
 #: worker ids whose busy_worker_init_fn ran to its end (a thread that nothing stopped)

@@ -240,13 +240,15 @@ class DataLoader:
 
     - ``worker_type="thread"`` (the default): threads of this process. No start-up cost, no pickling,
       the caller's backend scope applies inside them, and batches are converted to tensors there too.
-      Right for NumPy slicing, I/O and anything else that releases the GIL. A thread still in a sample
-      after a timeout, Ctrl-C or the iterator's end is stopped by an exception raised in that sample
-      (``WorkerStopped``, a ``BaseException``), which Python raises at the thread's next bytecode: a sample
-      in a Python loop, or sleeping in short steps, stops; one inside a single call that does not return to
-      Python (a long ``time.sleep``, a blocking read) stops only when that call returns, and the timeout's
-      error (elsewhere a ``RuntimeWarning``) names it and where it is (a daemon thread, it never keeps the
-      interpreter from exiting); ``os._exit`` in a thread ends the whole process.
+      Right for NumPy slicing, I/O and anything else that releases the GIL. When the iteration ends early
+      (a ``break``, ``Epoch.close()``, the iterator or a persistent loader dropped) a thread finishes the
+      sample in hand and ends; one stuck there runs on until that sample returns (a daemon thread, it never
+      keeps the interpreter from exiting). A thread whose batch overran ``timeout``, and every thread in a
+      sample on Ctrl-C while iterating, is stopped by an exception raised in that sample (``WorkerStopped``,
+      a ``BaseException``), which Python raises at the thread's next bytecode: a sample in a Python loop, or
+      sleeping in short steps, stops; one inside a single call that does not return to Python (a long
+      ``time.sleep``, a blocking read) stops only when that call returns, and the timeout's error (on
+      Ctrl-C a ``RuntimeWarning``) names it and where it is; ``os._exit`` in a thread ends the whole process.
     - ``worker_type="process"``: processes started with ``multiprocessing`` (start method ``"spawn"``
       unless ``multiprocessing_context`` says otherwise: the parent may already run torch's or
       TensorFlow's threads, which ``"fork"`` does not survive). Right for Python-heavy ``__getitem__``
@@ -596,7 +598,8 @@ class DataLoader:
 
     def _from_workers(self, batches, start, seed, epoch, context, convert, workers: list):
         """Batches from the workers, in order; the workers stop when this generator ends, however it ends
-        (persistent workers only after a failure or Ctrl-C). The pool goes into ``workers`` (the epoch's)
+        (persistent workers only after a failure or Ctrl-C), worker threads interrupted in their samples on
+        Ctrl-C only (``WorkerPool.shutdown``). The pool goes into ``workers`` (the epoch's)
         before it starts, so that the epoch can stop it on a Ctrl-C that this generator cannot handle: one
         between batches, or one on the first lines of the stop in ``finally``."""
         in_processes = self.worker_type == "process"
@@ -623,12 +626,17 @@ class DataLoader:
         except GeneratorExit:  # the iterator was closed or dropped before the end of the epoch
             outcome = "abandoned"
             raise
+        except KeyboardInterrupt:
+            outcome = "interrupted"
+            raise
         except DataLoaderError as error:
             if getattr(error, "superseded", False):
                 outcome = "superseded"  # a newer iteration owns the persistent workers now: leave them be
             raise
         finally:
-            if pool is not None and (outcome == "failed" or outcome != "superseded" and not self.persistent_workers):
+            if pool is not None and outcome == "interrupted":
+                pool.shutdown_now()
+            elif pool is not None and (outcome == "failed" or outcome != "superseded" and not self.persistent_workers):
                 pool.shutdown(GRACE if outcome == "finished" else GRACE_ON_FAILURE)
 
     def _keep(self, pool) -> None:
@@ -706,8 +714,11 @@ class DataLoader:
             # (threads hand back what the dataset made: NumPy arrays of it here, as without workers)
             convert = _numpy_arrays if self.worker_type == "thread" else None
             [arrays] = list(pool.deliver([indices], batch, seed, epoch, self.timeout, 1, context, convert))
-        except BaseException:
-            pool.shutdown(GRACE_ON_FAILURE)
+        except BaseException as error:
+            if isinstance(error, KeyboardInterrupt):
+                pool.shutdown_now()
+            else:
+                pool.shutdown(GRACE_ON_FAILURE)
             raise
         if not persistent:
             pool.shutdown(GRACE)

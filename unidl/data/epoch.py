@@ -14,7 +14,6 @@ import operator
 
 import numpy as np
 
-from unidl.data.pool import GRACE_ON_FAILURE
 from unidl.tensors import number_array
 
 
@@ -88,7 +87,7 @@ def _delivered(state: _EpochState):
                 return
     except KeyboardInterrupt:
         for workers in state.workers:
-            workers.shutdown(GRACE_ON_FAILURE)
+            workers.shutdown_now()
         raise
 
 
@@ -121,13 +120,18 @@ class Epoch:
     # a Ctrl-C can land outside any ``try`` (see ``_delivered``)
     __next__ = property(operator.attrgetter("_batches.__next__"))
 
-    def close(self) -> None:
+    def close(self, interrupt: bool = False) -> None:
         """End the epoch where it is: it yields nothing more, and its workers stop now (persistent workers stay
-        with their loader), as when the iterator is dropped. For code that keeps the iterator when an error
-        or Ctrl-C leaves its loop: the traceback keeps that code's frame, and with it the iterator and its
-        workers, alive (at the REPL until the next error)."""
+        with their loader), as when the iterator is dropped: worker threads finish the sample in hand. For code
+        that keeps the iterator when an error or Ctrl-C leaves its loop: the traceback keeps that code's frame, and
+        with it the iterator and its workers, alive (at the REPL until the next error). ``interrupt``: for a
+        Ctrl-C, which asks to stop now: worker threads that are not persistent are interrupted in their samples
+        (``WorkerPool.shutdown_now``)."""
         state = self._state
         state.ended = True
+        if interrupt and not state.loader.persistent_workers:
+            for workers in state.workers:
+                workers.shutdown_now()
         if state.source is not None:
             state.source.close()
 

@@ -5,8 +5,9 @@ exhaustion, error, timeout, Ctrl-C and garbage collection alike.
 The main process never blocks for long: it waits for results ``POLL`` seconds at a time, checking in
 between that every worker is alive and within the timeout, so that Ctrl-C and a dead worker are noticed
 within ``POLL`` seconds. Starting and stopping the workers hold Ctrl-C back until they are done
-(``interrupts_held``): cut halfway, they would leave workers that nobody stops. A worker thread still in a sample
-when its pool stops is stopped by an exception raised in that sample (``thread_stop.py``); the few that this
+(``interrupts_held``): cut halfway, they would leave workers that nobody stops. A worker thread finishes the sample
+in hand when its pool stops, unless the user asked to stop now (Ctrl-C) or declared that sample stuck (its batch
+overran ``timeout=``): then an exception raised in the sample stops it (``thread_stop.py``), and the few that this
 cannot stop are named. Large batches of worker processes come through shared memory (``shared_batches.py``):
 the pool names each batch's segment when it hands the batch out and removes every segment that was not delivered
 when it stops.
@@ -35,9 +36,11 @@ from unidl.errors import DataLoaderError
 POLL = 0.05
 #: seconds workers get to stop by themselves before they are terminated: after a normal end, after a failure
 GRACE, GRACE_ON_FAILURE = 1.0, 0.1
-#: seconds worker threads get to end once asked to stop (an exception raised in the sample): a sample in a Python
-#: loop ends within milliseconds, one sleeping in short steps within a step
-THREAD_STOP_WAIT = 0.2
+#: seconds worker threads get to end once interrupted (an exception raised in the sample): a sample in a Python
+#: loop ends within milliseconds, one sleeping in short steps within a step; one still inside its sample and not on
+#: its way out after ``THREAD_STOP_AGAIN`` s gets the exception once more (a garbage collection's finalizer that ran
+#: in the sample took the first: ``StopSwitch.stop_again``)
+THREAD_STOP_WAIT, THREAD_STOP_AGAIN = 0.2, 0.05
 
 _generations = itertools.count()
 
@@ -237,6 +240,7 @@ class WorkerPool:
                                                       "stop_switch": self._switches[w]})
                              for w in range(num_workers)]
         # the workers of a pool dropped without shutdown() (Ctrl-C landing just before it) stop all the same
+        # (interrupting none: a drop lets worker threads finish the sample in hand)
         self._finalizer = weakref.finalize(self, in_finalizer, _stop, kind, self._workers, self._switches,
                                            self._tasks, self._results, self._segments, GRACE_ON_FAILURE)
 
@@ -250,8 +254,11 @@ class WorkerPool:
                     for w, handle in enumerate(self._workers):
                         handle.start()
                         self._ready_at[w] = time.monotonic()
-        except BaseException:
-            self.shutdown(GRACE_ON_FAILURE)
+        except BaseException as error:
+            if isinstance(error, KeyboardInterrupt):
+                self.shutdown_now()
+            else:
+                self.shutdown(GRACE_ON_FAILURE)
             raise
 
     def _start_processes(self) -> None:
@@ -434,8 +441,9 @@ class WorkerPool:
             return  # no timeout, or a worker process still starting (interpreter, imports, unpickling)
         waited = time.monotonic() - max(waiting_since, ready_at)
         if waited > timeout:
-            # stopped here, so that the error can say which threads could not be (a user should not learn it from top)
-            left = self.shutdown(GRACE_ON_FAILURE, warn=False)
+            # stopped here, so that the error can say whether its thread could not be (a user should not learn it from
+            # top); that thread only is interrupted: the others' samples are not stuck, and finish
+            left = self.shutdown(GRACE_ON_FAILURE, warn=False, interrupt=(owner,))
             stuck = "" if self.kind == "process" else f"; {left}" if left else "; its thread was stopped"
             error = DataLoaderError(f"{self.describe(owner)} did not deliver batch {batch} of epoch {epoch} "
                                     f"(samples {indices.tolist()}) within timeout={timeout:g} s{stuck}")
@@ -443,37 +451,52 @@ class WorkerPool:
             raise error
 
     # ---- stopping -----------------------------------------------------------
-    def shutdown(self, grace: float = GRACE, warn: bool = True) -> str | None:
-        """Stop every worker: ask, wait up to ``grace`` seconds, then terminate and kill processes, and raise
-        ``WorkerStopped`` in the samples of threads (``thread_stop.py``), waiting ``THREAD_STOP_WAIT`` s more.
+    def shutdown(self, grace: float = GRACE, warn: bool = True, interrupt=()) -> str | None:
+        """Stop every worker: ask, wait up to ``grace`` seconds, then terminate and kill processes. A worker thread
+        finishes the sample in hand (never more: asked to stop, it ends its batch there) and ends by itself, but
+        those of ``interrupt`` (worker ids) that are still in a sample then: ``WorkerStopped`` is raised there
+        (``thread_stop.py``) and they get ``THREAD_STOP_WAIT`` s more. Only Ctrl-C (``shutdown_now``) and a sample
+        stuck past ``timeout=`` interrupt one: elsewhere (a ``break``, a close, a drop) the exception could land
+        anywhere in a healthy sample's code, the dataset's, a library's, a framework's, and leave its state
+        half-changed or a lock held.
 
-        Returns what names the worker threads that did not stop, and why, or None; ``warn``: say it in a
-        ``RuntimeWarning`` too (the caller that puts it in its error does not). Those threads are daemon threads,
+        Returns what names the interrupted worker threads that did not stop, and why, or None; ``warn``: say it in a
+        ``RuntimeWarning`` too (the caller that puts it in its error does not). Worker threads are daemon threads,
         which never keep the interpreter from exiting.
         """
         with interrupts_held():
             if self._finalizer.detach() is not None:  # the first call: from here on the pool is closed
                 self.generation = None
                 return _stop(self.kind, self._workers, self._switches, self._tasks, self._results,
-                             self._segments, grace, warn)
+                             self._segments, grace, warn, interrupt)
         return None
 
+    def shutdown_now(self) -> str | None:
+        """Stop every worker as Ctrl-C asks: ``shutdown`` after a failure's grace, with every worker thread still in
+        a sample interrupted."""
+        return self.shutdown(GRACE_ON_FAILURE, interrupt=range(self.num_workers))
 
-def _stop(kind, workers, switches, tasks_queues, results, segments, grace: float, warn: bool = True) -> str | None:
-    """Stop a pool's workers (``WorkerPool.shutdown``), from its parts: also the finalizer of a pool
-    that was dropped without ``shutdown``. Returns (and, with ``warn``, warns) what names the threads left."""
+
+def _stop(kind, workers, switches, tasks_queues, results, segments, grace: float, warn: bool = True,
+          interrupt=()) -> str | None:
+    """Stop a pool's workers (``WorkerPool.shutdown``, ``interrupt``: the ids of the worker threads to interrupt),
+    from its parts: also the finalizer of a pool that was dropped without ``shutdown``. Returns (and, with ``warn``,
+    warns) what names the interrupted threads left."""
     for tasks in tasks_queues:
         try:
             tasks.put(None)
         except (ValueError, OSError):  # a queue already closed
             pass
+    for switch in switches:  # (threads': no sample after the one in hand, nor the batches queued before the None)
+        if switch is not None:
+            switch.stop(interrupt=False)
     deadline = time.monotonic() + grace
     # (a finalizer runs where the garbage is collected: never join the thread it runs in)
     started = [handle for handle in workers
                if handle.ident is not None and handle is not threading.current_thread()]
     for handle in started:
         handle.join(max(0.0, deadline - time.monotonic()))
-    left = _stop_threads(workers, switches) if kind == "thread" else None
+    left = _stop_threads(workers, switches, interrupt) if kind == "thread" else None
     if kind == "process":
         for handle in started:
             if handle.is_alive():
@@ -496,33 +519,43 @@ def _stop(kind, workers, switches, tasks_queues, results, segments, grace: float
     return left
 
 
-def _stop_threads(workers, switches) -> str | None:
-    """Raise ``WorkerStopped`` in each worker thread still running that is inside a sample (or
-    ``worker_init_fn``), and wait up to ``THREAD_STOP_WAIT`` s for them to end; what names those that did not,
-    where they are and why, or None."""
-    asked = {}
-    for handle, switch in zip(workers, switches):
-        if handle.ident is not None and handle.is_alive():
-            # (a garbage collection's finalizer may run this in a worker thread: that one is told, not interrupted)
-            asked[handle] = switch.stop(interrupt=handle is not threading.current_thread())
-    deadline = time.monotonic() + THREAD_STOP_WAIT
-    for handle in asked:
-        if handle is not threading.current_thread():
-            handle.join(max(0.0, deadline - time.monotonic()))
-    left = [handle for handle in asked if handle.is_alive() and handle is not threading.current_thread()]
+def _stop_threads(workers, switches, interrupt) -> str | None:
+    """Raise ``WorkerStopped`` in each worker thread of ``interrupt`` (ids) still running that is inside a sample
+    (or ``worker_init_fn``), once more after ``THREAD_STOP_AGAIN`` s in one still inside it and not on its way out,
+    and wait up to ``THREAD_STOP_WAIT`` s in all for them to end; what names those that did not, where they are and
+    why, or None. The other threads were asked to stop after the sample in hand, and are left to it."""
+    interrupted = {}
+    for worker_id in interrupt:
+        handle, switch = workers[worker_id], switches[worker_id]
+        # (a garbage collection's finalizer may run this in a worker thread: that one is told, not interrupted)
+        if handle.ident is not None and handle.is_alive() and handle is not threading.current_thread():
+            interrupted[handle] = switch
+            switch.stop()
+    if not interrupted:
+        return None
+    began = time.monotonic()
+    for handle, switch in interrupted.items():
+        handle.join(max(0.0, began + THREAD_STOP_AGAIN - time.monotonic()))
+    for handle, switch in interrupted.items():
+        if handle.is_alive():
+            switch.stop_again()
+    for handle in interrupted:
+        handle.join(max(0.0, began + THREAD_STOP_WAIT - time.monotonic()))
+    left = [handle for handle in interrupted if handle.is_alive()]
     if not left:
         return None
     frames = sys._current_frames()
     where = ", ".join(f"{handle.name} ({_whereabouts(frames.get(handle.ident))})" for handle in left)
     if not thread_stop.AVAILABLE:
-        why = "this Python cannot raise an exception in another thread to stop it"
+        why = ("this Python cannot raise an exception in another thread to stop it: each keeps running in this "
+               "process until its sample returns")
     else:
         why = ("the exception that stops a thread (WorkerStopped, raised in its sample) takes effect at the thread's "
-               "next Python bytecode, and each is inside one call that does not return to Python until it ends (a "
-               "long time.sleep, a blocking read, C code), or in a sample that catches BaseException")
+               "next Python bytecode: a thread inside one call that does not return to Python until it ends (a long "
+               "time.sleep, a blocking read, C code) keeps running in this process until that call returns, one "
+               "whose sample catches BaseException until that sample returns")
     return (f"worker thread{'s' if len(left) > 1 else ''} {where} could not be stopped within {THREAD_STOP_WAIT:g} s: "
-            f"{why}; each keeps running in this process until that call returns: worker_type='process' runs samples "
-            f"in worker processes, which a timeout ends")
+            f"{why}; worker_type='process' runs samples in worker processes, which a timeout or Ctrl-C ends")
 
 
 def _whereabouts(frame) -> str:

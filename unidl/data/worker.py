@@ -23,10 +23,13 @@ import numpy as np
 from unidl.data import shared_batches
 from unidl.data.dataset import Fields, TensorDataset, batched_by_dataset, check_flat_field, flat_fields
 from unidl.data.result_pipes import PipeSender
-from unidl.data.thread_stop import WorkerStopped
+from unidl.data.thread_stop import StopSwitch, WorkerStopped
 
 #: seconds an idle worker process waits for a task before checking that the main process still lives
 IDLE_POLL = 0.5
+#: how many times a worker thread's loop caught a ``WorkerStopped`` that did not come out of its ``StopSwitch``
+#: block (one raised in the worker's own code: ``thread_stop.py`` never raises it there; the tests check it stays 0)
+STOPS_OUTSIDE_BLOCKS = 0
 #: the two seed streams: a worker's start (and epoch) and each batch
 WORKER_STREAM, BATCH_STREAM = 0, 1
 
@@ -77,10 +80,13 @@ def batch_rngs(batch_seed: tuple | None):
             generator.set_state(torch_state)
 
 
-def fetch(dataset, collate_fn, indices: np.ndarray, progress: dict | None = None) -> tuple:
+def fetch(dataset, collate_fn, indices: np.ndarray, progress: dict | None = None,
+          stop_switch: StopSwitch | None = None) -> tuple:
     """The batch at ``indices`` as a tuple of arrays: a ``TensorDataset``'s ``batch`` where the loader joins by
     ``default_collate`` (``batched_by_dataset``), else ``collate_fn`` of the samples. ``progress`` records the step
-    ("sample" with its "index", or "collate"), so that a failure can name it."""
+    ("sample" with its "index", or "collate"), so that a failure can name it. ``stop_switch``: a worker thread's,
+    whose stop asked (a ``break``, a close) ends the batch before its next sample (``WorkerStopped``): the pool
+    reads nothing more from the thread, which finishes the sample in hand only."""
     progress = {} if progress is None else progress
     if batched_by_dataset(dataset, collate_fn):
         progress["step"] = "collate"
@@ -93,6 +99,8 @@ def fetch(dataset, collate_fn, indices: np.ndarray, progress: dict | None = None
     samples = []
     progress["step"] = "sample"
     for index in indices.tolist():
+        if stop_switch is not None:
+            stop_switch.check()
         progress["index"] = index
         samples.append(dataset[index])
     progress["step"], progress["index"] = "collate", None
@@ -165,6 +173,20 @@ def _portable(arrays) -> tuple:
     return arrays
 
 
+def _in_block(stop_switch: StopSwitch | None, call, *args):
+    """``call(*args)``, inside ``stop_switch``'s block where the worker has one (a thread's: where the pool may stop
+    it, ``thread_stop.py``); a ``WorkerStopped`` that comes out of the block is marked as stopped there
+    (``in_block``), so that ``serve`` can tell one that landed in the worker's own code."""
+    if stop_switch is None:
+        return call(*args)
+    try:
+        with stop_switch:
+            return call(*args)
+    except WorkerStopped as stopped:
+        stopped.in_block = True
+        raise
+
+
 def _run_batch(worker_id, dataset, collate_fn, task, portable: bool, current, stop_switch):
     _, generation, batch, indices, batch_seed, context, convert, shared = task
     progress = {"step": "sample", "index": None}
@@ -172,7 +194,7 @@ def _run_batch(worker_id, dataset, collate_fn, task, portable: bool, current, st
 
     def job():
         with batch_rngs(batch_seed):
-            arrays = fetch(dataset, collate_fn, indices, progress)
+            arrays = fetch(dataset, collate_fn, indices, progress, stop_switch)
         progress["step"] = "convert"
         if convert is not None:
             return convert(arrays)
@@ -184,8 +206,9 @@ def _run_batch(worker_id, dataset, collate_fn, task, portable: bool, current, st
         return arrays
 
     try:
-        with stop_switch:  # (a worker thread's: where the pool may stop it, thread_stop.py)
-            payload = context.copy().run(job) if context is not None else job()
+        # (a worker thread's block: where the pool may stop it, thread_stop.py)
+        payload = (_in_block(stop_switch, context.copy().run, job) if context is not None else
+                   _in_block(stop_switch, job))
     except WorkerStopped:
         raise
     except BaseException as error:  # SystemExit in a sample is a failure of that sample, too
@@ -206,11 +229,13 @@ def serve(worker_id: int, dataset, collate_fn, worker_init_fn, tasks, results, c
     ``seeding``: seed the global RNGs from (seed, epoch, worker_id) now and at each new epoch, and from
     (seed, epoch, batch) for each batch (processes only: threads share one global RNG).
     """
+    global STOPS_OUTSIDE_BLOCKS
     try:
         _serve(worker_id, dataset, collate_fn, worker_init_fn, tasks, results, current, seed, epoch, seeding,
-               portable, parent, stop_switch or contextlib.nullcontext())
-    except WorkerStopped:
-        return  # the pool stopped this thread, and reads nothing more from it
+               portable, parent, stop_switch)
+    except WorkerStopped as stopped:  # the pool stopped this thread, and reads nothing more from it
+        if not getattr(stopped, "in_block", False):
+            STOPS_OUTSIDE_BLOCKS += 1
 
 
 def _serve(worker_id, dataset, collate_fn, worker_init_fn, tasks, results, current, seed, epoch, seeding,
@@ -219,8 +244,7 @@ def _serve(worker_id, dataset, collate_fn, worker_init_fn, tasks, results, curre
         seed_global_rngs(WORKER_STREAM, seed, epoch, worker_id)
     if worker_init_fn is not None:
         try:
-            with stop_switch:
-                worker_init_fn(worker_id)
+            _in_block(stop_switch, worker_init_fn, worker_id)
         except WorkerStopped:
             raise
         except BaseException as error:
