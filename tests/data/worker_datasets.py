@@ -20,6 +20,14 @@ from unidl.data import Dataset, TensorDataset
 INIT_IDS = []
 
 
+def busy(seconds: float) -> None:
+    """A busy Python loop of ``seconds``: a sample stuck in Python code, which an exception raised in its thread
+    (``unidl.data.thread_stop``) ends at its next bytecode."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
 def record_worker_id(worker_id):
     INIT_IDS.append(worker_id)
 
@@ -168,9 +176,7 @@ class CollectedThenStuck(Rows):
             _Finalized(self)  # (a reference cycle: the collection below, in this thread, finalizes it)
             gc.collect()
             try:
-                end = time.monotonic() + 5.0
-                while time.monotonic() < end:
-                    pass
+                busy(5.0)
                 self.log.append("sample ran out")
             except BaseException as error:
                 self.log.append(f"sample ended by {type(error).__name__}")
@@ -189,15 +195,11 @@ class StuckWithCleanup(Rows):
     def __getitem__(self, index):
         if index == 0:
             try:
-                end = time.monotonic() + 5.0
-                while time.monotonic() < end:
-                    pass
+                busy(5.0)
             except BaseException as error:
                 self.log.append(f"sample ended by {type(error).__name__}")
                 try:
-                    end = time.monotonic() + self.cleanup
-                    while time.monotonic() < end:
-                        pass
+                    busy(self.cleanup)
                     self.log.append("cleanup finished")
                 except BaseException as again:
                     self.log.append(f"cleanup cut short by {type(again).__name__}")
@@ -213,9 +215,7 @@ class _Finalized:
 
     def __del__(self):
         try:
-            end = time.monotonic() + self.dataset.cleanup
-            while time.monotonic() < end:
-                pass
+            busy(self.dataset.cleanup)
             self.dataset.log.append("cleanup finished")
         except BaseException as error:
             self.dataset.log.append(f"cleanup cut short by {type(error).__name__}")
@@ -228,9 +228,7 @@ BUSY_INIT_FINISHED = []
 
 def busy_worker_init_fn(worker_id):
     """A ``worker_init_fn`` stuck in a busy Python loop for 5 s."""
-    end = time.monotonic() + 5.0
-    while time.monotonic() < end:
-        pass
+    busy(5.0)
     BUSY_INIT_FINISHED.append(worker_id)
 
 
@@ -242,9 +240,7 @@ class BusyRows(Rows):
         self.most = most
 
     def __getitem__(self, index):
-        end = time.monotonic() + random.Random(index).uniform(0, self.most)
-        while time.monotonic() < end:
-            pass
+        busy(random.Random(index).uniform(0, self.most))
         return super().__getitem__(index)
 
 
