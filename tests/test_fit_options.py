@@ -294,7 +294,6 @@ def test_initial_epoch_and_evaluate_lists(backend, data):
     (dict(metrics=["mae"]), "MeanAbsoluteError needs outputs and targets of the same shape"),
     (dict(verbose=7), r"fit verbose must be 0 \(silent\), 1 .*, 2 .* or 'auto' .*; got 7"),
     (dict(verbose="x"), r"fit verbose must be .*; got 'x'"),
-    (dict(eager="no"), r"fit eager must be True or False, got 'no'"),  # (it was taken as True)
 ])
 def test_bad_options_are_clear_errors(backend, rng, kwargs, message):
     model = ud.models.TwoLayerNet(4, 3, 2)
@@ -308,6 +307,22 @@ def test_bad_options_are_clear_errors(backend, rng, kwargs, message):
     before = model.state_dict()
     with pytest.raises(ValueError, match=message):
         ud.fit(model, x, y, **options)
+    assert all(np.array_equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("eager", ["no", 1, None])
+def test_eager_that_is_no_bool_is_the_same_error_from_fit_and_train_step(backend, rng, eager):
+    """``eager`` is one flag on both entries (fit hands it to the train step): anything but True or False is the same
+    ``TypeError`` from ``fit`` as from ``train_step`` (fit raised a ``ValueError`` and took 1 as True; a string was
+    taken as True before either), and nothing trains."""
+    model = ud.models.TwoLayerNet(4, 3, 2)
+    x, y = rng.standard_normal((20, 4)).astype(np.float32), np.arange(20) % 2
+    before = model.state_dict()
+    with pytest.raises(TypeError, match=f"fit: eager must be True or False, got {eager!r}"):
+        ud.fit(model, x, y, batch_size=5, verbose=0, loss="cross_entropy", optimizer="sgd", eager=eager)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=f"train_step: eager must be True or False, got {eager!r}"):
+        ud.train_step(model, ud.nn.CrossEntropyLoss(), optimizer, eager=eager)
     assert all(np.array_equal(before[k], v) for k, v in model.state_dict().items())
 
 

@@ -264,7 +264,8 @@ def shown(value) -> str:
     """``value`` as an error message names it: a framework's tensor by its shape and dtype, with its value where it
     is 0-d and can be read now ('a tensor of shape (2,) and dtype float32', 'a 0-d tensor of dtype float32 holding
     0.1; give a Python number, float(t)'), in the same words on every backend (a tensor's repr differs by
-    framework: ``tensor(...)``, ``<tf.Tensor ...>``, ``Array(...)``); anything else as its repr."""
+    framework: ``tensor(...)``, ``<tf.Tensor ...>``, ``Array(...)``); anything else as its repr. A 0-d tensor
+    holding NaN without the advice to give ``float(t)``: the Python number it gives is NaN, refused alike."""
     if isinstance(value, (np.ndarray, np.generic)) or not (hasattr(value, "shape") and hasattr(value, "dtype")):
         return repr(value)
     from unidl import config  # (here, not at the top: config imports the backends' registry, which imports this)
@@ -274,8 +275,10 @@ def shown(value) -> str:
         return f"a tensor of shape {shape} and dtype {dtype}"
     backend = config.backend()
     readable = backend.is_tensor(value) and backend.is_concrete(value) and "bfloat16" not in dtype
-    held = f" holding {str(backend.to_numpy(value)[()])}" if readable else ""  # (bfloat16: Keras's to_numpy refuses it)
-    return f"a 0-d tensor of dtype {dtype}{held}; give a Python number, float(t)"
+    number = backend.to_numpy(value)[()] if readable else None  # (bfloat16: Keras's to_numpy refuses it)
+    held = "" if number is None else f" holding {str(number)}"
+    advice = "" if number is not None and np.isnan(number) else "; give a Python number, float(t)"
+    return f"a 0-d tensor of dtype {dtype}{held}{advice}"
 
 
 def check_range(owner: str, name: str, value, low=0.0, high=math.inf, low_open=False, high_open=True) -> float:
@@ -283,8 +286,10 @@ def check_range(owner: str, name: str, value, low=0.0, high=math.inf, low_open=F
     naming the hyperparameter unless it is a number (not a bool, not NaN) with low <= value < high (bounds as
     asked)."""
     number = real(value)
-    if number is None or math.isnan(number):
+    if number is None:
         raise ValueError(f"{owner} {name} must be a number, got {shown(value)}")
+    if math.isnan(number):
+        raise ValueError(f"{owner} {name} must be a number, not NaN, got {shown(value)}")
     below = number <= low if low_open else number < low
     above = number >= high if high_open else number > high
     if below or above:

@@ -501,7 +501,8 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         raise ValueError(f"fit: validation_batch_size must be None or a positive integer (samples per validation "
                          f"batch), got {validation_batch_size!r}")
     shuffle = arguments.flag("fit", "shuffle", shuffle)  # (Keras's 'batch' and None were taken as True and False)
-    eager = arguments.flag("fit", "eager", eager)  # (a string, even 'no' or 'False', was taken as True)
+    # (a string, even 'no' or 'False', was taken as True; train_step's rule, so that the same flag is the same error)
+    eager = arguments.boolean("fit", "eager", eager)
     validation_freq = fit_options.check_validation_freq(validation_freq)
     verbose = fit_options.check_verbose(verbose)
     start_epoch = fit_options.check_initial_epoch(initial_epoch, epochs, resume_from)

@@ -411,6 +411,18 @@ def test_a_break_a_close_or_a_dropped_loader_lets_worker_threads_finish_the_samp
     assert dataset.finished == [1] and dataset.interrupted == [] and escaped == []
 
 
+@pytest.mark.parametrize("interrupt", ["no", None, 1])
+def test_close_with_an_interrupt_that_is_no_bool_is_a_type_error_and_the_epoch_goes_on(interrupt):
+    """``Epoch.close(interrupt=...)`` takes True or False: a string (taken as True: the workers' samples were
+    interrupted) or None (taken as False) is a ``TypeError`` naming it, raised before the epoch ends, which then
+    goes on to its last batch."""
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    epoch = iter(DataLoader(TensorDataset(x, np.arange(6)), batch_size=2, num_workers=1, worker_type="thread"))
+    first = next(epoch)
+    with pytest.raises(TypeError, match=re.escape(f"Epoch.close: interrupt must be True or False, got {interrupt!r}")):
+        epoch.close(interrupt=interrupt)
+    assert [int(labels[0]) for _, labels in [first, *epoch]] == [0, 2, 4]
+
 def test_stopping_worker_threads_at_any_moment_raises_nothing_outside_their_samples():
     """Pools of worker threads stopped at once (no grace, every thread interrupted, as Ctrl-C does) while their
     samples (busy loops of 0 to 2 ms) start and end: the exception that stops a thread lands in a sample, never in

@@ -2,6 +2,8 @@
 name and dtype in ``state_dict()``, counted in training only (eagerly, in ``ud.function`` and in a compiled
 training step), and the cumulative moving average it drives, on every backend."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -138,6 +140,19 @@ def test_no_running_statistics_and_no_bias_as_torch(backend, dtype, tolerance):
 def test_bad_momentum_is_a_clear_error():
     with pytest.raises(ValueError, match=r"BatchNorm2d momentum=1.5 is invalid: it must lie in \[0.0, 1.0\]"):
         ud.nn.BatchNorm2d(3, momentum=1.5)
+
+
+@pytest.mark.parametrize("layer, shape, expected", [
+    ("BatchNorm1d", (2, 3, 4, 5), "(N, 3) or (N, 3, L)"),
+    ("BatchNorm2d", (2, 3, 4), "(N, 3, H, W)"),
+])
+def test_an_input_of_another_rank_is_named_with_torchs_axis_names(backend, layer, shape, expected):
+    """A BatchNorm given an input of a rank it does not take names the shapes it takes as the other layers write
+    them, with torch.nn's axis names (BatchNorm2d's read ``('N', 3, 'L', 'L')``: quoted, L for H and W)."""
+    norm = getattr(ud.nn, layer)(3)
+    with pytest.raises(ud.errors.ShapeMismatchError, match=re.escape(f"expected input of shape {expected}, "
+                                                                     f"received {shape}")):
+        norm(np.zeros(shape, np.float32))
 
 
 def test_state_dicts_saved_before_the_counter_still_load_strictly(backend, tmp_path):

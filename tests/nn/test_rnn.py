@@ -2,6 +2,7 @@
 ``lengths`` in one graph."""
 
 import math
+import re
 import warnings
 
 import numpy as np
@@ -289,6 +290,18 @@ def test_a_projection_of_an_rnn_or_gru_is_a_value_error_as_torchs(backend, name,
     assert type(caught.value) is ValueError
     assert str(caught.value) == (f"{name}: proj_size argument is only supported for LSTM, not RNN or GRU (got "
                                  f"proj_size={proj_size})")
+
+
+@pytest.mark.parametrize("name", ["RNN", "GRU"])
+def test_proj_size_none_is_refused_by_an_rnn_or_gru_as_by_torchs(backend, name):
+    """``proj_size=None``, which torch.nn refuses as any value given to RNN or GRU, is the same ``ValueError`` here
+    (None was unidl's default, so it was taken silently)."""
+    with pytest.raises(ValueError, match="proj_size argument is only supported for LSTM, not RNN or GRU"):
+        getattr(torch.nn, name)(3, 4, proj_size=None)
+    with pytest.raises(ValueError, match=re.escape(f"{name}: proj_size argument is only supported for LSTM, not RNN "
+                                                   f"or GRU (got proj_size=None)")):
+        getattr(ud.nn, name)(3, 4, proj_size=None)
+    assert getattr(ud.nn, name)(3, 4).hidden_size == 4  # (not given: the default, no projection)
 
 
 def test_one_layers_dropout_warns_and_flags_are_checked_as_torch(backend):

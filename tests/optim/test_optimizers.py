@@ -418,6 +418,10 @@ def test_a_tensor_hyperparameter_is_named_in_the_same_words_on_every_backend(bac
          "SGD lr must be a number, got a 0-d tensor of dtype float32 holding 0.1; give a Python number, float(t)"),
         (lambda: ud.optim.SGD(params, lr=0.1, momentum=ud.tensor(np.zeros((1, 1), np.int64))),
          "SGD momentum must be a number, got a tensor of shape (1, 1) and dtype int64"),
+        # NaN: no advice to give float(t), which is NaN too and refused alike (it was given)
+        (lambda: ud.optim.SGD(params, lr=ud.tensor(np.float32("nan"))),
+         "SGD lr must be a number, got a 0-d tensor of dtype float32 holding nan"),
+        (lambda: ud.optim.SGD(params, lr=float("nan")), "SGD lr must be a number, not NaN, got nan"),
     ]:
         with pytest.raises(ValueError) as caught:
             build()

@@ -14,6 +14,7 @@ import operator
 
 import numpy as np
 
+from unidl import arguments
 from unidl.tensors import number_array
 
 
@@ -126,7 +127,9 @@ class Epoch:
         that keeps the iterator when an error or Ctrl-C leaves its loop: the traceback keeps that code's frame, and
         with it the iterator and its workers, alive (at the REPL until the next error). ``interrupt``: for a
         Ctrl-C, which asks to stop now: worker threads that are not persistent are interrupted in their samples
-        (``WorkerPool.shutdown_now``)."""
+        (``WorkerPool.shutdown_now``); anything but True or False is a ``TypeError`` before the epoch ends (a string
+        was taken as True, None as False)."""
+        interrupt = arguments.boolean("Epoch.close", "interrupt", interrupt)
         state = self._state
         state.ended = True
         if interrupt and not state.loader.persistent_workers:

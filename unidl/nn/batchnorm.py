@@ -32,6 +32,15 @@ def build_norm_state(module, num_features, eps, momentum, affine, track_running_
     module.register_buffer("num_batches_tracked", np.zeros((), np.int64))
 
 
+# The positions' names of an input of 0, 1 or 2 spatial axes, as torch.nn's docs name them: "(N, C, H, W)"
+_POSITIONS = {0: (), 1: ("L",), 2: ("H", "W")}
+
+
+def _layout(names) -> str:
+    """``("N", 4, "H", "W")`` as ``(N, 4, H, W)``, as every layer's shape error writes it."""
+    return f"({', '.join(map(str, names))})"
+
+
 class _BatchNorm(Module):
     """y = (x - mean) / sqrt(var + eps) * weight + bias, per channel (axis 1).
 
@@ -54,7 +63,7 @@ class _BatchNorm(Module):
         build_norm_state(self, num_features, eps, momentum, affine, track_running_stats, bias)
 
     def _mismatch(self, owner, received) -> str:
-        expected = " or ".join(str((("N", self.num_features) + ("L",) * (r - 2))) for r in self.ranks)
+        expected = " or ".join(_layout(("N", self.num_features) + _POSITIONS[r - 2]) for r in self.ranks)
         return f"{owner} expected input of shape {expected}, received {received}"
 
     def forward(self, x):

@@ -42,8 +42,8 @@ class _InstanceNorm(Module):
 
     def _mismatch(self, owner, received) -> str:
         positions = ("L",) if self.spatial == 1 else ("H", "W")
-        return (f"{owner} expected input of shape {('N', self.num_features) + positions} or unbatched "
-                f"{(self.num_features,) + positions}, received {received}")
+        layout = ", ".join(map(str, (self.num_features,) + positions))
+        return f"{owner} expected input of shape (N, {layout}) or unbatched ({layout}), received {received}"
 
     def forward(self, input):
         ops, shape = self._ops, tuple(input.shape)

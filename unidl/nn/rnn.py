@@ -242,10 +242,21 @@ class RNNBase(Module):
         return ", ".join(parts)
 
 
+class _NotGiven:
+    """The default of an argument whose every given value is refused (``None`` too, which torch.nn refuses)."""
+
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+_NOT_GIVEN = _NotGiven()
+
+
 def _refuse_projection(name: str, proj_size) -> None:
-    """A ``ValueError`` for a ``proj_size`` given to ``RNN`` or ``GRU`` (any value, 0 too), as torch.nn's: the
-    projection of the hidden state is the LSTM's alone (taken as a keyword, it was a ``TypeError``)."""
-    if proj_size is not None:
+    """A ``ValueError`` for a ``proj_size`` given to ``RNN`` or ``GRU`` (any value, 0 and None too), as torch.nn's:
+    the projection of the hidden state is the LSTM's alone (taken as a keyword, it was a ``TypeError``; None, the
+    default it had, was taken where torch.nn refuses it)."""
+    if proj_size is not _NOT_GIVEN:
         raise ValueError(f"{name}: proj_size argument is only supported for LSTM, not RNN or GRU (got "
                          f"proj_size={proj_size!r})")
 
@@ -285,7 +296,7 @@ class RNN(RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
-                 proj_size=None):
+                 proj_size=_NOT_GIVEN):
         _refuse_projection("RNN", proj_size)
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"RNN nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
@@ -369,7 +380,7 @@ class GRU(RNNBase):
     gates = 3
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *, proj_size=None):
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *, proj_size=_NOT_GIVEN):
         _refuse_projection("GRU", proj_size)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional)
 
