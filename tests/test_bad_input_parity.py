@@ -562,9 +562,17 @@ def test_loss_arguments_given_as_0d_tensors_are_taken_as_torch(mode):
         if value:
             cases.append((lambda x, y, v: ud.ops.huber_loss(x, y, delta=v), targets,
                           F.huber_loss(torch.tensor(rows), torch.tensor(targets), delta=value)))
-        for fn, target, expected in cases:
-            for dtype in (np.float32, np.float64):
-                np.testing.assert_allclose(run(mode, fn, rows, target, dtype(value)), expected.item(), rtol=1e-6)
+        table = [(fn, target, dtype, expected) for fn, target, expected in cases for dtype in (np.float32, np.float64)]
+        inputs = [array for _, target, dtype, _ in table for array in (target, dtype(value))]
+        # (the table in one ud.function: one trace or compile for each value, not one a row)
+        results = run_each(mode, [lambda x, *given, at=at, fn=fn: fn(x, given[2 * at], given[2 * at + 1])
+                                  for at, (fn, *_) in enumerate(table)], rows, *inputs)
+
+        def check(row):
+            at, _ = row
+            np.testing.assert_allclose(results[at], table[at][3].item(), rtol=1e-6)
+
+        check_rows([(at, f"{value} as {np.dtype(dtype).name}") for at, (_, _, dtype, _) in enumerate(table)], check)
     smoothed = ud.function(lambda x, p, v: ud.ops.cross_entropy_loss(x, p, label_smoothing=v)) if mode == "graph" \
         else (lambda x, p, v: ud.ops.cross_entropy_loss(x, p, label_smoothing=v))
     double = smoothed(ud.tensor(rows), ud.tensor(probabilities, dtype="float64"), ud.tensor(np.float32(0.5)))
@@ -2736,12 +2744,17 @@ def test_interpolate_by_a_scale_factor_inside_graphs_matches_torch(mode, interpo
     eagerly: the check of the output's size made the input another tensor in a tensorflow graph, which then took the
     nearest modes' picks (values off by more than 1)."""
     data = X[:, :, 0] if interpolation == "linear" else X
-    for recompute in (None, True):
+    recomputes = (None, True)  # (both in one ud.function: one trace or compile, not two)
+    results = run_each(mode, [lambda x, recompute=recompute: ud.ops.interpolate(
+        x, scale_factor=1.7, mode=interpolation, recompute_scale_factor=recompute) for recompute in recomputes], data)
+
+    def check(row):
+        at, recompute = row
         expected = F.interpolate(torch.tensor(data), scale_factor=1.7, mode=interpolation,
                                  recompute_scale_factor=recompute).numpy()
-        got = run(mode, lambda x: ud.ops.interpolate(x, scale_factor=1.7, mode=interpolation,
-                                                     recompute_scale_factor=recompute), data)
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(results[at], expected, rtol=1e-5, atol=1e-5)
+
+    check_rows(enumerate(recomputes), check)
 
 
 # ---- functional ops' weights, dtypes, sizes and axes off the usual path (audit of ud.ops) ---------------------------

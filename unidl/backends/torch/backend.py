@@ -27,6 +27,15 @@ _DEVICES: dict[str, torch.device] = {}  # current_device's torch.device of each 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+def _has_accelerator() -> bool:
+    """Whether torch sees an accelerator (CUDA, MPS, XPU, MTIA or a custom device). Where it sees none,
+    ``torch.manual_seed`` seeds only the CPU generator, yet queues the seed for each accelerator runtime not started
+    (CUDA, XPU, MTIA) with the caller's stack formatted, three stacks a call: about a millisecond at a test's depth,
+    in every ``ud.manual_seed`` (the test fixture's seeding of each test), for runtimes that never start."""
+    accelerator = getattr(torch, "accelerator", None)  # (torch 2.6 on; before it, the full torch.manual_seed)
+    return accelerator is None or accelerator.is_available()
+
+
 #: the device types ``torch.autocast`` runs on, whichever the model's parameters are on
 _AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
 
@@ -81,7 +90,10 @@ class Backend(BackendInterface):
         return "cpu" if device.type == "cpu" else f"cuda:{device.index or 0}"
 
     def seed(self, seed):
-        torch.manual_seed(seed)
+        if _has_accelerator():
+            torch.manual_seed(seed)
+        else:  # (what torch.manual_seed seeds where no accelerator exists, without the stacks it formats)
+            torch.default_generator.manual_seed(seed)
 
     def get_rng_state(self):
         return {"cpu": torch.get_rng_state().tolist(),

@@ -1,0 +1,28 @@
+"""The torch backend's own behaviour beyond the shared contract (tests/backends/test_contract.py)."""
+
+import traceback
+
+import pytest
+
+import unidl as ud
+
+torch = pytest.importorskip("torch")
+
+
+def test_manual_seed_seeds_torchs_generator_and_formats_no_stack_without_an_accelerator(monkeypatch):
+    """``ud.manual_seed`` gives torch's CPU generator the seed, as ``torch.manual_seed`` does; where torch sees no
+    accelerator it formats no stack: ``torch.manual_seed`` queued the seed for the CUDA, XPU and MTIA runtimes that
+    never start there, each with the caller's stack formatted (about a millisecond a call at a test's depth, in
+    the fixture that seeds every test)."""
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    formatted = []
+    real_format_stack = traceback.format_stack
+    monkeypatch.setattr(traceback, "format_stack", lambda *a, **k: formatted.append(1) or real_format_stack(*a, **k))
+    with ud.use_backend("torch"):
+        ud.manual_seed(3)
+        assert torch.initial_seed() == 3
+        assert torch.equal(torch.rand(4), expected)
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and not accelerator.is_available():
+        assert formatted == []
