@@ -357,3 +357,21 @@ def test_a_torch_step_runs_the_hand_written_steps_kernels_and_its_guards_without
         assert unused.grad is None
         expected = torch.autograd.grad(torch.nn.functional.mse_loss(model(tx), ty), model.linear2.weight)[0]
         torch.testing.assert_close(model.linear2.weight.grad, expected, rtol=0, atol=0)
+
+
+def test_a_profiled_torch_step_shows_torch_optims_zero_grad_and_step(rng):
+    """Under torch's profiler a torch train step clears the gradients by torch.optim's ``zero_grad`` itself, so the
+    trace names it as a hand-written step's does (outside a profiler the step runs the same loop without that
+    annotation: the test above)."""
+    import torch
+
+    x, y = rng.standard_normal((8, 30)).astype(np.float32), rng.standard_normal((8, 4)).astype(np.float32)
+    with ud.use_backend("torch"), ud.use_device("cpu"):
+        model = ud.models.TwoLayerNet(30, 16, 4)
+        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9))
+        step(x, y)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            step(x, y)
+    names = {event.name for event in profile.events()}
+    assert "Optimizer.zero_grad#SGD.zero_grad" in names and "Optimizer.step#SGD.step" in names
+    assert all(p.grad is not None for p in model.parameters())  # (the step's own gradients, cleared before it)
