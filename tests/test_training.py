@@ -299,3 +299,79 @@ def test_a_torch_step_calls_no_more_than_the_hand_written_step_and_its_guard(rng
             native_step()
     guard = {"_amp_foreach_non_finite_check_and_unscale_": 1, "item": 1}
     assert dict(unidl_calls - native_calls) == guard
+
+
+def test_a_torch_step_runs_the_hand_written_steps_kernels_and_its_guards_without_zero_grads_annotation(rng):
+    """The ATen ops a torch train step runs are the hand-written step's (``zero_grad``, forward, ``backward``,
+    ``torch.optim.SGD``'s ``step()``) and the non-finite guard's two (the fused check, its read), less the profiler
+    annotation torch.optim's ``zero_grad`` wraps its loop in (two profiler ops, ~6 us a step on a CPU: the step
+    clears the gradients by that loop itself), and the gradients are cleared all the same: a parameter the next
+    forward does not reach keeps no gradient (PyTorch's None-gradient rule), one the forward reaches gets a fresh
+    one, not the sum of two steps'."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counted(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.counts = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.counts[func._overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    x, y = rng.standard_normal((8, 30)).astype(np.float32), rng.standard_normal((8, 4)).astype(np.float32)
+    with ud.use_backend("torch"), ud.use_device("cpu"):
+        model = ud.models.TwoLayerNet(30, 16, 4)
+        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9))
+        native = torch.nn.Sequential(torch.nn.Linear(30, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+        optimizer = torch.optim.SGD(native.parameters(), lr=1e-2, momentum=0.9)
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+        def native_step():
+            optimizer.zero_grad()
+            loss = torch.nn.functional.mse_loss(native(tx), ty)
+            loss.backward()
+            optimizer.step()
+            return loss.detach()
+
+        for _ in range(2):  # (the first steps create the momentum buffers)
+            step(tx, ty), native_step()
+        with Counted() as unidl_ops:
+            step(tx, ty)
+        with Counted() as native_ops:
+            native_step()
+        assert dict(unidl_ops.counts - native_ops.counts) == {
+            "_amp_foreach_non_finite_check_and_unscale_": 1, "_local_scalar_dense": 1}
+        assert dict(native_ops.counts - unidl_ops.counts) == {
+            "_record_function_enter_new": 1, "_record_function_exit": 1}
+
+        # the gradients cleared: a stale one is neither kept nor added to
+        stale = torch.full_like(model.linear2.weight, 1e3)
+        model.linear2.weight.grad = stale.clone()
+        unused = torch.nn.Parameter(torch.ones(3))
+        unused.grad = torch.ones(3)
+        sgd = ud.optim.SGD([*model.parameters(), unused], lr=0.0)
+        plain = ud.train_step(model, ud.nn.MSELoss(), sgd)
+        plain(tx, ty)
+        assert unused.grad is None
+        expected = torch.autograd.grad(torch.nn.functional.mse_loss(model(tx), ty), model.linear2.weight)[0]
+        torch.testing.assert_close(model.linear2.weight.grad, expected, rtol=0, atol=0)
+
+
+def test_a_profiled_torch_step_shows_torch_optims_zero_grad_and_step(rng):
+    """Under torch's profiler a torch train step clears the gradients by torch.optim's ``zero_grad`` itself, so the
+    trace names it as a hand-written step's does (outside a profiler the step runs the same loop without that
+    annotation: the test above)."""
+    import torch
+
+    x, y = rng.standard_normal((8, 30)).astype(np.float32), rng.standard_normal((8, 4)).astype(np.float32)
+    with ud.use_backend("torch"), ud.use_device("cpu"):
+        model = ud.models.TwoLayerNet(30, 16, 4)
+        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9))
+        step(x, y)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            step(x, y)
+    names = {event.name for event in profile.events()}
+    assert "Optimizer.zero_grad#SGD.zero_grad" in names and "Optimizer.step#SGD.step" in names
+    assert all(p.grad is not None for p in model.parameters())  # (the step's own gradients, cleared before it)

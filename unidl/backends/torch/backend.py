@@ -18,8 +18,8 @@ from unidl.backends.torch import distributed as torch_distributed
 from unidl.backends.torch import graph as torch_graph
 from unidl.backends.torch import nesting
 from unidl.backends.torch.module import NativeModule
-from unidl.backends.torch.optimizer import (RuleOptimizer, add_l1, guard_and_clip, guarded_update, l1_outside_rule,
-                                           native_optimizer, torch_window)
+from unidl.backends.torch.optimizer import (RuleOptimizer, add_l1, clear_gradients, guard_and_clip, guarded_update,
+                                           l1_outside_rule, native_optimizer, torch_window)
 from unidl.backends.torch.export import EXPORT_FORMATS, export_module
 from unidl.training import accumulation_window
 
@@ -326,7 +326,7 @@ class Backend(BackendInterface):
             if inputs:
                 inputs = extra_inputs(inputs)
             if not window:
-                native.zero_grad(set_to_none=True)
+                clear_gradients(native)
             updates = len(window) + 1 >= accumulate
             # under DDP only the update micro-step all-reduces; the others add to this rank's .grad (no_sync)
             with torch_distributed.gradient_sync(forward, updates), nesting.differentiated():
@@ -366,7 +366,7 @@ class Backend(BackendInterface):
             x, y = step_inputs(x, y)
             if inputs:
                 inputs = extra_inputs(inputs)
-            native.zero_grad(set_to_none=True)
+            clear_gradients(native)
             with differentiated():
                 outputs = model(x, *inputs)
                 loss = loss_fn(outputs, y)

@@ -9,7 +9,7 @@ import torch
 from unidl.backends.torch.distributed import backward, data_parallel, gradient_sync, update_losses
 from unidl.backends.torch.nesting import differentiated
 from unidl.nested import tree_map
-from unidl.backends.torch.optimizer import add_l1, guard_and_clip, l1_outside_rule, torch_window
+from unidl.backends.torch.optimizer import add_l1, clear_gradients, guard_and_clip, l1_outside_rule, torch_window
 from unidl.precision import BACKOFF_FACTOR, FLOAT32_MAX, GROWTH_FACTOR
 from unidl.training import loss_scale_storage
 
@@ -87,7 +87,7 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, accu
         if inputs:
             inputs = backend.extra_step_inputs(inputs)
         if not window:
-            native.zero_grad(set_to_none=True)
+            clear_gradients(native)
         updates = len(window) + 1 == accumulate
         with gradient_sync(forward, updates), differentiated():
             with torch.autocast(device_type=x.device.type, dtype=dtype):
