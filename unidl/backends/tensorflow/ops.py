@@ -790,7 +790,8 @@ def shape(x):
 # three tensors whose output has the shape of any input the others broadcast to (scalars, sizes of 1)
 _SHAPE_OF_INPUT = frozenset({"Identity", "Cast", "Neg", "Abs", "Sign", "Relu", "Relu6", "Elu", "Selu", "Sigmoid",
                              "Tanh", "Exp", "Log", "Log1p", "Sqrt", "Rsqrt", "Square", "Floor", "Ceil", "Round",
-                             "LogicalNot", "StopGradient", "IsNan", "IsFinite", "IsInf", "Softplus", "Erf"})
+                             "LogicalNot", "StopGradient", "IsNan", "IsFinite", "IsInf", "Softplus", "Erf",
+                             "ZerosLike", "OnesLike", "Reciprocal", "Expm1"})
 _SHAPE_OF_BROADCAST = frozenset({"Greater", "GreaterEqual", "Less", "LessEqual", "Equal", "NotEqual", "AddV2", "Add",
                                  "Sub", "Mul", "RealDiv", "Maximum", "Minimum", "LogicalAnd", "LogicalOr", "SelectV2",
                                  "Pow", "FloorDiv", "FloorMod"})
@@ -803,23 +804,43 @@ def shares_shape(a, b):
     return a is b or _shape_source(a) is _shape_source(b)
 
 
-def _shape_source(x):
+def _shape_source(x, known=None, depth=0):
     """The tensor whose shape ``x`` has through the element-wise ops that made it (``_SHAPE_OF_INPUT``, or one of
-    ``_SHAPE_OF_BROADCAST``'s whose other inputs have only sizes of 1 and no more axes); ``x`` itself else."""
+    ``_SHAPE_OF_BROADCAST``'s whose inputs with a size other than 1 all have one such tensor's shape, the others no
+    more axes: ``x - y`` beside ``x`` where ``y`` is ``2 * x``, ``where(x > 0, x, zeros_like(x))``); ``x`` itself
+    else. ``known``: the sources found so far in this search (an op's inputs may share ancestors: each is walked
+    once); past ``_BRANCHES`` nested ops of several such inputs ``x`` is its own source (no deep recursion)."""
+    known = {} if known is None else known
+    start = x
     while isinstance(x, tf.Tensor) and hasattr(x, "op"):  # (an eager tensor has no op)
+        if id(x) in known:
+            x = known[id(x)]
+            break
         operation = x.op
         if operation.type in _SHAPE_OF_INPUT:
             x = operation.inputs[0]
             continue
         rank = x.shape.rank
         if operation.type not in _SHAPE_OF_BROADCAST or rank is None:
-            return x
+            break
         shaped = [t for t in operation.inputs if t.shape.rank is None or t.shape.rank > rank
                   or any(size != 1 for size in t.shape)]  # (an unknown size may be any: not 1)
-        if len(shaped) != 1 or shaped[0].shape.rank != rank:
-            return x
-        x = shaped[0]
+        if not shaped or any(t.shape.rank != rank for t in shaped):
+            break
+        if len(shaped) == 1:
+            x = shaped[0]
+            continue
+        if depth >= _BRANCHES:
+            break
+        sources = {id(source): source for source in (_shape_source(t, known, depth + 1) for t in shaped)}
+        if len(sources) != 1:
+            break
+        x, = sources.values()
+    known[id(start)] = x
     return x
+
+
+_BRANCHES = 16  # (nested ops of several shaped inputs that _shape_source follows: a check saved, never a wrong one)
 
 
 def cast_like(x, like):
