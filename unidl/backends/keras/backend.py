@@ -584,6 +584,21 @@ class Backend(BackendInterface):
 
         return forward
 
+    def evaluation_function(self, model, evaluate, name, loss_fn=None):
+        # on a functional host (JAX) Keras's jitted predict, then the loss and the metrics op by op, compiled a
+        # program per eager op and shape (~15 per batch size): there one program over the Keras variables' values,
+        # as ``ud.function``; elsewhere Keras's eager ops compile nothing and its predict is the graph
+        if HOST.keras_state_in_place:
+            return None
+        compiled, scope = keras_stateless.StatelessFunction(HOST, evaluate, name), self._scope
+        to_input = self.to_input
+
+        def evaluation(*args):
+            with scope():
+                return compiled(*[to_input(a) for a in args])
+
+        return evaluation
+
     def value_and_grad(self, f, args, argnums, params):
         if argnums is None and not HOST.keras_state_in_place:  # variables' values in, through a StatelessScope
             return keras_stateless.value_and_grad(HOST, f, args, list(params))
@@ -597,7 +612,19 @@ class Backend(BackendInterface):
         return HOST.value_and_grad(f, args, argnums, None if params is None else [p.value for p in params])
 
     def probe_forward(self, forward, x):
-        return forward(self.tensor(x))
+        if HOST.keras_state_in_place:  # (Keras's eager ops there compile nothing per shape)
+            return forward(self.tensor(x))
+        # a functional host (JAX) compiled a program per eager op of the probe (a CNN's: 26, ~1 s on a CPU): its
+        # abstract pass instead, where it gives what the eager forward does (``probe_forward`` of the host), the
+        # Keras variables read through a scope that notes a write (then, as there, the eager forward)
+        try:
+            with keras_stateless.recording_scope() as scope:
+                outputs = HOST.probe_forward(forward, x)
+        except Exception:  # (the eager forward raises its own error, outside the scope)
+            outputs = None
+        if outputs is None or scope.assigned:
+            return forward(self.tensor(x))
+        return outputs
 
     def check_shapes(self, model, loss_fn, x, y):
         x, y = self.to_input(x), self.to_input(y)
