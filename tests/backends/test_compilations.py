@@ -137,3 +137,110 @@ def test_the_jax_engines_reductions_of_several_lengths_and_ops_share_one_program
         jax.monitoring.unregister_event_duration_listener(listener)
         job.watchdog.stopped.set()
     assert len(compiled) == 1
+
+
+_EVALUATION_SCRIPT = _SCRIPT.split("import unidl as ud")[0] + r"""
+import unidl as ud
+from unidl.metrics.probe import output_shape
+
+ud.set_backend(BACKEND)
+rng = np.random.default_rng(0)
+x, y = rng.standard_normal((40, 8)).astype(np.float32), rng.integers(0, 3, 40)
+x_val, y_val = rng.standard_normal((20, 8)).astype(np.float32), rng.integers(0, 3, 20)
+weights = rng.uniform(0.5, 2.0, 20).astype(np.float32)
+ud.manual_seed(0)
+model = ud.models.TwoLayerNet(8, 16, 3)
+start = len(compiled)
+output_shape(model, x_val[:1])  # (fit's and evaluate's probe of one sample)
+probe = compiled[start:]
+
+
+class Validation(ud.callbacks.Callback):
+    # the programs each validation compiles, and the weights it validated (the reference's)
+    def __init__(self):
+        self.compiled, self.weights = [], []
+
+    def on_test_begin(self, logs=None):
+        self.start = len(compiled)
+
+    def on_test_end(self, logs=None):
+        self.compiled.append(compiled[self.start:])
+        self.weights.append({k: v.tolist() for k, v in self.model_state().items()})
+
+    def model_state(self):
+        return {k: np.asarray(ud.to_numpy(v)) for k, v in model.state_dict().items()}
+
+
+validation = Validation()
+history = ud.fit(model, (x, y), batch_size=16, epochs=3, loss="cross_entropy", metrics=["accuracy"],
+                 optimizer=ud.optim.Adam(model.parameters(), lr=1e-2), validation_data=(x_val, y_val),
+                 validation_batch_size=8, callbacks=[validation], verbose=0)
+start = len(compiled)
+evaluated = ud.evaluate(model, (x_val, y_val), batch_size=8, loss="cross_entropy", metrics=["accuracy"])
+weighted = ud.evaluate(model, (x_val, y_val), batch_size=8, loss="cross_entropy", sample_weight=weights,
+                       weighted_metrics=["accuracy"])
+print(json.dumps({"probe": probe, "validations": validation.compiled, "evaluate": compiled[start:],
+                  "weights": validation.weights,
+                  "final": {k: v.tolist() for k, v in validation.model_state().items()},
+                  "val_loss": history.history["val_loss"], "val_accuracy": history.history["val_accuracy"],
+                  "evaluated": evaluated, "weighted": weighted}))
+"""
+
+
+def _reference(state: dict, x, y, weights=None) -> tuple:
+    """The two-layer net's cross-entropy and accuracy in NumPy (float64) from its weights: eager and exact."""
+    hidden = np.maximum(x @ np.asarray(state["linear1.weight"]).T + state["linear1.bias"], 0)
+    logits = hidden @ np.asarray(state["linear2.weight"]).T + state["linear2.bias"]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    losses = np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(y)), y]
+    correct = (logits.argmax(axis=1) == y).astype(np.float64)
+    weights = np.ones(len(y)) if weights is None else weights.astype(np.float64)
+    return float((losses * weights).mean()), float((correct * weights).sum() / weights.sum())
+
+
+def _evaluations(backend: str, env: dict | None = None) -> dict:
+    script = _EVALUATION_SCRIPT.replace("BACKEND", repr(backend))
+    return last_json_line(run_python(script, env=dict(env or {}, JAX_PLATFORMS="cpu"), timeout=600).stdout)
+
+
+def _check_evaluations(counts: dict) -> None:
+    """3 epochs' validations of 20 samples in batches of 8 (8, 8 and a last of 4): the first compiles one program
+    per batch shape (the forward, the loss and the metric together: 2), the others none; ``evaluate`` then reuses
+    them (a loss made again from its name computes alike), and its weighted form (a third input) compiles its own
+    2. The values are the NumPy reference's of each epoch's weights, to float32's rounding."""
+    assert [len(programs) for programs in counts["validations"]] == [2, 0, 0], counts["validations"]
+    assert len(counts["evaluate"]) == 2, counts["evaluate"]
+    rng = np.random.default_rng(0)
+    rng.standard_normal((40, 8)), rng.integers(0, 3, 40)
+    x_val, y_val = rng.standard_normal((20, 8)).astype(np.float32), rng.integers(0, 3, 20)
+    weights = rng.uniform(0.5, 2.0, 20).astype(np.float32)
+    for epoch, state in enumerate(counts["weights"]):
+        loss, accuracy = _reference(state, x_val, y_val)
+        np.testing.assert_allclose(counts["val_loss"][epoch], loss, rtol=1e-5)
+        np.testing.assert_allclose(counts["val_accuracy"][epoch], accuracy, rtol=1e-6)
+    loss, accuracy = _reference(counts["final"], x_val, y_val)
+    np.testing.assert_allclose([counts["evaluated"]["loss"], counts["evaluated"]["accuracy"]], [loss, accuracy],
+                               rtol=1e-5)
+    loss, accuracy = _reference(counts["final"], x_val, y_val, weights)
+    np.testing.assert_allclose([counts["weighted"]["loss"], counts["weighted"]["accuracy"]],
+                               [loss, accuracy], rtol=1e-5)
+
+
+def test_the_jax_backend_evaluates_a_batch_shape_with_one_program():
+    """fit's validation and ``evaluate`` on jax: one compiled program per batch shape holding the forward, the loss
+    and the metrics' statistics (they were a compiled forward, 3 eager programs of the loss and the metric's own
+    program per shape: 10 for the two shapes), reused over the epochs, with the eager values. The probe of one
+    sample compiles nothing (it is abstract)."""
+    counts = _evaluations("jax")
+    assert counts["probe"] == [], counts["probe"]
+    _check_evaluations(counts)
+
+
+@pytest.mark.skipif("keras" not in ud.available_backends(), reason="keras is not installed")
+def test_keras_on_jax_evaluates_a_batch_shape_with_one_program():
+    """As on the jax backend, on Keras-on-JAX: a program per batch shape (Keras's jitted predict, then ~15 eager
+    programs of the loss and the metric's own: ~34 for the two shapes), and the probe of one sample abstract (an
+    eager program per op of the forward and shape before: 8 for the two-layer net)."""
+    counts = _evaluations("keras", {"KERAS_BACKEND": "jax"})
+    assert counts["probe"] == [], counts["probe"]
+    _check_evaluations(counts)

@@ -38,7 +38,7 @@ from unidl.backends.keras.host import HOST
 from unidl.backends.keras.module import (BatchRelay, KeptStepState, NativeLoss, NativeModel,
                                          metric_tracker_variables, note_state_written, reached_modes,
                                          restore_metric_totals, step_key, swallowed_ctrl_c_raised,
-                                         traced_value_error)
+                                         traced_value_error, trainable_writes_refused)
 from unidl.backends.keras.metrics import NativeMetrics, epoch_logs
 from unidl.backends.keras.optimizer import NativeOptimizer, keep_train_function_current
 from unidl.optim.param_groups import ConstantOptions
@@ -594,7 +594,7 @@ class Backend(BackendInterface):
         to_input = self.to_input
 
         def evaluation(*args):
-            with scope():
+            with scope(), trainable_writes_refused():  # (as in predict: an Embedding's max_norm write is refused)
                 return compiled(*[to_input(a) for a in args])
 
         return evaluation
