@@ -586,7 +586,7 @@ class Backend(BackendInterface):
 
     def evaluation_function(self, model, evaluate, name, loss_fn=None):
         # on a functional host (JAX) Keras's jitted predict, then the loss and the metrics op by op, compiled a
-        # program per eager op and shape (~15 per batch size): there one program over the Keras variables' values,
+        # program per eager op and shape (~20 per batch size): there one program over the Keras variables' values,
         # as ``ud.function``; elsewhere Keras's eager ops compile nothing and its predict is the graph
         if HOST.keras_state_in_place:
             return None
