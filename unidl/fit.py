@@ -1241,9 +1241,11 @@ def _computes_alike(kept, loss) -> bool:
         return False
     if any(getattr(module, name, None) for module in (kept, loss) for name in ("_buffers", "_parameters", "_modules")):
         return False
-    settings = fit_options.loss_settings(loss)
-    plain = all(value is None or isinstance(value, (bool, int, float, str)) for value in settings["settings"].values())
-    return plain and settings == fit_options.loss_settings(kept)
+    # (the attributes themselves, not ``loss_settings``'s JSON of them: two functions of one qualified name, two
+    # lambdas, are one setting there but compute apart)
+    settings = {name: value for name, value in vars(loss).items() if not name.startswith("_")}
+    plain = all(value is None or type(value) in (bool, int, float, str) for value in settings.values())
+    return plain and settings == {name: value for name, value in vars(kept).items() if not name.startswith("_")}
 
 
 def _evaluate_with(model, batches, loss, metrics, weighted: bool = False, callbacks=()) -> dict:

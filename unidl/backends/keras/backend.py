@@ -46,6 +46,7 @@ from unidl.data.epoch import xy
 from unidl.errors import UnsupportedOptionError, marked_error_from
 from unidl.nn.freezing import requires_grad_method
 from unidl.nn.module import step_modes, training_modes
+from unidl.function import Function
 from unidl.tracing import warn_running_eagerly
 from unidl.backends.keras.export import export_formats, export_module
 
@@ -587,10 +588,12 @@ class Backend(BackendInterface):
     def evaluation_function(self, model, evaluate, name, loss_fn=None):
         # on a functional host (JAX) Keras's jitted predict, then the loss and the metrics op by op, compiled a
         # program per eager op and shape (~20 per batch size): there one program over the Keras variables' values,
-        # as ``ud.function``; elsewhere Keras's eager ops compile nothing and its predict is the graph
+        # a ``ud.function`` (``keras_stateless.StatelessFunction``); elsewhere Keras's eager ops compile nothing and
+        # its predict is the graph
         if HOST.keras_state_in_place:
             return None
-        compiled, scope = keras_stateless.StatelessFunction(HOST, evaluate, name), self._scope
+        compiled, scope = Function(evaluate), self._scope  # (keyed on the modes of the modules it calls)
+        compiled.__name__ = name
         to_input = self.to_input
 
         def evaluation(*args):
