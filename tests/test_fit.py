@@ -453,3 +453,23 @@ def test_evaluate_without_a_loss_gives_no_accuracy_for_regression_targets(backen
     one_hot = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 10)]
     expected = float(np.mean(np.argmax(ud.predict(model, x), -1) == np.argmax(one_hot, -1)))
     assert ud.evaluate(model, x, one_hot) == {"accuracy": pytest.approx(expected)}
+
+
+def test_evaluate_computes_each_loss_it_is_given(backend, rng):
+    """``evaluate`` keeps its compiled evaluation (jax, Keras-on-JAX: one program of the forward, the loss and the
+    metrics) for a loss of unidl's built again with the same settings; a loss of other settings (``label_smoothing``,
+    ``reduction``) or another class weight gives its own value, the eager loss's of the same outputs, never that of
+    the program traced for the loss before it."""
+    ud.manual_seed(0)
+    model = ud.models.TwoLayerNet(4, 5, 3)
+    x, y = rng.standard_normal((10, 4)).astype(np.float32), rng.integers(0, 3, 10)
+    outputs, target = ud.tensor(ud.predict(model, x)), ud.tensor(y)
+    losses = [ud.nn.CrossEntropyLoss(), ud.nn.CrossEntropyLoss(label_smoothing=0.2), ud.nn.CrossEntropyLoss(),
+              ud.nn.CrossEntropyLoss(reduction="sum"),
+              ud.nn.CrossEntropyLoss(weight=ud.tensor(np.array([1.0, 2.0, 3.0], np.float32))),
+              ud.nn.CrossEntropyLoss(weight=ud.tensor(np.array([3.0, 1.0, 0.5], np.float32)))]
+    values = []
+    for loss in losses:
+        values.append(ud.evaluate(model, (x, y), batch_size=10, loss=loss)["loss"])
+        assert values[-1] == pytest.approx(float(loss(outputs, target)), rel=1e-5), type(loss).__name__
+    assert len({round(value, 6) for value in values}) == 5, values  # (the first and third alike, the others apart)

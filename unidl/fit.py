@@ -1190,6 +1190,65 @@ def evaluate(model, data=None, y=None, batch_size: int = 256, *, loss=None, metr
     return values[0] if len(values) == 1 else values
 
 
+def _report_test_batch(listeners, index: int, loss, total: float, seen: int, metrics) -> None:
+    """The running values of this rank's batches so far to each callback's ``on_test_batch_end`` (metrics'
+    results cost, AUC's most: only for callbacks that listen)."""
+    running = dict({"loss": total / seen} if loss is not None else {},
+                   **(metrics.results() if metrics is not None else {}))
+    for callback in listeners:
+        callback.on_test_batch_end(index, running)
+
+
+#: compiled evaluations a model keeps (``_evaluation_function``): a few losses and metric sets, the oldest dropped
+_EVALUATIONS_KEPT = 4
+
+
+def _evaluation_function(model, loss, per_sample, metrics, weighted: bool):
+    """The backend's one compiled program per batch shape (``Backend.evaluation_function``) of a batch's eval-mode
+    forward, ``loss`` (``per_sample``: its copy with reduction='none', weighted by a third field) and ``metrics``'
+    statistics, ``(x, y[, weight]) -> (loss or None, statistics)``; None where the backend evaluates them apart.
+    Kept in the model's structure cache for this loss object and these statistics (``MetricAccumulator.key``), so
+    that ``fit``'s validation after every epoch and repeated ``evaluate`` calls reuse its programs."""
+    cache = model.structure_cache() if hasattr(model, "structure_cache") else {}
+    kept = cache.setdefault("evaluations", [])
+    key = (None if metrics is None else metrics.key, weighted)
+    for entry in kept:
+        if entry[1] == key and _computes_alike(entry[0], loss):
+            return entry[2]
+
+    def evaluate(x, y, *weight):
+        outputs = model(x)
+        if per_sample is not None:
+            value = fit_options.weighted_loss(loss, per_sample, outputs, y, weight[0])
+        else:
+            value = None if loss is None else loss(outputs, y)
+        statistics = () if metrics is None else metrics.statistics(outputs, y, weight[0] if weight else None)
+        return value, statistics
+
+    compiled = model._backend.evaluation_function(model, evaluate, f"the evaluation of {type(model).__name__}", loss)
+    if compiled is not None:
+        kept[:] = [*kept[1 - _EVALUATIONS_KEPT:], (loss, key, compiled)]
+    return compiled
+
+
+def _computes_alike(kept, loss) -> bool:
+    """Whether a compiled evaluation traced with loss ``kept`` computes ``loss`` too: the same object, or one of
+    unidl's own loss classes built again with the same plain settings and no state (``evaluate(loss="mse")`` makes
+    a new module each call, whose programs would compile again). A loss with buffers, parameters or children (a
+    class weight) is matched only as itself: the program reads the state of the loss it was traced with."""
+    if kept is loss:
+        return True
+    if type(kept) is not type(loss) or not type(loss).__module__.startswith("unidl."):
+        return False
+    if any(getattr(module, name, None) for module in (kept, loss) for name in ("_buffers", "_parameters", "_modules")):
+        return False
+    # (the attributes themselves, not ``loss_settings``'s JSON of them: two functions of one qualified name, two
+    # lambdas, are one setting there but compute apart)
+    settings = {name: value for name, value in vars(loss).items() if not name.startswith("_")}
+    plain = all(value is None or type(value) in (bool, int, float, str) for value in settings.values())
+    return plain and settings == {name: value for name, value in vars(kept).items() if not name.startswith("_")}
+
+
 def _evaluate_with(model, batches, loss, metrics, weighted: bool = False, callbacks=()) -> dict:
     """``evaluate``'s loop over ``batches`` with a ``MetricAccumulator`` (or None) already bound to them;
     ``weighted``: each batch's third field is its samples' weights, which weight the loss and the weighted
@@ -1200,7 +1259,8 @@ def _evaluate_with(model, batches, loss, metrics, weighted: bool = False, callba
     listeners = [callback for callback in callbacks if overrides(callback, "on_test_batch_end")]
     backend = model._backend
     per_sample = fit_options.per_sample_loss(loss) if weighted and loss is not None else None
-    forward = backend.predict_function(model)
+    compiled = _evaluation_function(model, loss, per_sample, metrics, weighted)
+    forward = backend.predict_function(model) if compiled is None else None
     was_training = model.training
     model.eval()
     total, seen = 0.0, 0
@@ -1215,8 +1275,22 @@ def _evaluate_with(model, batches, loss, metrics, weighted: bool = False, callba
                 continue
             for callback in callbacks:
                 hook(callback, "on_test_batch_begin")(index, {})
-            outputs = forward(x)
             count = int(tuple(x.shape)[0])
+            if compiled is not None:  # the forward, the loss and the statistics as one program
+                if int(tuple(y.shape)[0]) != count:
+                    raise ShapeMismatchError(f"evaluate: x has {count} samples but y has {tuple(y.shape)[0]}")
+                value, statistics = compiled(x, y, batch[2]) if weighted else compiled(x, y)
+                if value is not None:
+                    total += float(value) * count
+                if metrics is not None:
+                    if metrics.check_batches:  # (after the loss's own checks, which raised first eagerly)
+                        metrics.check_targets(y)
+                    metrics.add_statistics(statistics)
+                seen += count
+                if listeners:
+                    _report_test_batch(listeners, index, loss, total, seen, metrics)
+                continue
+            outputs = forward(x)
             if int(tuple(y.shape)[0]) != count:
                 raise ShapeMismatchError(f"evaluate: x has {count} samples but y has {tuple(y.shape)[0]}")
             if per_sample is not None:
@@ -1227,11 +1301,8 @@ def _evaluate_with(model, batches, loss, metrics, weighted: bool = False, callba
             if metrics is not None:
                 metrics.add(outputs, y, batch[2] if weighted else None)
             seen += count
-            if listeners:  # (the running values of this rank's batches so far: metrics' results cost, AUC's most)
-                running = dict({"loss": total / seen} if loss is not None else {},
-                               **(metrics.results() if metrics is not None else {}))
-                for callback in listeners:
-                    callback.on_test_batch_end(index, running)
+            if listeners:
+                _report_test_batch(listeners, index, loss, total, seen, metrics)
     finally:
         model.train(was_training)
     total, seen = process_group.sum_over_ranks(total, seen)  # every rank's shard

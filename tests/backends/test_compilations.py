@@ -2,7 +2,8 @@
 0.5 s on a CPU, in a user's time to the first step and a ``fit``'s start-up. Counted in a fresh interpreter
 (``jax_log_compiles``'s records), where no program of an earlier test is cached: an optimizer's state is made without
 any (NumPy's values put on the device), a batch of arrays becomes a tensor without a copy program per shape, and a
-``fit`` of 2 epochs with a validation compiles no more than its steps, forwards, metrics and eager loss need."""
+``fit`` of 2 epochs with a validation compiles no more than its steps and metrics need: an evaluation (``fit``'s
+validation, ``evaluate``) is one program per batch shape, its forward, loss and metrics together."""
 
 import numpy as np
 import pytest
@@ -60,13 +61,13 @@ def _compiled(backend: str, env: dict | None = None) -> dict:
 def test_the_jax_backend_compiles_no_bookkeeping_in_a_fit():
     """Adam's state (a learning rate, options, step counts, a finite flag and two slots per parameter) was 16
     programs (``jnp.asarray`` of a number, ``jnp.full`` of each slot's shape); the fit of 40 samples in batches of 16
-    (16 and 8) with 12 validation samples compiles its steps (2), the metric's update (one per batch size, 3),
-    validation's forward (1) and eager loss (3: the labels kept, their range, the loss) and no more: the label
-    check's probe of one sample is abstract (it was an eager op each, 3), the loss's kept labels one program (they
-    were two)."""
+    (16 and 8) with 12 validation samples compiles its steps (2), the training metric's update (one per batch size,
+    2) and validation's one program (1: its forward, loss and metric together, where they were a forward, 3 eager
+    programs of the loss and the metric's own: 5) and no more: the label check's probe of one sample is abstract (it
+    was an eager op each, 3)."""
     counts = _compiled("jax")
     assert counts["optimizer"] == []
-    assert len(counts["fit"]) <= 9, counts["fit"]
+    assert len(counts["fit"]) <= 5, counts["fit"]
     assert np.all(np.isfinite(counts["loss"]))
 
 
@@ -74,10 +75,13 @@ def test_the_jax_backend_compiles_no_bookkeeping_in_a_fit():
 def test_keras_on_jax_compiles_no_copy_per_batch_nor_for_the_optimizer_state():
     """Keras-on-JAX: the optimizer's state compiles only Keras's own iteration count and learning rate (it made them
     from Python numbers; unidl's slots, options and step counts were 13 more: a copy per slot shape), and a batch of
-    arrays becomes a tensor without a ``stage`` copy program per shape and dtype."""
+    arrays becomes a tensor without a ``stage`` copy program per shape and dtype. The fit compiles Keras's steps (2)
+    and its own bookkeeping (6), validation one program (its forward, loss and metric: they were Keras's predict
+    step, ~17 eager programs of the loss and the metric's own) and the probe of one sample none (it is abstract: an
+    eager program per op of the forward, 8, before): 9, where it was 37."""
     counts = _compiled("keras", {"KERAS_BACKEND": "jax"})
     assert counts["optimizer"] == ["jit(convert_element_type)"] * 2, counts["optimizer"]
-    assert len(counts["fit"]) <= 37, counts["fit"]
+    assert len(counts["fit"]) <= 9, counts["fit"]
     assert np.all(np.isfinite(counts["loss"]))
 
 
@@ -137,3 +141,110 @@ def test_the_jax_engines_reductions_of_several_lengths_and_ops_share_one_program
         jax.monitoring.unregister_event_duration_listener(listener)
         job.watchdog.stopped.set()
     assert len(compiled) == 1
+
+
+_EVALUATION_SCRIPT = _SCRIPT.split("import unidl as ud")[0] + r"""
+import unidl as ud
+from unidl.metrics.probe import output_shape
+
+ud.set_backend(BACKEND)
+rng = np.random.default_rng(0)
+x, y = rng.standard_normal((40, 8)).astype(np.float32), rng.integers(0, 3, 40)
+x_val, y_val = rng.standard_normal((20, 8)).astype(np.float32), rng.integers(0, 3, 20)
+weights = rng.uniform(0.5, 2.0, 20).astype(np.float32)
+ud.manual_seed(0)
+model = ud.models.TwoLayerNet(8, 16, 3)
+start = len(compiled)
+output_shape(model, x_val[:1])  # (fit's and evaluate's probe of one sample)
+probe = compiled[start:]
+
+
+class Validation(ud.callbacks.Callback):
+    # the programs each validation compiles, and the weights it validated (the reference's)
+    def __init__(self):
+        self.compiled, self.weights = [], []
+
+    def on_test_begin(self, logs=None):
+        self.start = len(compiled)
+
+    def on_test_end(self, logs=None):
+        self.compiled.append(compiled[self.start:])
+        self.weights.append({k: v.tolist() for k, v in self.model_state().items()})
+
+    def model_state(self):
+        return {k: np.asarray(ud.to_numpy(v)) for k, v in model.state_dict().items()}
+
+
+validation = Validation()
+history = ud.fit(model, (x, y), batch_size=16, epochs=3, loss="cross_entropy", metrics=["accuracy"],
+                 optimizer=ud.optim.Adam(model.parameters(), lr=1e-2), validation_data=(x_val, y_val),
+                 validation_batch_size=8, callbacks=[validation], verbose=0)
+start = len(compiled)
+evaluated = ud.evaluate(model, (x_val, y_val), batch_size=8, loss="cross_entropy", metrics=["accuracy"])
+weighted = ud.evaluate(model, (x_val, y_val), batch_size=8, loss="cross_entropy", sample_weight=weights,
+                       weighted_metrics=["accuracy"])
+print(json.dumps({"probe": probe, "validations": validation.compiled, "evaluate": compiled[start:],
+                  "weights": validation.weights,
+                  "final": {k: v.tolist() for k, v in validation.model_state().items()},
+                  "val_loss": history.history["val_loss"], "val_accuracy": history.history["val_accuracy"],
+                  "evaluated": evaluated, "weighted": weighted}))
+"""
+
+
+def _reference(state: dict, x, y, weights=None) -> tuple:
+    """The two-layer net's cross-entropy and accuracy in NumPy (float64) from its weights: eager and exact."""
+    hidden = np.maximum(x @ np.asarray(state["linear1.weight"]).T + state["linear1.bias"], 0)
+    logits = hidden @ np.asarray(state["linear2.weight"]).T + state["linear2.bias"]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    losses = np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(y)), y]
+    correct = (logits.argmax(axis=1) == y).astype(np.float64)
+    weights = np.ones(len(y)) if weights is None else weights.astype(np.float64)
+    return float((losses * weights).mean()), float((correct * weights).sum() / weights.sum())
+
+
+def _evaluations(backend: str, env: dict | None = None) -> dict:
+    script = _EVALUATION_SCRIPT.replace("BACKEND", repr(backend))
+    return last_json_line(run_python(script, env=dict(env or {}, JAX_PLATFORMS="cpu"), timeout=600).stdout)
+
+
+def _check_evaluations(counts: dict) -> None:
+    """3 epochs' validations of 20 samples in batches of 8 (8, 8 and a last of 4): the first compiles one program
+    per batch shape (the forward, the loss and the metric together: 2), the others none; ``evaluate`` then reuses
+    them (a loss made again from its name computes alike), and its weighted form (a third input) compiles its own
+    2. The values are the NumPy reference's of each epoch's weights, to float32's rounding."""
+    assert [len(programs) for programs in counts["validations"]] == [2, 0, 0], counts["validations"]
+    assert len(counts["evaluate"]) == 2, counts["evaluate"]
+    rng = np.random.default_rng(0)
+    rng.standard_normal((40, 8)), rng.integers(0, 3, 40)
+    x_val, y_val = rng.standard_normal((20, 8)).astype(np.float32), rng.integers(0, 3, 20)
+    weights = rng.uniform(0.5, 2.0, 20).astype(np.float32)
+    for epoch, state in enumerate(counts["weights"]):
+        loss, accuracy = _reference(state, x_val, y_val)
+        np.testing.assert_allclose(counts["val_loss"][epoch], loss, rtol=1e-5)
+        np.testing.assert_allclose(counts["val_accuracy"][epoch], accuracy, rtol=1e-6)
+    loss, accuracy = _reference(counts["final"], x_val, y_val)
+    np.testing.assert_allclose([counts["evaluated"]["loss"], counts["evaluated"]["accuracy"]], [loss, accuracy],
+                               rtol=1e-5)
+    loss, accuracy = _reference(counts["final"], x_val, y_val, weights)
+    np.testing.assert_allclose([counts["weighted"]["loss"], counts["weighted"]["accuracy"]],
+                               [loss, accuracy], rtol=1e-5)
+
+
+def test_the_jax_backend_evaluates_a_batch_shape_with_one_program():
+    """fit's validation and ``evaluate`` on jax: one compiled program per batch shape holding the forward, the loss
+    and the metrics' statistics (they were a compiled forward, 3 eager programs of the loss and the metric's own
+    program per shape: 10 for the two shapes), reused over the epochs, with the eager values. The probe of one
+    sample compiles nothing (it is abstract)."""
+    counts = _evaluations("jax")
+    assert counts["probe"] == [], counts["probe"]
+    _check_evaluations(counts)
+
+
+@pytest.mark.skipif("keras" not in ud.available_backends(), reason="keras is not installed")
+def test_keras_on_jax_evaluates_a_batch_shape_with_one_program():
+    """As on the jax backend, on Keras-on-JAX: a program per batch shape (Keras's jitted predict, then ~17 eager
+    programs of the loss and the metric's own: ~38 for the two shapes), and the probe of one sample abstract (an
+    eager program per op of the forward and shape before: 8 for the two-layer net)."""
+    counts = _evaluations("keras", {"KERAS_BACKEND": "jax"})
+    assert counts["probe"] == [], counts["probe"]
+    _check_evaluations(counts)

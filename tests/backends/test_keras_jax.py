@@ -646,7 +646,7 @@ def deleted_arrays(model):
 
 def ctrl_c_in_steps():
     # a real SIGINT (Python's default handler) that lands in Keras's jitted step, in a train step, in fit, in
-    # fit's first step while it traces, in predict's and evaluate's step (Keras donates the state to them too):
+    # fit's first step while it traces, in predict's step (Keras donates the state to it too) and evaluate's:
     # KeyboardInterrupt, then a model with no deleted arrays that evaluates and trains on with finite losses; a
     # train step's interrupted state is the step's new one or its old one, a prediction's the one before
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -668,7 +668,7 @@ def ctrl_c_in_steps():
                 (lambda: ud.fit(model, (x, y), loss=loss, optimizer=optimizer, epochs=1, batch_size=2, shuffle=False,
                                 verbose=0), 1),  # (in fit's second step)
                 (fit_stopped_while_compiling, None),
-                (lambda: ud.predict(model, x), 0),  # (compiled by the evaluate before)
+                (lambda: ud.predict(model, x), 0),  # (compiled by the predict before)
                 (lambda: ud.evaluate(model, (x, y), loss=loss), 0)]
         for index, (run, skip) in enumerate(runs):
             interrupted = False
@@ -706,6 +706,9 @@ def ctrl_c_in_steps():
             try:
                 finite = bool(np.isfinite(ud.evaluate(model, (x, y), loss=loss)["loss"]))
                 finite = finite and bool(np.isfinite(float(step(x, y))))
+                # (and Keras's predict step compiled, so that the prediction's run below lands in a compiled call:
+                # evaluate's program is one of its own, no longer Keras's predict step)
+                finite = finite and bool(np.all(np.isfinite(ud.predict(model, x))))
             except Exception as error:
                 finite = f"{type(error).__name__}: {str(error)[:100]}"
             outcomes.append(dict(interrupted=interrupted, deleted=dead, finite=finite, kept=kept))
@@ -1282,8 +1285,9 @@ def test_the_ops_whose_rules_differ_by_framework_follow_torch_on_jax(result):
 def test_ctrl_c_in_a_step_on_jax_leaves_the_state_of_a_completed_step(result):
     """Issue 14 on Keras-on-JAX, whose trainer donates the state to its jitted step: a real SIGINT that lands while
     XLA runs a train step, while it runs fit's second step, while fit's first step traces (after Keras's fit has
-    taken the state out of the variables), and while it runs ``predict``'s and ``evaluate``'s step (Keras's
-    ``predict_on_batch``, which donates the state too) ends the call with ``KeyboardInterrupt``, and the model has no
+    taken the state out of the variables), and while it runs ``predict``'s step (Keras's ``predict_on_batch``, which
+    donates the state too) and ``evaluate``'s (one compiled program of the forward, the loss and the metrics, which
+    donates nothing) ends the call with ``KeyboardInterrupt``, and the model has no
     deleted or emptied arrays: it evaluates and trains on with finite losses, the train step's state is the one it
     computed, and a prediction's the one before it (Keras's own cleanup had written the donated, deleted, arrays
     back, or none)."""

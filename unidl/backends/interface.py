@@ -357,6 +357,18 @@ class Backend(abc.ABC):
     def predict_function(self, model) -> Callable:
         """Return ``forward(x) -> outputs`` without gradients (compiled where the backend compiles)."""
 
+    def evaluation_function(self, model, evaluate: Callable, name: str, loss_fn=None) -> Callable | None:
+        """``evaluate(x, y, *weights) -> (loss or None, statistics)`` (``ud.evaluate``'s and ``fit``'s validation
+        of one batch: ``model``'s eval-mode forward, the loss, the metrics' statistics, all ``ud.ops``) compiled as
+        one program per input shapes over the state of ``model`` (and of ``loss_fn``: a class ``weight`` buffer),
+        for a backend whose eager ops each compile a program per shape (JAX): there a forward compiled alone, then
+        the loss and the metrics apart, was a dozen programs per batch size. Called with arrays or the backend's
+        tensors; returns the backend's tensors. A forward that needs a tensor's value in Python runs ``evaluate``
+        eagerly from then on, with ``ud.function``'s one warning. None (the default) where ``ud.evaluate`` runs
+        ``predict_function``'s forward, then the loss and the metrics apart (eager ops that compile nothing, or a
+        graph per rank)."""
+        return None
+
     def fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager: bool = False,
                   precision=None, accumulate: int = 1, totals=None, step_inputs=None, before_batch=None):
         """Run one epoch with the framework's own trainer and return the epoch logs, or None to let

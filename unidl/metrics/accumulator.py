@@ -103,6 +103,11 @@ class MetricAccumulator:
         with warnings.catch_warnings():  # a short last batch is one bounded retrace where graphs are per shape
             warnings.simplefilter("ignore", RetraceWarning)
             values = self._function(*inputs)
+        self.add_statistics(values)
+
+    def add_statistics(self, values) -> None:
+        """Add one batch's statistics (``statistics``' tuple, computed where the caller computed them: inside a
+        backend's compiled evaluation of the batch, ``Backend.evaluation_function``), summed in float64."""
         self.totals = [total + np.asarray(to_numpy(v), dtype=np.float64) for total, v in zip(self.totals, values)]
 
     def results_from(self, totals) -> dict:

@@ -510,6 +510,14 @@ class Backend(BackendInterface):
             cache["predict"] = _EagerFallback(compiled, model, self.to_input, f"the forward of {type(model).__name__}")
         return cache["predict"]
 
+    def evaluation_function(self, model, evaluate, name, loss_fn=None):
+        # over the model's state (and the loss's buffers), as ``predict_function``'s forward: not every live
+        # variable (``ud.function``'s), which a process of many models would pass to every call
+        variables = self._model_state(model, None, loss_fn)
+        compiled = StatefulJit(evaluate, lambda: variables, name, static_key=lambda: training_modes(model),
+                               warn_retrace=False, keyed_modules=model.modules)
+        return _EagerFallback(compiled, evaluate, self.to_input, name)
+
     def value_and_grad(self, f, args, argnums, params):
         return self._value_and_grad(f, args, argnums, params,
                                     name=f"the function {getattr(f, '__name__', type(f).__name__)!r} given to ud.grad")
@@ -869,24 +877,27 @@ def _with_static_arguments(args):
 
 
 class _EagerFallback:
-    """``predict_function``'s forward (``ud.predict``, ``ud.evaluate``, ``fit``'s validation): ``compiled``, or,
-    once a trace needed a tensor's value (Python control flow on it, a boolean-mask index), ``model(x)`` run eagerly
-    from then on, with ``ud.function``'s one warning, as torch and TensorFlow (AutoGraph) run such a forward (JAX's
-    raw ConcretizationTypeError before, ``fit(eager=True)``'s validation too)."""
+    """``predict_function``'s forward (``ud.predict``, ``ud.evaluate``, ``fit``'s validation) and
+    ``evaluation_function``'s batch: ``compiled``, or, once a trace needed a tensor's value (Python control flow on
+    it, a boolean-mask index), ``function`` (the model, the evaluation) run eagerly from then on, with
+    ``ud.function``'s one warning, as torch and TensorFlow (AutoGraph) run such a forward (JAX's raw
+    ConcretizationTypeError before, ``fit(eager=True)``'s validation too). Arguments that are not arrays (None)
+    go in as they are."""
 
-    def __init__(self, compiled, model, to_input, name: str):
-        self._compiled, self._model, self._to_input, self._name = compiled, model, to_input, name
+    def __init__(self, compiled, function, to_input, name: str):
+        self._compiled, self._function, self._to_input, self._name = compiled, function, to_input, name
         self._eager = False
 
-    def __call__(self, x):
-        x = self._to_input(x)
+    def __call__(self, *args):
+        to_input = self._to_input
+        args = [to_input(a) if a is not None else a for a in args]
         if not self._eager:
             try:
-                return self._compiled(x)
+                return self._compiled(*args)
             except _CONCRETIZATION as error:
                 self._eager = True
                 warn_running_eagerly(self._name, "jax", "jax.jit", error, what="ud.predict/ud.evaluate")
-        return self._model(x)
+        return self._function(*args)
 
 
 class _CompiledStep:

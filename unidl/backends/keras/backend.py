@@ -38,7 +38,7 @@ from unidl.backends.keras.host import HOST
 from unidl.backends.keras.module import (BatchRelay, KeptStepState, NativeLoss, NativeModel,
                                          metric_tracker_variables, note_state_written, reached_modes,
                                          restore_metric_totals, step_key, swallowed_ctrl_c_raised,
-                                         traced_value_error)
+                                         traced_value_error, trainable_writes_refused)
 from unidl.backends.keras.metrics import NativeMetrics, epoch_logs
 from unidl.backends.keras.optimizer import NativeOptimizer, keep_train_function_current
 from unidl.optim.param_groups import ConstantOptions
@@ -46,6 +46,7 @@ from unidl.data.epoch import xy
 from unidl.errors import UnsupportedOptionError, marked_error_from
 from unidl.nn.freezing import requires_grad_method
 from unidl.nn.module import step_modes, training_modes
+from unidl.function import Function
 from unidl.tracing import warn_running_eagerly
 from unidl.backends.keras.export import export_formats, export_module
 
@@ -584,6 +585,23 @@ class Backend(BackendInterface):
 
         return forward
 
+    def evaluation_function(self, model, evaluate, name, loss_fn=None):
+        # on a functional host (JAX) Keras's jitted predict, then the loss and the metrics op by op, compiled a
+        # program per eager op and shape (~20 per batch size): there one program over the Keras variables' values,
+        # a ``ud.function`` (``keras_stateless.StatelessFunction``); elsewhere Keras's eager ops compile nothing and
+        # its predict is the graph
+        if HOST.keras_state_in_place:
+            return None
+        compiled, scope = Function(evaluate), self._scope  # (keyed on the modes of the modules it calls)
+        compiled.__name__ = name
+        to_input = self.to_input
+
+        def evaluation(*args):
+            with scope(), trainable_writes_refused():  # (as in predict: an Embedding's max_norm write is refused)
+                return compiled(*[to_input(a) for a in args])
+
+        return evaluation
+
     def value_and_grad(self, f, args, argnums, params):
         if argnums is None and not HOST.keras_state_in_place:  # variables' values in, through a StatelessScope
             return keras_stateless.value_and_grad(HOST, f, args, list(params))
@@ -597,7 +615,19 @@ class Backend(BackendInterface):
         return HOST.value_and_grad(f, args, argnums, None if params is None else [p.value for p in params])
 
     def probe_forward(self, forward, x):
-        return forward(self.tensor(x))
+        if HOST.keras_state_in_place:  # (Keras's eager ops there compile nothing per shape)
+            return forward(self.tensor(x))
+        # a functional host (JAX) compiled a program per eager op of the probe (a CNN's: 26, ~1 s on a CPU): its
+        # abstract pass instead, where it gives what the eager forward does (``probe_forward`` of the host), the
+        # Keras variables read through a scope that notes a write (then, as there, the eager forward)
+        try:
+            with keras_stateless.recording_scope() as scope:
+                outputs = HOST.probe_forward(forward, x)
+        except Exception:  # (the eager forward raises its own error, outside the scope)
+            outputs = None
+        if outputs is None or scope.assigned:
+            return forward(self.tensor(x))
+        return outputs
 
     def check_shapes(self, model, loss_fn, x, y):
         x, y = self.to_input(x), self.to_input(y)

@@ -142,11 +142,11 @@ class NativeModel(keras.Model):
 
     def predict_step(self, *args, **kwargs):
         traced = _PREDICT_STEP_TRACED.get()  # (this predict function's checked step, while its call traces it)
-        with _trainable_writes_refused():
+        with trainable_writes_refused():
             return super().predict_step(*args, **kwargs) if traced is None else traced(*args, **kwargs)
 
     def test_step(self, *args, **kwargs):
-        with _trainable_writes_refused():
+        with trainable_writes_refused():
             return super().test_step(*args, **kwargs)
 
     def _make_function(self, step_function, *args, **kwargs):
@@ -307,10 +307,11 @@ def note_state_written(variable) -> None:
 
 
 @contextlib.contextmanager
-def _trainable_writes_refused():
+def trainable_writes_refused():
     """Where Keras's trainer threads the state through its evaluation and predict steps as values (Keras-on-JAX:
     the non-trainable variables alone), a trainable variable the forward writes is a ``GraphConstructError``
-    (``note_state_written``), as in its train step: the write would be dropped where torch keeps it."""
+    (``note_state_written``), as in its train step: the write would be dropped where torch keeps it. ``ud.evaluate``'s
+    compiled evaluation there (``Backend.evaluation_function``) refuses it too, as ``ud.predict`` does."""
     if HOST.keras_state_in_place:
         yield
         return

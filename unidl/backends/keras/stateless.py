@@ -9,6 +9,7 @@ call. The host differentiates and compiles (``value_and_grad_of_values``, ``jit_
 
 from __future__ import annotations
 
+import contextlib
 
 import keras
 from keras.src.backend.common.stateless_scope import in_stateless_scope  # (not re-exported by Keras)
@@ -43,6 +44,18 @@ class _RecordingScope(keras.StatelessScope):
     def add_update(self, update):
         self.assigned[id(update[0])] = update[0]
         super().add_update(update)
+
+
+@contextlib.contextmanager
+def recording_scope():
+    """A ``_RecordingScope`` mapping no variable: the Keras variables read and assigned inside it are noted, and an
+    assignment is not made (an abstract pass's would write a tracer); the variables created inside it get their
+    values as it exits."""
+    try:
+        with _RecordingScope([], []) as scope:
+            yield scope
+    finally:
+        _initialize_created()
 
 
 def _initialize_created() -> None:
