@@ -265,7 +265,8 @@ def shown(value) -> str:
     is 0-d and can be read now ('a tensor of shape (2,) and dtype float32', 'a 0-d tensor of dtype float32 holding
     0.1; give a Python number, float(t)'), in the same words on every backend (a tensor's repr differs by
     framework: ``tensor(...)``, ``<tf.Tensor ...>``, ``Array(...)``); anything else as its repr. A 0-d tensor
-    holding NaN without the advice to give ``float(t)``: the Python number it gives is NaN, refused alike."""
+    holding NaN, a string or a complex number without the advice to give ``float(t)``, which gives no number that
+    is taken."""
     if isinstance(value, (np.ndarray, np.generic)) or not (hasattr(value, "shape") and hasattr(value, "dtype")):
         return repr(value)
     from unidl import config  # (here, not at the top: config imports the backends' registry, which imports this)
@@ -275,9 +276,13 @@ def shown(value) -> str:
         return f"a tensor of shape {shape} and dtype {dtype}"
     backend = config.backend()
     readable = backend.is_tensor(value) and backend.is_concrete(value) and "bfloat16" not in dtype
-    number = backend.to_numpy(value)[()] if readable else None  # (bfloat16: Keras's to_numpy refuses it)
+    # (bfloat16: Keras's to_numpy refuses it; a string tensor's is bytes, no array: read through np.asarray)
+    number = np.asarray(backend.to_numpy(value))[()] if readable else None
     held = "" if number is None else f" holding {str(number)}"
-    advice = "" if number is not None and np.isnan(number) else "; give a Python number, float(t)"
+    # float(t) only where it gives a number that is taken: not of NaN, a string or a complex number
+    kind = None if number is None else np.asarray(number).dtype.kind
+    refused = kind is not None and (kind not in "biuf" or kind == "f" and np.isnan(number))
+    advice = "" if refused else "; give a Python number, float(t)"
     return f"a 0-d tensor of dtype {dtype}{held}{advice}"
 
 

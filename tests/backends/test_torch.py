@@ -24,5 +24,20 @@ def test_manual_seed_seeds_torchs_generator_and_formats_no_stack_without_an_acce
         assert torch.initial_seed() == 3
         assert torch.equal(torch.rand(4), expected)
     accelerator = getattr(torch, "accelerator", None)
-    if accelerator is not None and not accelerator.is_available():
+    if accelerator is not None and accelerator.current_accelerator() is None:
         assert formatted == []
+
+
+def test_manual_seed_asks_no_driver_whether_an_accelerator_is_available(monkeypatch):
+    """``ud.manual_seed`` decides whether to seed torch's accelerators from the build alone, as ``torch.manual_seed``
+    queues their seeds without a driver call: ``torch.accelerator.is_available()`` starts CUDA's runtime on a CUDA
+    build (a fork after the seed could then not use CUDA, and ``CUDA_VISIBLE_DEVICES`` set after it would be
+    ignored)."""
+    asked = []
+    for module, name in [(torch.accelerator, "is_available"), (torch.cuda, "is_available"),
+                         (torch.cuda, "device_count")]:
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k: asked.append(_name) or _real(*a, **k))
+    with ud.use_backend("torch"):
+        ud.manual_seed(5)
+    assert asked == [] and torch.initial_seed() == 5

@@ -21,6 +21,21 @@ def _step_ops(step):
     return ops
 
 
+def test_a_0d_string_or_complex_tensor_as_a_hyperparameter_is_named_without_float_advice():
+    """A 0-d TensorFlow tensor of strings given as ``lr`` is the ``ValueError`` naming it that any other tensor is
+    (it was a ``TypeError``, ``byte indices must be integers``, from reading its bytes as an array); neither it nor
+    a complex one is given the advice ``float(t)``, which gives no number that is taken."""
+    import tensorflow as tf
+
+    with ud.use_backend("tensorflow"):
+        params = ud.nn.Linear(2, 2).parameters()
+        for value, held in [(tf.constant("0.1"), "string holding b'0.1'"),
+                            (tf.constant(3 + 1j), "complex128 holding (3+1j)")]:
+            with pytest.raises(ValueError) as caught:
+                ud.optim.SGD(params, lr=value)
+            assert str(caught.value) == f"SGD lr must be a number, got a 0-d tensor of dtype {held}"
+
+
 def test_tensorflow_manual_seed_gives_the_generator_tf_random_generator_from_seed_gives():
     """``ud.manual_seed`` builds the TensorFlow generator's state in NumPy (``tf.random.Generator.from_seed`` built
     it with seven eager ops, 20 ms of a fresh process's first step): the same state and algorithm, and the same

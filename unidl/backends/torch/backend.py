@@ -28,12 +28,15 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def _has_accelerator() -> bool:
-    """Whether torch sees an accelerator (CUDA, MPS, XPU, MTIA or a custom device). Where it sees none,
+    """Whether torch was built for an accelerator (CUDA, MPS, XPU, MTIA or a custom device). Where it was not,
     ``torch.manual_seed`` seeds only the CPU generator, yet queues the seed for each accelerator runtime not started
     (CUDA, XPU, MTIA) with the caller's stack formatted, three stacks a call: about a millisecond at a test's depth,
     in every ``ud.manual_seed`` (the test fixture's seeding of each test), for runtimes that never start."""
     accelerator = getattr(torch, "accelerator", None)  # (torch 2.6 on; before it, the full torch.manual_seed)
-    return accelerator is None or accelerator.is_available()
+    # (the build's accelerator, read without a driver call: is_available() would start CUDA's runtime, which
+    # torch.manual_seed never did, so that a later fork could not use CUDA and CUDA_VISIBLE_DEVICES set after a seed
+    # would be ignored; a CUDA build with no GPU takes the full torch.manual_seed)
+    return accelerator is None or accelerator.current_accelerator() is not None
 
 
 #: the device types ``torch.autocast`` runs on, whichever the model's parameters are on
