@@ -294,13 +294,16 @@ def check_same_shape(owner, prediction, target, names=("prediction", "target")):
     a, b = tuple(prediction.shape), tuple(target.shape)
     if a == b and None not in a:  # the common case, decided at once
         return prediction
+    keys = (size_keys(prediction), size_keys(target)) if len(a) == len(b) else ((), ())
+    if len(a) == len(b) and keys[0] == keys[1]:  # sizes a traced graph knows to agree (one made from the other)
+        return prediction
     a, b = sizes_of(prediction), sizes_of(target)
 
     def template():
         return (f"{literal(owner)} needs {names[0]} and {names[1]} of the same shape; {names[0]} has shape "
                 f"{shape_template(len(a))}, {names[1]} has shape {shape_template(len(b))}")
 
-    same = len(a) == len(b) and all_of(holds(m == n) for m, n in zip(a, b))
+    same = len(a) == len(b) and all_of(holds(m == n) for m, n, p, q in zip(a, b, *keys) if p != q)
     return require(prediction, same, template, a + b)
 
 
@@ -519,36 +522,42 @@ def check_broadcast(owner, tensors: dict) -> list:
     """The values of ``tensors`` (``{name: tensor or number}``), after checking that they broadcast together where a
     traced graph leaves a size unknown beside another that is not 1: ``broadcast_message``'s ``ShapeMismatchError``
     when the graph runs, as eagerly (the check rides on the first tensor of unknown sizes: use the returned values).
-    Tensors the graph knows to share a shape (``x > 0`` and ``x``: the backend's ``shares_shape``) are compared once,
-    so that ``where(x > 0, x, 0)`` gains no op. Sizes known while tracing are the caller's to compare; where every
-    size is known this adds nothing."""
+    Sizes the graph knows to be equal (``size_keys``: ``x > 0`` beside ``x``, so that ``where(x > 0, x, 0)`` gains
+    no op) are compared once, and an axis whose sizes all agree so, not at all. Sizes known while tracing are the
+    caller's to compare; where every size is known this adds nothing."""
     values = list(tensors.values())
     shapes = [known_shape(getattr(t, "shape", ())) for t in values]
     if not any(None in shape for shape in shapes) or symbolic(*values):
         return values
-    compared = _distinct_shapes(values, shapes)
-    if not _unknown_beside_another(aligned(*(shapes[i] for i in compared))):
+    keys = list(aligned(*(size_keys(t) for t in values)))
+    # per axis, the first tensor of each size other than 1 (the graph's sizes that agree: one)
+    firsts = [list({key: position for position, key in reversed(list(enumerate(axis))) if key != 1}.values())
+              for axis in keys]
+    if all(len(positions) < 2 for positions in firsts):
         return values
     sizes = [sizes_of(t) if hasattr(t, "shape") else () for t in values]
     template = broadcast_message(owner, {name: shape_template(len(s)) for name, s in zip(tensors, sizes)})
     carrier = next(position for position, shape in enumerate(shapes) if None in shape)
-    values[carrier] = require(values[carrier], broadcasts([sizes[i] for i in compared]), lambda: template,
-                              tuple(size for s in sizes for size in s))
+    padded = list(aligned(*sizes))
+    fits = all_of(_either(holds(padded[axis][i] == padded[axis][j]),
+                          _either(holds(padded[axis][i] == 1), holds(padded[axis][j] == 1)))
+                  for axis, positions in enumerate(firsts) for n, i in enumerate(positions) for j in positions[n + 1:])
+    values[carrier] = require(values[carrier], fits, lambda: template, tuple(size for s in sizes for size in s))
     return values
 
 
-def _distinct_shapes(values, shapes) -> list:
-    """The positions in ``values`` of the tensors whose shapes a traced graph does not know to be an earlier one's
-    (the backend's ``shares_shape``, where it has one; ``shapes``: the sizes known while tracing)."""
+def size_keys(x) -> tuple:
+    """``x``'s sizes as keys that say which sizes a traced graph knows to be equal without reading them: an int
+    where a size is known, else the backend's key (its optional op ``size_keys``; one key, one size when the graph
+    runs), or without that op a key of ``x``'s own axis. ``()`` for a Python number."""
     from unidl.backends.op_registry import optional_op
 
-    shares_shape = optional_op(ops._ops(), "shares_shape")
-    distinct = []
-    for position, (value, shape) in enumerate(zip(values, shapes)):
-        if shares_shape is None or None not in shape or not any(
-                shapes[earlier] == shape and shares_shape(values[earlier], value) for earlier in distinct):
-            distinct.append(position)
-    return distinct
+    if not hasattr(x, "shape"):
+        return ()
+    keys = optional_op(ops._ops(), "size_keys")
+    if keys is not None:
+        return tuple(keys(x))
+    return tuple(("size", id(x), axis) if size is None else size for axis, size in enumerate(known_shape(x.shape)))
 
 
 def aligned(*shapes) -> zip:
@@ -589,16 +598,21 @@ def joined(owner, tensors, axis) -> list:
 
 def _joined_when_run(owner, wanted: str, tensors: list, shapes: list, skipped):
     """``tensors``, the first carrying the check that they have one size on each axis but ``skipped`` where a
-    traced graph leaves sizes unknown (tensors it knows to share a shape compared once): ``joined``'s
-    ``ShapeMismatchError`` when the graph runs."""
-    compared = _distinct_shapes(tensors, shapes) if len(tensors) > 1 and not symbolic(*tensors) else [0]
-    axes = [position for position in range(len(shapes[0])) if position != skipped
-            and any(shapes[i][position] is None for i in compared)]
-    if len(compared) < 2 or not axes:
+    traced graph leaves sizes unknown (sizes it knows to be the first's, ``size_keys``, not compared):
+    ``joined``'s ``ShapeMismatchError`` when the graph runs."""
+    if len(tensors) < 2 or symbolic(*tensors):
+        return tensors
+    keys = [size_keys(t) for t in tensors]
+    compared = []  # (tensor, axis) of each size the graph does not know to be the first tensor's, once a key
+    for position in range(len(shapes[0])):
+        if position != skipped:
+            differing = {keys[i][position]: i for i in reversed(range(1, len(tensors)))
+                         if keys[i][position] != keys[0][position]}
+            compared += [(i, position) for i in sorted(differing.values())]
+    if not compared:
         return tensors
     sizes = [sizes_of(t) for t in tensors]
-    first = sizes[compared[0]]
-    same = all_of(holds(sizes[i][position] == first[position]) for i in compared[1:] for position in axes)
+    same = all_of(holds(sizes[i][position] == sizes[0][position]) for i, position in compared)
     template = (f"{literal(owner)} needs tensors of {wanted}, got shapes "
                 f"{', '.join(shape_template(len(s)) for s in sizes)}")
     tensors[0] = require(tensors[0], same, lambda: template, tuple(size for s in sizes for size in s))
