@@ -202,12 +202,15 @@ def check_window_fits(owner, x, spans, paddings, advice: str):
         else:
             return x
     else:
-        sizes = sizes_of(x)
+        sizes = None  # (read where a check needs them)
     labels = ("length",) if len(spans) == 1 else ("height", "width")
     for axis, (span, padding, label) in enumerate(zip(spans, paddings, labels)):
         if padding == "same":
             continue  # the padding grows with the kernel
         added = 0 if padding == "valid" else 2 * padding
+        if type(span) is int and added >= span:
+            continue  # the padding alone holds the kernel, whatever the input's size
+        sizes = sizes_of(x) if sizes is None else sizes
         padded = sizes[axis + 2] + added if added else sizes[axis + 2]  # (a graph's unknown size: no op adding 0)
 
         def template(label=label):
@@ -232,7 +235,8 @@ def check_conv_channels(owner, x, weight, groups: int, transposed: bool = False)
         return x, weight
     sizes, kernel = sizes_of(x), sizes_of(weight)
     what = "input" if transposed else "output"
-    weight = require(weight, holds(kernel[0] % groups == 0), lambda: (
+    divides = True if groups == 1 else holds(kernel[0] % groups == 0)  # (1 divides any size: no op in a graph)
+    weight = require(weight, divides, lambda: (
         f"{literal(owner)}: groups={groups} must divide the weight's {what} channels, {{}} (weight shape "
         f"{shape_template(len(kernel))})"), (kernel[0],) + tuple(kernel))
     expected = kernel[0] if transposed else kernel[1] * groups
