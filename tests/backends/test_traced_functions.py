@@ -1507,7 +1507,8 @@ def test_tensorflow_convolution_checks_that_hold_for_any_size_add_no_op(rng):
     """A convolution's checks that hold whatever sizes a graph traced for any size runs with: ``groups=1`` divides
     any weight's channels, and a padding of at least the kernel's size holds the window on an empty input too. Both
     were compared when the graph ran (a FloorMod, an Equal and an Assert; a GreaterEqual and an Assert per axis);
-    the input's channels, unknown while tracing, are still checked."""
+    the input's channels, unknown while tracing, are still checked, their sizes read once (a Shape op per check).
+    """
     x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
     weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     with ud.use_backend("tensorflow"):
@@ -1516,10 +1517,13 @@ def test_tensorflow_convolution_checks_that_hold_for_any_size_add_no_op(rng):
         np.testing.assert_allclose(ud.to_numpy(convolved(x)), ud.to_numpy(layer(ud.tensor(x))), rtol=1e-5, atol=1e-5)
         types = _graph_op_types(convolved)
         assert types.count("Assert") == 1 and "GreaterEqual" not in types, types  # (the input's channels)
-        with pytest.raises(ud.ShapeMismatchError, match="expected input"):
-            convolved(x[:, :2])
+        assert types.count("Shape") == 1, types  # the input's sizes read once for its checks
 
         given = ud.function(lambda x, weight: ud.ops.conv2d(x, weight, padding=1))
         expected = ud.to_numpy(ud.ops.conv2d(ud.tensor(x), ud.tensor(weight), padding=1))
         np.testing.assert_allclose(ud.to_numpy(given(x, weight)), expected, rtol=1e-5, atol=1e-5)
-        assert "FloorMod" not in _graph_op_types(given)
+        types = _graph_op_types(given)
+        assert "FloorMod" not in types, types
+        assert types.count("Shape") == 2, types  # the input's sizes and the weight's, each read once
+        with pytest.raises(ud.ShapeMismatchError, match="expected input"):
+            convolved(x[:, :2])

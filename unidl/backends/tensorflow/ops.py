@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import weakref
 from numbers import Integral
 
 import numpy as np
@@ -774,16 +775,46 @@ def as_dtype(x, dtype):
 
 def shape(x):
     """The sizes of ``x``: ints where the graph knows them, else scalar tensors, read in one op (``tf.unstack``)
-    rather than one slice and its three constants per size (a graph of unknown sizes reads many)."""
+    rather than one slice and its three constants per size (a graph of unknown sizes reads many), and once per
+    tensor and graph: a convolution's checks read its input's sizes three times (``_read_sizes``)."""
     static = tuple(x.shape)
     if None not in static:
         return static
+    read = _read_sizes(x)
+    if read is not None:
+        return tuple(d if d is not None else size for d, size in zip(static, read))
     source = nhwc_source(x)
     if source is not None:  # read the NHWC tensor's sizes: tf.shape of a view would make the view a real transpose
         dynamic = tf.gather(tf.shape(source), NHWC_TO_NCHW)
     else:
         dynamic = tf.shape(x)
-    return tuple(d if d is not None else size for d, size in zip(static, tf.unstack(dynamic, num=len(static))))
+    sizes = tf.unstack(dynamic, num=len(static))
+    _read_sizes(x, sizes)
+    return tuple(d if d is not None else size for d, size in zip(static, sizes))
+
+
+# graph -> {id(tensor): (the tensor, its sizes)}, weakly on both sides: a graph's tensors hold it (a strong value
+# kept every traced graph alive)
+_SIZES_READ: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _read_sizes(x, sizes=None):
+    """The sizes of ``x`` (or of the tensor behind its ``Identity`` ops: a check's output) read already in the graph
+    being built, or None; with ``sizes``, keeps them. Kept by graph: a branch of a conditional, a graph of its own,
+    reads its own."""
+    if tf.executing_eagerly() or not isinstance(x, tf.Tensor) or not hasattr(x, "op"):
+        return None
+    while x.op.type == "Identity" and x.op.inputs[0].shape.rank == x.shape.rank:
+        x = x.op.inputs[0]
+    read = _SIZES_READ.setdefault(tf.compat.v1.get_default_graph(), {})
+    if sizes is not None:
+        read[id(x)] = (weakref.ref(x), [weakref.ref(size) for size in sizes])
+        return sizes
+    kept = read.get(id(x))
+    if kept is None or kept[0]() is not x:
+        return None
+    sizes = [size() for size in kept[1]]
+    return None if any(size is None for size in sizes) else sizes
 
 
 # ops whose output has the shape of their first input (element-wise of one tensor), and element-wise ops of two or
