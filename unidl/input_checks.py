@@ -533,10 +533,13 @@ def check_broadcast(owner, tensors: dict) -> list:
     shapes = [known_shape(getattr(t, "shape", ())) for t in values]
     if not any(None in shape for shape in shapes) or symbolic(*values):
         return values
-    keys = list(aligned(*(size_keys(t) for t in values)))
-    # per axis, the first tensor of each size other than 1 (the graph's sizes that agree: one)
-    firsts = [list({key: position for position, key in reversed(list(enumerate(axis))) if key != 1}.values())
-              for axis in keys]
+    firsts = []  # per axis, the first tensor of each size other than 1 (sizes the graph knows to agree: one size)
+    for axis in aligned(*(size_keys(t) for t in values)):
+        first: dict = {}
+        for position, key in enumerate(axis):
+            if key != 1:
+                first.setdefault(key, position)
+        firsts.append(list(first.values()))
     if all(len(positions) < 2 for positions in firsts):
         return values
     sizes = [sizes_of(t) if hasattr(t, "shape") else () for t in values]
@@ -610,9 +613,11 @@ def _joined_when_run(owner, wanted: str, tensors: list, shapes: list, skipped):
     compared = []  # (tensor, axis) of each size the graph does not know to be the first tensor's, once a key
     for position in range(len(shapes[0])):
         if position != skipped:
-            differing = {keys[i][position]: i for i in reversed(range(1, len(tensors)))
-                         if keys[i][position] != keys[0][position]}
-            compared += [(i, position) for i in sorted(differing.values())]
+            differing: dict = {}
+            for i in range(1, len(tensors)):
+                if keys[i][position] != keys[0][position]:
+                    differing.setdefault(keys[i][position], i)
+            compared += [(i, position) for i in differing.values()]
     if not compared:
         return tensors
     sizes = [sizes_of(t) for t in tensors]
