@@ -202,12 +202,15 @@ def check_window_fits(owner, x, spans, paddings, advice: str):
         else:
             return x
     else:
-        sizes = sizes_of(x)
+        sizes = None  # (read where a check needs them)
     labels = ("length",) if len(spans) == 1 else ("height", "width")
     for axis, (span, padding, label) in enumerate(zip(spans, paddings, labels)):
         if padding == "same":
             continue  # the padding grows with the kernel
         added = 0 if padding == "valid" else 2 * padding
+        if type(span) is int and added >= span:
+            continue  # the padding alone holds the kernel, whatever the input's size
+        sizes = sizes_of(x) if sizes is None else sizes
         padded = sizes[axis + 2] + added if added else sizes[axis + 2]  # (a graph's unknown size: no op adding 0)
 
         def template(label=label):
@@ -232,7 +235,8 @@ def check_conv_channels(owner, x, weight, groups: int, transposed: bool = False)
         return x, weight
     sizes, kernel = sizes_of(x), sizes_of(weight)
     what = "input" if transposed else "output"
-    weight = require(weight, holds(kernel[0] % groups == 0), lambda: (
+    divides = True if groups == 1 else holds(kernel[0] % groups == 0)  # (1 divides any size: no op in a graph)
+    weight = require(weight, divides, lambda: (
         f"{literal(owner)}: groups={groups} must divide the weight's {what} channels, {{}} (weight shape "
         f"{shape_template(len(kernel))})"), (kernel[0],) + tuple(kernel))
     expected = kernel[0] if transposed else kernel[1] * groups
@@ -294,13 +298,16 @@ def check_same_shape(owner, prediction, target, names=("prediction", "target")):
     a, b = tuple(prediction.shape), tuple(target.shape)
     if a == b and None not in a:  # the common case, decided at once
         return prediction
+    keys = (size_keys(prediction), size_keys(target)) if len(a) == len(b) else ((), ())
+    if len(a) == len(b) and keys[0] == keys[1]:  # sizes a traced graph knows to agree (one made from the other)
+        return prediction
     a, b = sizes_of(prediction), sizes_of(target)
 
     def template():
         return (f"{literal(owner)} needs {names[0]} and {names[1]} of the same shape; {names[0]} has shape "
                 f"{shape_template(len(a))}, {names[1]} has shape {shape_template(len(b))}")
 
-    same = len(a) == len(b) and all_of(holds(m == n) for m, n in zip(a, b))
+    same = len(a) == len(b) and all_of(holds(m == n) for m, n, p, q in zip(a, b, *keys) if p != q)
     return require(prediction, same, template, a + b)
 
 
@@ -519,36 +526,45 @@ def check_broadcast(owner, tensors: dict) -> list:
     """The values of ``tensors`` (``{name: tensor or number}``), after checking that they broadcast together where a
     traced graph leaves a size unknown beside another that is not 1: ``broadcast_message``'s ``ShapeMismatchError``
     when the graph runs, as eagerly (the check rides on the first tensor of unknown sizes: use the returned values).
-    Tensors the graph knows to share a shape (``x > 0`` and ``x``: the backend's ``shares_shape``) are compared once,
-    so that ``where(x > 0, x, 0)`` gains no op. Sizes known while tracing are the caller's to compare; where every
-    size is known this adds nothing."""
+    Sizes the graph knows to be equal (``size_keys``: ``x > 0`` beside ``x``, so that ``where(x > 0, x, 0)`` gains
+    no op) are compared once, and an axis whose sizes all agree so, not at all. Sizes known while tracing are the
+    caller's to compare; where every size is known this adds nothing."""
     values = list(tensors.values())
     shapes = [known_shape(getattr(t, "shape", ())) for t in values]
     if not any(None in shape for shape in shapes) or symbolic(*values):
         return values
-    compared = _distinct_shapes(values, shapes)
-    if not _unknown_beside_another(aligned(*(shapes[i] for i in compared))):
+    firsts = []  # per axis, the first tensor of each size other than 1 (sizes the graph knows to agree: one size)
+    for axis in aligned(*(size_keys(t) for t in values)):
+        first: dict = {}
+        for position, key in enumerate(axis):
+            if key != 1:
+                first.setdefault(key, position)
+        firsts.append(list(first.values()))
+    if all(len(positions) < 2 for positions in firsts):
         return values
     sizes = [sizes_of(t) if hasattr(t, "shape") else () for t in values]
     template = broadcast_message(owner, {name: shape_template(len(s)) for name, s in zip(tensors, sizes)})
     carrier = next(position for position, shape in enumerate(shapes) if None in shape)
-    values[carrier] = require(values[carrier], broadcasts([sizes[i] for i in compared]), lambda: template,
-                              tuple(size for s in sizes for size in s))
+    padded = list(aligned(*sizes))
+    fits = all_of(_either(holds(padded[axis][i] == padded[axis][j]),
+                          _either(holds(padded[axis][i] == 1), holds(padded[axis][j] == 1)))
+                  for axis, positions in enumerate(firsts) for n, i in enumerate(positions) for j in positions[n + 1:])
+    values[carrier] = require(values[carrier], fits, lambda: template, tuple(size for s in sizes for size in s))
     return values
 
 
-def _distinct_shapes(values, shapes) -> list:
-    """The positions in ``values`` of the tensors whose shapes a traced graph does not know to be an earlier one's
-    (the backend's ``shares_shape``, where it has one; ``shapes``: the sizes known while tracing)."""
+def size_keys(x) -> tuple:
+    """``x``'s sizes as keys that say which sizes a traced graph knows to be equal without reading them: an int
+    where a size is known, else the backend's key (its optional op ``size_keys``; one key, one size when the graph
+    runs), or without that op a key of ``x``'s own axis. ``()`` for a Python number."""
     from unidl.backends.op_registry import optional_op
 
-    shares_shape = optional_op(ops._ops(), "shares_shape")
-    distinct = []
-    for position, (value, shape) in enumerate(zip(values, shapes)):
-        if shares_shape is None or None not in shape or not any(
-                shapes[earlier] == shape and shares_shape(values[earlier], value) for earlier in distinct):
-            distinct.append(position)
-    return distinct
+    if not hasattr(x, "shape"):
+        return ()
+    keys = optional_op(ops._ops(), "size_keys")
+    if keys is not None:
+        return tuple(keys(x))
+    return tuple(("size", id(x), axis) if size is None else size for axis, size in enumerate(known_shape(x.shape)))
 
 
 def aligned(*shapes) -> zip:
@@ -589,16 +605,23 @@ def joined(owner, tensors, axis) -> list:
 
 def _joined_when_run(owner, wanted: str, tensors: list, shapes: list, skipped):
     """``tensors``, the first carrying the check that they have one size on each axis but ``skipped`` where a
-    traced graph leaves sizes unknown (tensors it knows to share a shape compared once): ``joined``'s
-    ``ShapeMismatchError`` when the graph runs."""
-    compared = _distinct_shapes(tensors, shapes) if len(tensors) > 1 and not symbolic(*tensors) else [0]
-    axes = [position for position in range(len(shapes[0])) if position != skipped
-            and any(shapes[i][position] is None for i in compared)]
-    if len(compared) < 2 or not axes:
+    traced graph leaves sizes unknown (sizes it knows to be the first's, ``size_keys``, not compared):
+    ``joined``'s ``ShapeMismatchError`` when the graph runs."""
+    if len(tensors) < 2 or symbolic(*tensors):
+        return tensors
+    keys = [size_keys(t) for t in tensors]
+    compared = []  # (tensor, axis) of each size the graph does not know to be the first tensor's, once a key
+    for position in range(len(shapes[0])):
+        if position != skipped:
+            differing: dict = {}
+            for i in range(1, len(tensors)):
+                if keys[i][position] != keys[0][position]:
+                    differing.setdefault(keys[i][position], i)
+            compared += [(i, position) for i in differing.values()]
+    if not compared:
         return tensors
     sizes = [sizes_of(t) for t in tensors]
-    first = sizes[compared[0]]
-    same = all_of(holds(sizes[i][position] == first[position]) for i in compared[1:] for position in axes)
+    same = all_of(holds(sizes[i][position] == sizes[0][position]) for i, position in compared)
     template = (f"{literal(owner)} needs tensors of {wanted}, got shapes "
                 f"{', '.join(shape_template(len(s)) for s in sizes)}")
     tensors[0] = require(tensors[0], same, lambda: template, tuple(size for s in sizes for size in s))

@@ -662,11 +662,13 @@ def _framework_maximum(a, b):
     own (torch) lacks it; callers fall back to ``maximum``."""
 
 
-@op(name="shares_shape", optional=True, public=False)
-def _shares_shape(a, b):
-    """Whether a traced graph that leaves the sizes of the tensors ``a`` and ``b`` unknown knows them to be one shape
-    (``x > 0`` beside ``x``: the result of element-wise ops of one tensor and of scalars), so that a check of their
-    sizes (``where``'s) adds nothing to it. A backend whose sizes are always known while it traces lacks it."""
+@op(name="size_keys", optional=True, public=False)
+def _size_keys(x):
+    """``x``'s sizes as keys, one per axis: an int where a traced graph knows the size, else a hashable key that
+    is equal for two sizes the graph knows to be equal without reading them (``x > 0`` beside ``x``: the results of
+    element-wise ops of one tensor and of scalars; two ``arange(n)``), so that a check of sizes that agree by
+    construction (``where``'s, ``concat``'s) adds nothing to the graph. A backend whose sizes are always known while
+    it traces lacks it."""
 
 
 @op(name="exact_divide", optional=True, public=False)

@@ -1,7 +1,7 @@
 """The size checks a TensorFlow graph of unknown sizes holds: none where the graph knows the shapes agree.
 
 A ``where`` of three tensors of unknown sizes holds a check that they broadcast (tens of ops for rank 2) unless the
-backend's ``shares_shape`` knows them to have one shape, read from the element-wise ops that made them. The losses
+backend's ``size_keys`` knows their sizes to agree, read from the element-wise ops that made them. The losses
 write ``where(condition, x, zeros_like(x))`` and ``where(c, x - y, ...)`` of ``x`` and ``y`` of one shape; their
 checks were a sixth of the parity tables' graphs.
 """

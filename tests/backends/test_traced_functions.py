@@ -1461,3 +1461,84 @@ def test_an_op_after_a_squeeze_without_dim_in_a_graph_is_eagers_or_a_clear_error
         return
     assert traced.shape == eager.shape
     np.testing.assert_allclose(traced, eager, rtol=1e-6)
+
+
+def _graph_op_types(function) -> list:
+    """The types of every op of ``function``'s (a ``ud.function`` called once on tensorflow) traced graph, the bodies
+    of its conditionals included."""
+    (compiled,) = [graph for per_backend in function._compiled.values() for graph in per_backend.values()]
+    types = []
+    for concrete in compiled.concrete_functions:
+        types += [op.type for op in concrete.graph.get_operations()]
+        for body in concrete.graph.as_graph_def().library.function:
+            types += [node.op for node in body.node_def]
+    return types
+
+
+_SIZE_CHECK_OPS = ("Equal", "LogicalOr", "LogicalAnd", "Assert")
+
+
+def test_tensorflow_checks_of_sizes_a_graph_derives_from_one_tensor_add_no_op(rng):
+    """A graph traced for any size (``ud.function`` on tensorflow) built each ``where``'s, ``maximum``'s and
+    ``concat``'s check of sizes that the graph made from one tensor (``zeros_like(x) + 1`` beside ``x``, two
+    ``arange(n)``), which agree by construction: Shape, Equal, LogicalOr and Assert ops for each, 23 Asserts and 771
+    ops in a bilinear ``interpolate`` by a scale factor (most of the test suite's time went into tracing such
+    checks). Such checks are decided while tracing now; a size that is really unknown keeps its check, which raises
+    the eager error when the graph runs."""
+    x, tall = rng.standard_normal((2, 3)).astype(np.float32), rng.standard_normal((3, 2)).astype(np.float32)
+    with ud.use_backend("tensorflow"):
+        def derived(x):
+            bounded = ud.ops.minimum(ud.ops.maximum(x * 2, ud.ops.zeros_like(x) - 1), ud.ops.zeros_like(x) + 1)
+            steps = ud.ops.arange(0, ud.ops.shape(x)[1], 1, "int64")
+            picked = ud.ops.where(steps > 0, ud.ops.zeros_like(steps) + 1, steps)
+            return ud.ops.concat([ud.ops.where(x > 0, bounded, x), -x], 0), picked
+
+        function = ud.function(derived)
+        joined, picked = function(x)
+        np.testing.assert_allclose(ud.to_numpy(joined)[:2], np.where(x > 0, np.clip(2 * x, -1, 1), x), rtol=1e-6)
+        np.testing.assert_array_equal(ud.to_numpy(picked), [0, 1, 1])
+        types = _graph_op_types(function)
+        assert not [t for t in types if t in _SIZE_CHECK_OPS], types
+        assert types.count("Shape") == 1, types  # (the function's own ud.ops.shape)
+
+        resized = ud.function(lambda x: ud.ops.interpolate(x, scale_factor=2, mode="bilinear"))
+        image = rng.standard_normal((1, 2, 5, 6)).astype(np.float32)
+        eager = ud.to_numpy(ud.ops.interpolate(ud.tensor(image), scale_factor=2, mode="bilinear"))
+        np.testing.assert_allclose(ud.to_numpy(resized(image)), eager, rtol=1e-5, atol=1e-6)
+        types = _graph_op_types(resized)
+        assert types.count("Assert") == 1, types  # its output's size of at least 1: unknown while tracing
+        assert len(types) < 400, len(types)
+
+        # sizes the graph does not know to agree keep their check, with the eager error when it runs
+        for make in (lambda x, y: ud.ops.where(x > 0, x, y), lambda x, y: ud.ops.concat([x, y], 0)):
+            with pytest.raises(ud.ShapeMismatchError) as traced:
+                ud.function(make)(x, tall)
+            with pytest.raises(ud.ShapeMismatchError) as eagerly:
+                make(ud.tensor(x), ud.tensor(tall))
+            assert str(traced.value) == str(eagerly.value)
+
+
+def test_tensorflow_convolution_checks_that_hold_for_any_size_add_no_op(rng):
+    """A convolution's checks that hold whatever sizes a graph traced for any size runs with: ``groups=1`` divides
+    any weight's channels, and a padding of at least the kernel's size holds the window on an empty input too. Both
+    were compared when the graph ran (a FloorMod, an Equal and an Assert; a GreaterEqual and an Assert per axis);
+    the input's channels, unknown while tracing, are still checked, their sizes read once (a Shape op per check).
+    """
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    with ud.use_backend("tensorflow"):
+        layer = ud.nn.Conv2d(3, 4, 3, padding=2)
+        convolved = ud.function(lambda x: layer(x))
+        np.testing.assert_allclose(ud.to_numpy(convolved(x)), ud.to_numpy(layer(ud.tensor(x))), rtol=1e-5, atol=1e-5)
+        types = _graph_op_types(convolved)
+        assert types.count("Assert") == 1 and "GreaterEqual" not in types, types  # (the input's channels)
+        assert types.count("Shape") == 1, types  # the input's sizes read once for its checks
+
+        given = ud.function(lambda x, weight: ud.ops.conv2d(x, weight, padding=1))
+        expected = ud.to_numpy(ud.ops.conv2d(ud.tensor(x), ud.tensor(weight), padding=1))
+        np.testing.assert_allclose(ud.to_numpy(given(x, weight)), expected, rtol=1e-5, atol=1e-5)
+        types = _graph_op_types(given)
+        assert "FloorMod" not in types, types
+        assert types.count("Shape") == 2, types  # the input's sizes and the weight's, each read once
+        with pytest.raises(ud.ShapeMismatchError, match="expected input"):
+            convolved(x[:, :2])

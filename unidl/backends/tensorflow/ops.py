@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import weakref
 from numbers import Integral
 
 import numpy as np
@@ -774,16 +775,46 @@ def as_dtype(x, dtype):
 
 def shape(x):
     """The sizes of ``x``: ints where the graph knows them, else scalar tensors, read in one op (``tf.unstack``)
-    rather than one slice and its three constants per size (a graph of unknown sizes reads many)."""
+    rather than one slice and its three constants per size (a graph of unknown sizes reads many), and once per
+    tensor and graph: a convolution's checks read its input's sizes three times (``_read_sizes``)."""
     static = tuple(x.shape)
     if None not in static:
         return static
+    read = _read_sizes(x)
+    if read is not None:
+        return tuple(d if d is not None else size for d, size in zip(static, read))
     source = nhwc_source(x)
     if source is not None:  # read the NHWC tensor's sizes: tf.shape of a view would make the view a real transpose
         dynamic = tf.gather(tf.shape(source), NHWC_TO_NCHW)
     else:
         dynamic = tf.shape(x)
-    return tuple(d if d is not None else size for d, size in zip(static, tf.unstack(dynamic, num=len(static))))
+    sizes = tf.unstack(dynamic, num=len(static))
+    _read_sizes(x, sizes)
+    return tuple(d if d is not None else size for d, size in zip(static, sizes))
+
+
+# graph -> {id(tensor): (the tensor, its sizes)}, weakly on both sides: a graph's tensors hold it (a strong value
+# kept every traced graph alive)
+_SIZES_READ: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _read_sizes(x, sizes=None):
+    """The sizes of ``x`` (or of the tensor behind its ``Identity`` ops: a check's output) read already in the graph
+    being built, or None; with ``sizes``, keeps them. Kept by graph: a branch of a conditional, a graph of its own,
+    reads its own."""
+    if tf.executing_eagerly() or not isinstance(x, tf.Tensor) or not hasattr(x, "op"):
+        return None
+    while x.op.type == "Identity" and x.op.inputs[0].shape.rank == x.shape.rank:
+        x = x.op.inputs[0]
+    read = _SIZES_READ.setdefault(tf.compat.v1.get_default_graph(), {})
+    if sizes is not None:
+        read[id(x)] = (weakref.ref(x), [weakref.ref(size) for size in sizes])
+        return sizes
+    kept = read.get(id(x))
+    if kept is None or kept[0]() is not x:
+        return None
+    sizes = [size() for size in kept[1]]
+    return None if any(size is None for size in sizes) else sizes
 
 
 # ops whose output has the shape of their first input (element-wise of one tensor), and element-wise ops of two or
@@ -795,52 +826,82 @@ _SHAPE_OF_INPUT = frozenset({"Identity", "Cast", "Neg", "Abs", "Sign", "Relu", "
 _SHAPE_OF_BROADCAST = frozenset({"Greater", "GreaterEqual", "Less", "LessEqual", "Equal", "NotEqual", "AddV2", "Add",
                                  "Sub", "Mul", "RealDiv", "Maximum", "Minimum", "LogicalAnd", "LogicalOr", "SelectV2",
                                  "Pow", "FloorDiv", "FloorMod"})
+# how many ops back ``size_keys`` follows a size: a deeper one keeps a key of its own (its check stays in the graph)
+_SIZE_KEY_DEPTH = 48
 
 
-def shares_shape(a, b):
-    """Whether the graph knows ``a`` and ``b`` (tensors of sizes it leaves unknown) to have one shape: both are the
-    same tensor after element-wise ops that keep its shape (``x > 0`` beside ``x``, ``2 * x`` beside ``x``). Read
-    from the ops that made them while tracing; adds nothing to the graph."""
-    return a is b or _shape_source(a) is _shape_source(b)
+def size_keys(x):
+    """The sizes of ``x`` as keys that say which sizes a traced graph knows to be equal without reading them: an int
+    where the graph knows it, else a hashable key, equal for two sizes the ops that made them give one value when
+    the graph runs (``x > 0`` beside ``x``; ``tf.range(n)`` beside ``tf.zeros_like(tf.range(n)) + 1``; each of the
+    two broadcast inputs of a ``tf.maximum`` that share a size). Read from the ops that made ``x`` while tracing;
+    adds nothing to the graph, so that a check whose sizes agree by construction adds nothing either."""
+    return _size_keys(x, {}, _SIZE_KEY_DEPTH)
 
 
-def _shape_source(x, known=None, depth=0):
-    """The tensor whose shape ``x`` has through the element-wise ops that made it (``_SHAPE_OF_INPUT``, or one of
-    ``_SHAPE_OF_BROADCAST``'s whose inputs with a size other than 1 all have one such tensor's shape, the others no
-    more axes: ``x - y`` beside ``x`` where ``y`` is ``2 * x``, ``where(x > 0, x, zeros_like(x))``); ``x`` itself
-    else. ``known``: the sources found so far in this search (an op's inputs may share ancestors: each is walked
-    once); past ``_BRANCHES`` nested ops of several such inputs ``x`` is its own source (no deep recursion)."""
-    known = {} if known is None else known
-    start = x
-    while isinstance(x, tf.Tensor) and hasattr(x, "op"):  # (an eager tensor has no op)
-        if id(x) in known:
-            x = known[id(x)]
-            break
-        operation = x.op
-        if operation.type in _SHAPE_OF_INPUT:
-            x = operation.inputs[0]
-            continue
+def _size_keys(x, memo: dict, depth: int) -> tuple:
+    # (keys of tuples of strings and numbers, never of tensors or their ``ref()``s, which refuse to be compared with
+    # anything else; a tensor's ``id`` names it while its graph is traced, which keeps it)
+    static = tuple(x.shape)
+    if None not in static:
+        return static
+    if id(x) not in memo:
+        derived = None
+        if depth > 0 and isinstance(x, tf.Tensor) and hasattr(x, "op") and not tf.executing_eagerly():
+            derived = _derived_size_keys(x, memo, depth - 1)
+        if derived is None or len(derived) != len(static):
+            derived = (None,) * len(static)
+        memo[id(x)] = tuple(size if size is not None else key if key is not None else ("size", id(x), axis)
+                            for axis, (size, key) in enumerate(zip(static, derived)))
+    return memo[id(x)]
+
+
+def _derived_size_keys(x, memo: dict, depth: int):
+    """The size keys of ``x`` read from the inputs of the op that made it (None per size it does not tell; None
+    for an op whose output's sizes are not its inputs')."""
+    operation = x.op
+    kind = operation.type
+    if kind in _SHAPE_OF_INPUT:
+        return _size_keys(operation.inputs[0], memo, depth)
+    if kind == "IdentityN":  # (a custom gradient's outputs: each its input)
+        return _size_keys(operation.inputs[x.value_index], memo, depth)
+    if kind in _SHAPE_OF_BROADCAST:
+        inputs = [_size_keys(t, memo, depth) for t in operation.inputs if t.shape.rank is not None]
+        if len(inputs) != len(operation.inputs):
+            return None
         rank = x.shape.rank
-        if operation.type not in _SHAPE_OF_BROADCAST or rank is None:
-            break
-        shaped = [t for t in operation.inputs if t.shape.rank is None or t.shape.rank > rank
-                  or any(size != 1 for size in t.shape)]  # (an unknown size may be any: not 1)
-        if not shaped or any(t.shape.rank != rank for t in shaped):
-            break
-        if len(shaped) == 1:
-            x = shaped[0]
-            continue
-        if depth >= _BRANCHES:
-            break
-        sources = {id(source): source for source in (_shape_source(t, known, depth + 1) for t in shaped)}
-        if len(sources) != 1:
-            break
-        x, = sources.values()
-    known[id(start)] = x
-    return x
+        if any(len(keys) > rank for keys in inputs):
+            return None
+        padded = [(1,) * (rank - len(keys)) + keys for keys in inputs]
+        axes = [{key for key in keys if key != 1} for keys in zip(*padded)]
+        return tuple(keys.pop() if len(keys) == 1 else None for keys in axes)
+    if kind == "ExpandDims":
+        axis, keys = tf.get_static_value(operation.inputs[1]), _size_keys(operation.inputs[0], memo, depth)
+        if axis is None or np.ndim(axis) != 0:
+            return None
+        axis = int(axis) % (len(keys) + 1)
+        return keys[:axis] + (1,) + keys[axis:]
+    if kind == "Range":  # (its length is a function of its start, limit and delta)
+        return (("Range",) + tuple(_scalar_key(t) for t in operation.inputs),)
+    return None
 
 
-_BRANCHES = 16  # (nested ops of several shaped inputs that _shape_source follows: a check saved, never a wrong one)
+def _scalar_key(t):
+    """A scalar tensor as a key: its value where the graph knows it, else the tensor behind any ``Identity`` and
+    any cast of integers to a wider integer dtype, which keep its value (a size read as int32, cast to int64 for
+    each ``arange`` of it)."""
+    value = tf.get_static_value(t)
+    if value is not None and np.ndim(value) == 0:
+        return ("value", np.asarray(value).item())
+    while t.op.type == "Identity" or t.op.type == "Cast" and _widens(t.op.inputs[0].dtype, t.dtype):
+        t = t.op.inputs[0]
+    return ("tensor", id(t))
+
+
+def _widens(source, target) -> bool:
+    """Whether a cast from the integer dtype ``source`` to ``target`` keeps every value."""
+    return source.is_integer and target.is_integer and source.is_unsigned == target.is_unsigned and \
+        source.size <= target.size
 
 
 def cast_like(x, like):
