@@ -268,31 +268,40 @@ class _CountedOps:
         self._mode.__exit__(*exc_info)
 
 
+def _warm_two_layer_steps(rng):
+    """A unidl torch train step of the two-layer net and the same step written by hand in torch (``zero_grad``,
+    forward, ``backward``, ``torch.optim.SGD``'s ``step()``), each run twice (the first steps create the momentum
+    buffers): (model, step, native_step, x, y), for tests that compare what one more step of each calls. Called
+    under ``ud.use_backend("torch")``."""
+    import torch
+
+    x, y = rng.standard_normal((8, 30)).astype(np.float32), rng.standard_normal((8, 4)).astype(np.float32)
+    model = ud.models.TwoLayerNet(30, 16, 4)
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9))
+    native = torch.nn.Sequential(torch.nn.Linear(30, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    optimizer = torch.optim.SGD(native.parameters(), lr=1e-2, momentum=0.9)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def native_step():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(native(tx), ty)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    for _ in range(2):
+        step(tx, ty), native_step()
+    return model, step, native_step, tx, ty
+
+
 def test_a_torch_step_calls_no_more_than_the_hand_written_step_and_its_guard(rng):
     """The torch functions a torch train step calls beyond ``zero_grad``, forward, ``backward`` and
     ``torch.optim.SGD``'s ``step()`` written by hand are the non-finite guard's (the fused check, one host read),
     nothing per step besides (two more detaches of the loss were there, the guard reset its flag and viewed the loss
     as 1-d at every step, and x's and y's dtypes were checked as floats even where they are unidl's dtype; the
     benchmark's two-layer step is under a millisecond, so each call counts)."""
-    import torch
-
-    x, y = rng.standard_normal((8, 30)).astype(np.float32), rng.standard_normal((8, 4)).astype(np.float32)
     with ud.use_backend("torch"), ud.use_device("cpu"):
-        model = ud.models.TwoLayerNet(30, 16, 4)
-        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9))
-        native = torch.nn.Sequential(torch.nn.Linear(30, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
-        optimizer = torch.optim.SGD(native.parameters(), lr=1e-2, momentum=0.9)
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-        def native_step():
-            optimizer.zero_grad()
-            loss = torch.nn.functional.mse_loss(native(tx), ty)
-            loss.backward()
-            optimizer.step()
-            return loss.detach()
-
-        for _ in range(2):  # (the first steps create the momentum buffers)
-            step(tx, ty), native_step()
+        _, step, native_step, tx, ty = _warm_two_layer_steps(rng)
         with _CountedOps() as unidl_calls:
             step(tx, ty)
         with _CountedOps() as native_calls:
@@ -320,23 +329,8 @@ def test_a_torch_step_runs_the_hand_written_steps_kernels_and_its_guards_without
             self.counts[func._overloadpacket.__name__] += 1
             return func(*args, **(kwargs or {}))
 
-    x, y = rng.standard_normal((8, 30)).astype(np.float32), rng.standard_normal((8, 4)).astype(np.float32)
     with ud.use_backend("torch"), ud.use_device("cpu"):
-        model = ud.models.TwoLayerNet(30, 16, 4)
-        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9))
-        native = torch.nn.Sequential(torch.nn.Linear(30, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
-        optimizer = torch.optim.SGD(native.parameters(), lr=1e-2, momentum=0.9)
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-        def native_step():
-            optimizer.zero_grad()
-            loss = torch.nn.functional.mse_loss(native(tx), ty)
-            loss.backward()
-            optimizer.step()
-            return loss.detach()
-
-        for _ in range(2):  # (the first steps create the momentum buffers)
-            step(tx, ty), native_step()
+        model, step, native_step, tx, ty = _warm_two_layer_steps(rng)
         with Counted() as unidl_ops:
             step(tx, ty)
         with Counted() as native_ops:
