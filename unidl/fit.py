@@ -1190,6 +1190,12 @@ def evaluate(model, data=None, y=None, batch_size: int = 256, *, loss=None, metr
     return values[0] if len(values) == 1 else values
 
 
+def _check_batch_count(count: int, y) -> None:
+    """``ShapeMismatchError`` unless a batch's targets ``y`` hold its ``count`` samples."""
+    if int(tuple(y.shape)[0]) != count:
+        raise ShapeMismatchError(f"evaluate: x has {count} samples but y has {tuple(y.shape)[0]}")
+
+
 def _report_test_batch(listeners, index: int, loss, total: float, seen: int, metrics) -> None:
     """The running values of this rank's batches so far to each callback's ``on_test_batch_end`` (metrics'
     results cost, AUC's most: only for callbacks that listen)."""
@@ -1277,8 +1283,7 @@ def _evaluate_with(model, batches, loss, metrics, weighted: bool = False, callba
                 hook(callback, "on_test_batch_begin")(index, {})
             count = int(tuple(x.shape)[0])
             if compiled is not None:  # the forward, the loss and the statistics as one program
-                if int(tuple(y.shape)[0]) != count:
-                    raise ShapeMismatchError(f"evaluate: x has {count} samples but y has {tuple(y.shape)[0]}")
+                _check_batch_count(count, y)
                 value, statistics = compiled(x, y, batch[2]) if weighted else compiled(x, y)
                 if value is not None:
                     total += float(value) * count
@@ -1286,20 +1291,16 @@ def _evaluate_with(model, batches, loss, metrics, weighted: bool = False, callba
                     if metrics.check_batches:  # (after the loss's own checks, which raised first eagerly)
                         metrics.check_targets(y)
                     metrics.add_statistics(statistics)
-                seen += count
-                if listeners:
-                    _report_test_batch(listeners, index, loss, total, seen, metrics)
-                continue
-            outputs = forward(x)
-            if int(tuple(y.shape)[0]) != count:
-                raise ShapeMismatchError(f"evaluate: x has {count} samples but y has {tuple(y.shape)[0]}")
-            if per_sample is not None:
-                total += float(fit_options.weighted_loss(loss, per_sample, outputs, backend.tensor(to_numpy(y)),
-                                                         backend.tensor(to_numpy(batch[2])))) * count
-            elif loss is not None:
-                total += float(loss(outputs, backend.tensor(to_numpy(y)))) * count
-            if metrics is not None:
-                metrics.add(outputs, y, batch[2] if weighted else None)
+            else:
+                outputs = forward(x)
+                _check_batch_count(count, y)
+                if per_sample is not None:
+                    total += float(fit_options.weighted_loss(loss, per_sample, outputs, backend.tensor(to_numpy(y)),
+                                                             backend.tensor(to_numpy(batch[2])))) * count
+                elif loss is not None:
+                    total += float(loss(outputs, backend.tensor(to_numpy(y)))) * count
+                if metrics is not None:
+                    metrics.add(outputs, y, batch[2] if weighted else None)
             seen += count
             if listeners:
                 _report_test_batch(listeners, index, loss, total, seen, metrics)
