@@ -305,20 +305,83 @@ def test_a_worker_thread_stuck_in_worker_init_fn_is_stopped_by_its_timeout():
 
 
 @pytest.mark.parametrize("how", ["busy", "naps"])
-def test_a_timeout_stops_only_the_stuck_thread_and_lets_the_others_finish_their_sample(how):
-    """A timeout declares the batch it waited for stuck, and no other: its thread is interrupted in that sample, and
-    the other worker's healthy slow sample, running meanwhile, runs to its end (no ``WorkerStopped`` in it); that
-    thread then ends without taking its next batch (sample 3, queued before the stop)."""
-    dataset = StuckInPython(8, how, index=0, slow={1: 1.5, 3: 1.5})
+def test_a_timeout_stops_the_stuck_thread_and_lets_the_others_finish_a_sample_within_it(how):
+    """A timeout declares stuck the batch it waited for, and any sample that has run longer than the timeout: its
+    thread is interrupted in that sample, and the other worker's healthy slow sample (1.2 s, begun 0.9 s in, after
+    its first; 0.6 s into it as the stop comes, within ``timeout=1.5``), runs to its end (no ``WorkerStopped`` in
+    it); that thread then ends without taking its next batch (sample 5, queued before the stop)."""
+    dataset = StuckInPython(8, how, index=0, slow={1: 0.9, 3: 1.2, 5: 0.1})
+    threads_before = set(threading.enumerate())
+    loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_type="thread", timeout=1.5, prefetch=3)
+    with pytest.raises(DataLoaderError, match=r"^DataLoader worker 0 \(thread unidl-data-worker-0\) did not deliver "
+                                              r"batch 0 of epoch 0 \(samples \[0\]\) within timeout=1\.5 s; its "
+                                              r"thread was stopped$"):
+        next(iter(loader))
+    assert dataset.interrupted == [(0, "WorkerStopped")]  # the stuck sample, and only it, at once
+    assert dataset.finished == [1]  # (sample 3 was in hand as the stop came)
+    assert worker_threads_left(threads_before, time.monotonic() + 1.2 + 1.0) == []
+    assert dataset.finished == [1, 3] and dataset.interrupted == [(0, "WorkerStopped")]
+
+
+@pytest.mark.parametrize("how", ["busy", "naps"])
+def test_a_timeout_stops_every_worker_thread_whose_sample_ran_past_it(how):
+    """Both workers' samples spin in Python (5 s each, as stuck samples would for ever): the timeout's error names
+    the batch it waited for, and the other thread, whose sample has run past the timeout too, is stuck by the same
+    definition and is stopped with it; no worker thread outlives the error by a second (the other one ran on)."""
+    dataset = StuckInPython(4, how, index=0, slow={1: 5.0})
     threads_before = set(threading.enumerate())
     loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_type="thread", timeout=0.3)
     with pytest.raises(DataLoaderError, match=r"^DataLoader worker 0 \(thread unidl-data-worker-0\) did not deliver "
                                               r"batch 0 of epoch 0 \(samples \[0\]\) within timeout=0\.3 s; its "
                                               r"thread was stopped$"):
         next(iter(loader))
-    assert dataset.interrupted == [(0, "WorkerStopped")]  # the stuck sample, and only it, at once
-    assert worker_threads_left(threads_before, time.monotonic() + 1.5 + 1.0) == []
-    assert dataset.finished == [1] and dataset.interrupted == [(0, "WorkerStopped")]
+    assert worker_threads_left(threads_before, time.monotonic() + 1.0) == []
+    assert sorted(dataset.interrupted) == [(0, "WorkerStopped"), (1, "WorkerStopped")] and dataset.finished == []
+
+
+class SlowSamplesSeen(StuckInPython):
+    """``StuckInPython`` that tells as each slow sample begins (``began[index]``, an event)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.began = {index: threading.Event() for index in self.slow}
+
+    def __getitem__(self, index):
+        if index in self.began:
+            self.began[index].set()
+        return super().__getitem__(index)
+
+
+@pytest.mark.parametrize("ending", ["break", "persistent loader dropped"])
+@pytest.mark.parametrize("how", ["busy", "naps"])
+def test_after_a_break_with_a_timeout_a_sample_is_stopped_once_it_runs_past_it(how, ending):
+    """A ``break`` (or a dropped loader with persistent workers) interrupts no sample within ``timeout=``, and the
+    caller goes on at once; a sample in hand that then runs past the timeout is stuck by the user's definition and
+    is stopped as it does (sample 1, 5 s: it ran on for those 5 s, and a stuck one's for ever), while the other
+    worker's healthy sample (2, 0.3 s within ``timeout=0.6``) runs to its end; no worker thread is left a second
+    after the timeout, nor the watcher that stopped the stuck one."""
+    dataset = SlowSamplesSeen(6, how, index=1, seconds=5.0, slow={2: 0.3})
+    threads_before, escaped = set(threading.enumerate()), []
+    previous_hook, threading.excepthook = threading.excepthook, lambda args: escaped.append(args.exc_type)
+    try:
+        loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_type="thread", timeout=0.6,
+                            persistent_workers=ending != "break")
+        if ending == "break":
+            for batch in loader:
+                assert batches([batch]) == [([[0.0, 1.0, 2.0]], [0])]  # worker 0's; worker 1 is in sample 1
+                assert dataset.entered.wait(10) and dataset.began[2].wait(10)  # and worker 0 in sample 2
+                break
+        else:
+            epoch = iter(loader)
+            assert batches([next(epoch)]) == [([[0.0, 1.0, 2.0]], [0])]
+            assert dataset.entered.wait(10) and dataset.began[2].wait(10)
+            del epoch, loader
+            gc.collect()
+        assert dataset.interrupted == []  # the stop did not wait for the timeout, nor interrupt within it
+        assert worker_threads_left(threads_before, time.monotonic() + 0.6 + 1.0) == []
+    finally:
+        threading.excepthook = previous_hook
+    assert dataset.interrupted == [(1, "WorkerStopped")] and dataset.finished == [2] and escaped == []
 
 
 def test_a_stop_that_a_finalizer_in_the_sample_takes_is_raised_once_more(monkeypatch):
