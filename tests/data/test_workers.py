@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import weakref
 
 import numpy as np
@@ -382,6 +383,41 @@ def test_after_a_break_with_a_timeout_a_sample_is_stopped_once_it_runs_past_it(h
     finally:
         threading.excepthook = previous_hook
     assert dataset.interrupted == [(1, "WorkerStopped")] and dataset.finished == [2] and escaped == []
+
+
+class SleepingSeen(SleepingRows):
+    """``SleepingRows`` that tells as its sleeping sample begins (``entered``, an event)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.entered = threading.Event()
+
+    def __getitem__(self, index):
+        if index == self.index:
+            self.entered.set()
+        return super().__getitem__(index)
+
+
+def test_a_sample_that_runs_past_the_timeout_after_a_break_inside_one_c_call_is_named_in_a_warning():
+    """A sample that runs past ``timeout=`` after a ``break`` inside one long C call (``time.sleep(1.5)``) cannot be
+    stopped by the exception the watcher raises in it: the watcher names its thread, where it is and why, in a
+    ``RuntimeWarning``, as the timeout's error names such a thread, and ends; the thread ends with its call."""
+    dataset, threads_before = SleepingSeen(4, seconds=1.5, index=1), set(threading.enumerate())
+    loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_type="thread", timeout=0.3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for batch in loader:
+            assert dataset.entered.wait(10)  # worker 1 is in sample 1
+            break
+        watchers = [thread for thread in set(threading.enumerate()) - threads_before
+                    if thread.name == "unidl-data-worker-watch"]
+        assert len(watchers) == 1
+        watchers[0].join(5.0)
+    said = [str(warning.message) for warning in caught if issubclass(warning.category, RuntimeWarning)]
+    assert len(said) == 1 and re.match(r"DataLoader: worker thread unidl-data-worker-1 \(at worker_datasets\.py:\d+ "
+                                       r"in __getitem__\) could not be stopped within 0\.2 s: .*\(a long time\.sleep",
+                                       said[0])
+    assert worker_threads_left(threads_before, time.monotonic() + 1.5 + 1.0) == []
 
 
 def test_a_stop_that_a_finalizer_in_the_sample_takes_is_raised_once_more(monkeypatch):
