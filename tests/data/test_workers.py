@@ -1348,7 +1348,9 @@ def test_fit_reads_the_first_sample_in_a_worker_process_with_its_timeout_and_err
     worker and its exit code (not the end of the training process), before any training, no worker left. A
     later sample that hangs or ends its worker, mid-epoch, is the same error after the batches before it
     trained, within the timeout, no worker left (persistent workers there: the one that made the first sample
-    serves the epoch, one process start instead of two)."""
+    serves the epoch, one process start instead of two). The error comes within the timeout (0 for a worker that
+    dies) and 5 s of the last batch trained, or of ``fit``'s start plus 20 s for a worker process to start and read
+    the first sample (the hang guard's 60 s only ends a hang)."""
     failures = [(SleepingRows(4, seconds=600), {"timeout": 0.5},
                  r"did not deliver batch 0 of epoch 0 \(samples \[0\]\) within timeout=0.5 s", None, 0),
                 (ExitingRows(4, index=0, code=3), {},
@@ -1361,9 +1363,13 @@ def test_fit_reads_the_first_sample_in_a_worker_process_with_its_timeout_and_err
         model = ud.nn.Linear(3, 4)
         before = [ud.to_numpy(p).copy() for p in model.parameters()]
         loader = DataLoader(dataset, batch_size=2, num_workers=1, worker_type="process", **settings)
+        since = [time.monotonic()]  # fit's start, then the end of each batch trained
+        noted = ud.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: since.append(time.monotonic()))
         with hang_guard(60), pytest.raises(DataLoaderError, match=r"DataLoader worker 0 \(process \d+\) "
                                                                   + expected) as caught:
-            ud.fit(model, loader, loss="cross_entropy", optimizer="sgd", verbose=0)
+            ud.fit(model, loader, loss="cross_entropy", optimizer="sgd", verbose=0, callbacks=[noted])
+        waited = time.monotonic() - since[-1]
+        assert len(since) == trained + 1 and waited < settings.get("timeout", 0) + (5 if trained else 20), waited
         assert (caught.value.worker_id, getattr(caught.value, "exitcode", None)) == (0, exitcode)
         assert loader.state_dict()["position"] == trained  # the batches before it were taken (and trained)
         assert_no_workers_left(children_before)
