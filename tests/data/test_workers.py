@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import weakref
 
 import numpy as np
@@ -305,20 +306,118 @@ def test_a_worker_thread_stuck_in_worker_init_fn_is_stopped_by_its_timeout():
 
 
 @pytest.mark.parametrize("how", ["busy", "naps"])
-def test_a_timeout_stops_only_the_stuck_thread_and_lets_the_others_finish_their_sample(how):
-    """A timeout declares the batch it waited for stuck, and no other: its thread is interrupted in that sample, and
-    the other worker's healthy slow sample, running meanwhile, runs to its end (no ``WorkerStopped`` in it); that
-    thread then ends without taking its next batch (sample 3, queued before the stop)."""
-    dataset = StuckInPython(8, how, index=0, slow={1: 1.5, 3: 1.5})
+def test_a_timeout_stops_the_stuck_thread_and_lets_the_others_finish_a_sample_within_it(how):
+    """A timeout declares stuck the batch it waited for, and any sample that has run longer than the timeout: its
+    thread is interrupted in that sample, and the other worker's healthy slow sample (1.2 s, begun 0.9 s in, after
+    its first; 0.6 s into it as the stop comes, within ``timeout=1.5``), runs to its end (no ``WorkerStopped`` in
+    it); that thread then ends without taking its next batch (sample 5, queued before the stop)."""
+    dataset = StuckInPython(8, how, index=0, slow={1: 0.9, 3: 1.2, 5: 0.1})
+    threads_before = set(threading.enumerate())
+    loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_type="thread", timeout=1.5, prefetch=3)
+    with pytest.raises(DataLoaderError, match=r"^DataLoader worker 0 \(thread unidl-data-worker-0\) did not deliver "
+                                              r"batch 0 of epoch 0 \(samples \[0\]\) within timeout=1\.5 s; its "
+                                              r"thread was stopped$"):
+        next(iter(loader))
+    assert dataset.interrupted == [(0, "WorkerStopped")]  # the stuck sample, and only it, at once
+    assert dataset.finished == [1]  # (sample 3 was in hand as the stop came)
+    assert worker_threads_left(threads_before, time.monotonic() + 1.2 + 1.0) == []
+    assert dataset.finished == [1, 3] and dataset.interrupted == [(0, "WorkerStopped")]
+
+
+@pytest.mark.parametrize("how", ["busy", "naps"])
+def test_a_timeout_stops_every_worker_thread_whose_sample_ran_past_it(how):
+    """Both workers' samples spin in Python (5 s each, as stuck samples would for ever): the timeout's error names
+    the batch it waited for, and the other thread, whose sample has run past the timeout too, is stuck by the same
+    definition and is stopped with it; no worker thread outlives the error by a second (the other one ran on)."""
+    dataset = StuckInPython(4, how, index=0, slow={1: 5.0})
     threads_before = set(threading.enumerate())
     loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_type="thread", timeout=0.3)
     with pytest.raises(DataLoaderError, match=r"^DataLoader worker 0 \(thread unidl-data-worker-0\) did not deliver "
                                               r"batch 0 of epoch 0 \(samples \[0\]\) within timeout=0\.3 s; its "
                                               r"thread was stopped$"):
         next(iter(loader))
-    assert dataset.interrupted == [(0, "WorkerStopped")]  # the stuck sample, and only it, at once
+    assert worker_threads_left(threads_before, time.monotonic() + 1.0) == []
+    assert sorted(dataset.interrupted) == [(0, "WorkerStopped"), (1, "WorkerStopped")] and dataset.finished == []
+
+
+class SlowSamplesSeen(StuckInPython):
+    """``StuckInPython`` that tells as each slow sample begins (``began[index]``, an event)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.began = {index: threading.Event() for index in self.slow}
+
+    def __getitem__(self, index):
+        if index in self.began:
+            self.began[index].set()
+        return super().__getitem__(index)
+
+
+@pytest.mark.parametrize("ending", ["break", "persistent loader dropped"])
+@pytest.mark.parametrize("how", ["busy", "naps"])
+def test_after_a_break_with_a_timeout_a_sample_is_stopped_once_it_runs_past_it(how, ending):
+    """A ``break`` (or a dropped loader with persistent workers) interrupts no sample within ``timeout=``, and the
+    caller goes on at once; a sample in hand that then runs past the timeout is stuck by the user's definition and
+    is stopped as it does (sample 1, 5 s: it ran on for those 5 s, and a stuck one's for ever), while the other
+    worker's healthy sample (2, 0.3 s within ``timeout=0.6``) runs to its end; no worker thread is left a second
+    after the timeout, nor the watcher that stopped the stuck one."""
+    dataset = SlowSamplesSeen(6, how, index=1, seconds=5.0, slow={2: 0.3})
+    threads_before, escaped = set(threading.enumerate()), []
+    previous_hook, threading.excepthook = threading.excepthook, lambda args: escaped.append(args.exc_type)
+    try:
+        loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_type="thread", timeout=0.6,
+                            persistent_workers=ending != "break")
+        if ending == "break":
+            for batch in loader:
+                assert batches([batch]) == [([[0.0, 1.0, 2.0]], [0])]  # worker 0's; worker 1 is in sample 1
+                assert dataset.entered.wait(10) and dataset.began[2].wait(10)  # and worker 0 in sample 2
+                break
+        else:
+            epoch = iter(loader)
+            assert batches([next(epoch)]) == [([[0.0, 1.0, 2.0]], [0])]
+            assert dataset.entered.wait(10) and dataset.began[2].wait(10)
+            del epoch, loader
+            gc.collect()
+        assert dataset.interrupted == []  # the stop did not wait for the timeout, nor interrupt within it
+        assert worker_threads_left(threads_before, time.monotonic() + 0.6 + 1.0) == []
+    finally:
+        threading.excepthook = previous_hook
+    assert dataset.interrupted == [(1, "WorkerStopped")] and dataset.finished == [2] and escaped == []
+
+
+class SleepingSeen(SleepingRows):
+    """``SleepingRows`` that tells as its sleeping sample begins (``entered``, an event)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.entered = threading.Event()
+
+    def __getitem__(self, index):
+        if index == self.index:
+            self.entered.set()
+        return super().__getitem__(index)
+
+
+def test_a_sample_that_runs_past_the_timeout_after_a_break_inside_one_c_call_is_named_in_a_warning():
+    """A sample that runs past ``timeout=`` after a ``break`` inside one long C call (``time.sleep(1.5)``) cannot be
+    stopped by the exception the watcher raises in it: the watcher names its thread, where it is and why, in a
+    ``RuntimeWarning``, as the timeout's error names such a thread, and ends; the thread ends with its call."""
+    dataset, threads_before = SleepingSeen(4, seconds=1.5, index=1), set(threading.enumerate())
+    loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_type="thread", timeout=0.3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for batch in loader:
+            assert dataset.entered.wait(10)  # worker 1 is in sample 1
+            break
+        watchers = [thread for thread in set(threading.enumerate()) - threads_before
+                    if thread.name == "unidl-data-worker-watch"]
+        assert len(watchers) == 1
+        watchers[0].join(5.0)
+    said = [str(warning.message) for warning in caught if issubclass(warning.category, RuntimeWarning)]
+    assert len(said) == 1 and re.match(r"DataLoader: worker thread unidl-data-worker-1 \(at worker_datasets\.py:\d+ "
+                                       r"in __getitem__\) could not be stopped within 0\.2 s: .*\(a long time\.sleep",
+                                       said[0])
     assert worker_threads_left(threads_before, time.monotonic() + 1.5 + 1.0) == []
-    assert dataset.finished == [1] and dataset.interrupted == [(0, "WorkerStopped")]
 
 
 def test_a_stop_that_a_finalizer_in_the_sample_takes_is_raised_once_more(monkeypatch):
@@ -1249,7 +1348,9 @@ def test_fit_reads_the_first_sample_in_a_worker_process_with_its_timeout_and_err
     worker and its exit code (not the end of the training process), before any training, no worker left. A
     later sample that hangs or ends its worker, mid-epoch, is the same error after the batches before it
     trained, within the timeout, no worker left (persistent workers there: the one that made the first sample
-    serves the epoch, one process start instead of two)."""
+    serves the epoch, one process start instead of two). The error comes within the timeout (0 for a worker that
+    dies) and 5 s of the last batch trained, or of ``fit``'s start plus 20 s for a worker process to start and read
+    the first sample (the hang guard's 60 s only ends a hang)."""
     failures = [(SleepingRows(4, seconds=600), {"timeout": 0.5},
                  r"did not deliver batch 0 of epoch 0 \(samples \[0\]\) within timeout=0.5 s", None, 0),
                 (ExitingRows(4, index=0, code=3), {},
@@ -1262,9 +1363,13 @@ def test_fit_reads_the_first_sample_in_a_worker_process_with_its_timeout_and_err
         model = ud.nn.Linear(3, 4)
         before = [ud.to_numpy(p).copy() for p in model.parameters()]
         loader = DataLoader(dataset, batch_size=2, num_workers=1, worker_type="process", **settings)
+        since = [time.monotonic()]  # fit's start, then the end of each batch trained
+        noted = ud.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: since.append(time.monotonic()))
         with hang_guard(60), pytest.raises(DataLoaderError, match=r"DataLoader worker 0 \(process \d+\) "
                                                                   + expected) as caught:
-            ud.fit(model, loader, loss="cross_entropy", optimizer="sgd", verbose=0)
+            ud.fit(model, loader, loss="cross_entropy", optimizer="sgd", verbose=0, callbacks=[noted])
+        waited = time.monotonic() - since[-1]
+        assert len(since) == trained + 1 and waited < settings.get("timeout", 0) + (5 if trained else 20), waited
         assert (caught.value.worker_id, getattr(caught.value, "exitcode", None)) == (0, exitcode)
         assert loader.state_dict()["position"] == trained  # the batches before it were taken (and trained)
         assert_no_workers_left(children_before)

@@ -230,11 +230,12 @@ class DataLoader:
 
     Batches come in the same order and with the same content whatever ``num_workers`` and
     ``worker_type``. A dataset that draws from NumPy's global RNG, Python's ``random`` or (where its process has
-    imported torch) torch's default generator in ``__getitem__`` or its own ``batch`` gets, for batch ``b`` of epoch ``e``, the global RNGs seeded from ``(seed, e, b)``: in
-    the main process (``num_workers=0``, which restores the RNGs' previous state after each batch) and in
-    worker processes alike, so that such batches are the same with 0 or N process workers, in every run,
-    and after a resume. Worker threads share one global RNG and are not seeded: random draws there
-    depend on thread timing (draw from a generator of your own, or use process workers).
+    imported torch) torch's default generator in ``__getitem__`` or its own ``batch`` gets, for batch ``b`` of
+    epoch ``e``, the global RNGs seeded from ``(seed, e, b)``: in the main process (``num_workers=0``, which
+    restores the RNGs' previous state after each batch) and in worker processes alike, so that such batches are
+    the same with 0 or N process workers, in every run, and after a resume. Worker threads share one global RNG
+    and are not seeded: random draws there depend on thread timing (draw from a generator of your own, or use
+    process workers).
 
     Workers:
 
@@ -242,13 +243,17 @@ class DataLoader:
       the caller's backend scope applies inside them, and batches are converted to tensors there too.
       Right for NumPy slicing, I/O and anything else that releases the GIL. When the iteration ends early
       (a ``break``, ``Epoch.close()``, the iterator or a persistent loader dropped) a thread finishes the
-      sample in hand and ends; one stuck there runs on until that sample returns (a daemon thread, it never
-      keeps the interpreter from exiting). A thread whose batch overran ``timeout``, and every thread in a
-      sample on Ctrl-C while iterating, is stopped by an exception raised in that sample (``WorkerStopped``,
-      a ``BaseException``), which Python raises at the thread's next bytecode: a sample in a Python loop, or
-      sleeping in short steps, stops; one inside a single call that does not return to Python (a long
-      ``time.sleep``, a blocking read) stops only when that call returns, and the timeout's error (on
-      Ctrl-C a ``RuntimeWarning``) names it and where it is; ``os._exit`` in a thread ends the whole process.
+      sample in hand and ends (a daemon thread, it never keeps the interpreter from exiting); without
+      ``timeout`` one stuck there runs on until that sample returns. A thread whose batch overran ``timeout``,
+      one whose sample has run longer than ``timeout`` when the workers stop (after the timeout's error, a
+      ``break``, a close, a drop) or later (a watcher thread, which ends with the last such worker, stops it
+      then: the caller does not wait), and every thread in a sample on Ctrl-C while iterating, is stopped by
+      an exception raised in that sample (``WorkerStopped``, a ``BaseException``), which Python raises at the
+      thread's next bytecode: a sample in a Python loop, or sleeping in short steps, stops; one inside a single
+      call that does not return to Python (a long ``time.sleep``, a blocking read) stops only when that call
+      returns, and the timeout's error (on Ctrl-C, and from the watcher, a ``RuntimeWarning``) names it and
+      where it is. ``os._exit`` in a worker thread ends the whole process (in a worker process it is the
+      loader's ``DataLoaderError``).
     - ``worker_type="process"``: processes started with ``multiprocessing`` (start method ``"spawn"``
       unless ``multiprocessing_context`` says otherwise: the parent may already run torch's or
       TensorFlow's threads, which ``"fork"`` does not survive). Right for Python-heavy ``__getitem__``
@@ -599,9 +604,9 @@ class DataLoader:
     def _from_workers(self, batches, start, seed, epoch, context, convert, workers: list):
         """Batches from the workers, in order; the workers stop when this generator ends, however it ends
         (persistent workers only after a failure or Ctrl-C), worker threads interrupted in their samples on
-        Ctrl-C only (``WorkerPool.shutdown``). The pool goes into ``workers`` (the epoch's)
-        before it starts, so that the epoch can stop it on a Ctrl-C that this generator cannot handle: one
-        between batches, or one on the first lines of the stop in ``finally``."""
+        Ctrl-C, and where a sample runs past ``timeout`` (``WorkerPool.shutdown``). The pool goes into ``workers``
+        (the epoch's) before it starts, so that the epoch can stop it on a Ctrl-C that this generator cannot
+        handle: one between batches, or one on the first lines of the stop in ``finally``."""
         in_processes = self.worker_type == "process"
         outcome = "failed"
         pool = None

@@ -7,10 +7,10 @@ between that every worker is alive and within the timeout, so that Ctrl-C and a 
 within ``POLL`` seconds. Starting and stopping the workers hold Ctrl-C back until they are done
 (``interrupts_held``): cut halfway, they would leave workers that nobody stops. A worker thread finishes the sample
 in hand when its pool stops, unless the user asked to stop now (Ctrl-C) or declared that sample stuck (its batch
-overran ``timeout=``): then an exception raised in the sample stops it (``thread_stop.py``), and the few that this
-cannot stop are named. Large batches of worker processes come through shared memory (``shared_batches.py``):
-the pool names each batch's segment when it hands the batch out and removes every segment that was not delivered
-when it stops.
+overran ``timeout=``, or the sample itself runs longer than it, then or later): then an exception raised in the
+sample stops it (``thread_stop.py``), and the few that this cannot stop are named. Large batches of worker
+processes come through shared memory (``shared_batches.py``): the pool names each batch's segment when it hands the
+batch out and removes every segment that was not delivered when it stops.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ GRACE, GRACE_ON_FAILURE = 1.0, 0.1
 #: its way out after ``THREAD_STOP_AGAIN`` s gets the exception once more (a garbage collection's finalizer that ran
 #: in the sample took the first: ``StopSwitch.stop_again``)
 THREAD_STOP_WAIT, THREAD_STOP_AGAIN = 0.2, 0.05
+#: seconds between a watcher thread's looks at the worker threads a stop left in their samples (``_watch``)
+WATCH_POLL = 0.1
 
 _generations = itertools.count()
 
@@ -298,6 +300,9 @@ class WorkerPool:
         """Yield what the workers make of ``batches`` (index arrays of batches ``start, start+1, ...`` of
         ``epoch``), in order: arrays from processes, ``convert(arrays)`` run in ``context`` from threads."""
         generation = self.generation = next(_generations)
+        for switch in self._switches:  # (threads': how long a sample may run before a stop may interrupt it)
+            if switch is not None:
+                switch.limit = timeout
         done: dict[int, object] = {}  # batch -> arrays, tensors or worker.Failure, until its turn
         submitted = 0
         in_flight = self.num_workers * prefetch
@@ -442,7 +447,7 @@ class WorkerPool:
         waited = time.monotonic() - max(waiting_since, ready_at)
         if waited > timeout:
             # stopped here, so that the error can say whether its thread could not be (a user should not learn it from
-            # top); that thread only is interrupted: the others' samples are not stuck, and finish
+            # top); that thread is interrupted, and others only where their sample has run past the timeout too
             left = self.shutdown(GRACE_ON_FAILURE, warn=False, interrupt=(owner,))
             stuck = "" if self.kind == "process" else f"; {left}" if left else "; its thread was stopped"
             error = DataLoaderError(f"{self.describe(owner)} did not deliver batch {batch} of epoch {epoch} "
@@ -454,11 +459,13 @@ class WorkerPool:
     def shutdown(self, grace: float = GRACE, warn: bool = True, interrupt=()) -> str | None:
         """Stop every worker: ask, wait up to ``grace`` seconds, then terminate and kill processes. A worker thread
         finishes the sample in hand (never more: asked to stop, it ends its batch there) and ends by itself, but
-        those of ``interrupt`` (worker ids) that are still in a sample then: ``WorkerStopped`` is raised there
-        (``thread_stop.py``) and they get ``THREAD_STOP_WAIT`` s more. Only Ctrl-C (``shutdown_now``) and a sample
-        stuck past ``timeout=`` interrupt one: elsewhere (a ``break``, a close, a drop) the exception could land
-        anywhere in a healthy sample's code, the dataset's, a library's, a framework's, and leave its state
-        half-changed or a lock held.
+        those of ``interrupt`` (worker ids) and those whose sample has run longer than the loader's ``timeout=`` that
+        are still in a sample then: ``WorkerStopped`` is raised there (``thread_stop.py``) and they get
+        ``THREAD_STOP_WAIT`` s more. Only Ctrl-C (``shutdown_now``) and a sample stuck by the user's definition, past
+        ``timeout=``, interrupt one: elsewhere (a ``break``, a close, a drop) the exception could land anywhere in a
+        healthy sample's code, the dataset's, a library's, a framework's, and leave its state half-changed or a lock
+        held. Where a timeout is set, a thread still in a healthy sample is interrupted once that sample runs past it,
+        by a watcher thread that ends with the last such thread (``_stop_threads``): the caller does not wait for it.
 
         Returns what names the interrupted worker threads that did not stop, and why, or None; ``warn``: say it in a
         ``RuntimeWarning`` too (the caller that puts it in its error does not). Worker threads are daemon threads,
@@ -520,19 +527,40 @@ def _stop(kind, workers, switches, tasks_queues, results, segments, grace: float
 
 
 def _stop_threads(workers, switches, interrupt) -> str | None:
-    """Raise ``WorkerStopped`` in each worker thread of ``interrupt`` (ids) still running that is inside a sample
-    (or ``worker_init_fn``), once more after ``THREAD_STOP_AGAIN`` s in one still inside it and not on its way out,
-    and wait up to ``THREAD_STOP_WAIT`` s in all for them to end; what names those that did not, where they are and
-    why, or None. The other threads were asked to stop after the sample in hand, and are left to it."""
+    """Interrupt the worker threads of ``interrupt`` (ids) and those in a step of the user's code that has run longer
+    than the loader's ``timeout=`` (``StopSwitch.overdue``: stuck by the user's own definition), as
+    ``_interrupted_and_left`` does; what names those that did not end, where they are and why, or None.
+
+    The other threads were asked to stop after the sample in hand, and are left to it: where the loader has a timeout
+    and one is still in a sample, a watcher thread (``_watch``) interrupts it once that sample runs past the timeout,
+    so that none runs on for ever, while the caller goes on at once."""
+    overdue = {worker_id for worker_id, switch in enumerate(switches) if switch.overdue()}
+    left = _not_stopped(_interrupted_and_left(workers, switches, set(interrupt) | overdue))
+    pending = {worker_id for worker_id, (handle, switch) in enumerate(zip(workers, switches))
+               if switch.limit is not None and not switch.raised and handle.ident is not None and handle.is_alive()}
+    if pending and not sys.is_finalizing():
+        watcher = threading.Thread(target=_watch, args=(workers, switches, pending), name="unidl-data-worker-watch",
+                                   daemon=True)
+        try:
+            watcher.start()
+        except RuntimeError:  # (no thread starts at the interpreter's exit, whose end ends the daemon workers too)
+            pass
+    return left
+
+
+def _interrupted_and_left(workers, switches, interrupt) -> list:
+    """Raise ``WorkerStopped`` in each worker thread of ``interrupt`` (ids) still running that is inside a sample (or
+    ``worker_init_fn``), once more after ``THREAD_STOP_AGAIN`` s in one still inside it and not on its way out, and
+    wait up to ``THREAD_STOP_WAIT`` s in all for them to end; the threads that did not."""
     interrupted = {}
-    for worker_id in interrupt:
+    for worker_id in sorted(interrupt):
         handle, switch = workers[worker_id], switches[worker_id]
         # (a garbage collection's finalizer may run this in a worker thread: that one is told, not interrupted)
         if handle.ident is not None and handle.is_alive() and handle is not threading.current_thread():
             interrupted[handle] = switch
             switch.stop()
     if not interrupted:
-        return None
+        return []
     began = time.monotonic()
     for handle, switch in interrupted.items():
         handle.join(max(0.0, began + THREAD_STOP_AGAIN - time.monotonic()))
@@ -541,7 +569,30 @@ def _stop_threads(workers, switches, interrupt) -> str | None:
             switch.stop_again()
     for handle in interrupted:
         handle.join(max(0.0, began + THREAD_STOP_WAIT - time.monotonic()))
-    left = [handle for handle in interrupted if handle.is_alive()]
+    return [handle for handle in interrupted if handle.is_alive()]
+
+
+def _watch(workers, switches, pending: set) -> None:
+    """A watcher thread's life (``_stop_threads``): until every worker thread of ``pending`` (ids, each in a sample
+    that has not yet run past the loader's timeout as its pool stopped) has ended, interrupt each whose sample runs
+    past it, as the stop does, and warn naming those that still cannot be stopped (waited for no more). It wakes as
+    the first sample in hand runs past the timeout, and every ``WATCH_POLL`` s to see which threads have ended."""
+    while pending:
+        pending = {worker_id for worker_id in pending if workers[worker_id].is_alive()}
+        overdue = {worker_id for worker_id in pending if switches[worker_id].overdue()}
+        if overdue:
+            pending -= overdue
+            left = _not_stopped(_interrupted_and_left(workers, switches, overdue))
+            if left:
+                warnings.warn(f"DataLoader: {left}", RuntimeWarning)
+            continue
+        soonest = min((seconds for seconds in (switches[worker_id].seconds_to_overdue() for worker_id in pending)
+                       if seconds is not None), default=WATCH_POLL)
+        time.sleep(min(WATCH_POLL, max(0.0, soonest) + 0.001))
+
+
+def _not_stopped(left: list) -> str | None:
+    """What names the interrupted worker threads ``left`` that did not end, where they are and why, or None."""
     if not left:
         return None
     frames = sys._current_frames()

@@ -1,6 +1,7 @@
 """Stopping a DataLoader worker thread from outside: CPython cannot end a thread, but it can raise an exception
 in one (``PyThreadState_SetAsyncExc``), at the thread's next bytecode. ``pool.py`` asks a worker thread to stop
-this way only where the user asked to stop now (Ctrl-C) or declared its sample stuck (``timeout=``); ``worker.py``
+this way only where the user asked to stop now (Ctrl-C) or declared its sample stuck (``timeout=``: the batch that
+overran it, and any sample that has run longer than it once the pool stops, ``StopSwitch.overdue``); ``worker.py``
 runs each call of the user's code (a batch, ``worker_init_fn``) inside the thread's ``StopSwitch``, the only place
 where the exception can be raised, and ends a batch between two samples once a stop was asked.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import sys
 import threading
+import time
 
 
 class WorkerStopped(BaseException):
@@ -61,18 +63,25 @@ class StopSwitch:
     from another thread, asks it to stop (it leaves its block with ``WorkerStopped`` as the block ends and enters
     none), and with ``interrupt`` raises ``WorkerStopped`` in it at once if it is inside such a block now.
 
+    ``limit`` (the loader's ``timeout=``, None: none) is how long one step of the user's code (a sample, a collate
+    with its conversion, ``worker_init_fn``) may run: a step that ran longer is stuck by the user's own definition
+    (``overdue()``), which is when the pool may interrupt a thread that it would otherwise let finish its sample. A
+    step begins as the block begins and at each ``check()``.
+
     The exception can surface only inside the block or as it ends, never after: ``stop()`` raises it only while
     the thread is inside a block (both under one lock, so never in a thread that finished meanwhile, whose id a
     new thread may have taken), and a block left after a stop takes in any exception still pending for its thread
     before it ends (pending past the block, it would surface in the worker's loop, or in ``threading``'s own code
     as the thread ends). ``with switch:`` raises ``WorkerStopped`` whenever a stop was asked before the
     block ended, also where the user's code caught it or it came before the block began; ``check()`` raises it
-    inside the block where a stop was asked (between two samples).
+    inside the block where a stop was asked (between two steps).
     """
 
     def __init__(self):
         self._lock = threading.Lock()
         self._inside: int | None = None  # the id of the thread inside a block, if one is
+        self._since: float | None = None  # when its current step began (time.monotonic()), inside a block
+        self.limit: float | None = None
         self.requested = False
         self.raised = False  # whether stop() raised WorkerStopped in the thread
         self.raised_again = False  # whether stop_again() raised it a second time
@@ -81,12 +90,12 @@ class StopSwitch:
         with self._lock:
             if self.requested:
                 raise WorkerStopped
-            self._inside = threading.get_ident()
+            self._inside, self._since = threading.get_ident(), time.monotonic()
         return self
 
     def __exit__(self, kind, value, traceback):
         with self._lock:
-            self._inside = None
+            self._inside = self._since = None
         if self.raised:
             # stop() can no longer raise here: take in what it raised if that is still pending (a pending exception
             # is replaced by this one, raised and caught below), so that nothing surfaces after the block
@@ -100,9 +109,26 @@ class StopSwitch:
         return False
 
     def check(self) -> None:
-        """Raise ``WorkerStopped`` here (in the thread's own code, between two samples) if a stop was asked."""
-        if self.requested:
-            raise WorkerStopped
+        """Raise ``WorkerStopped`` here (in the thread's own code, between two steps: samples, the collate) if a stop
+        was asked; else a new step begins. Once a stop was asked no step begins, so that the step in hand is the
+        last and its start stays put (``overdue()``)."""
+        with self._lock:
+            if self.requested:
+                raise WorkerStopped
+            self._since = time.monotonic()
+
+    def seconds_to_overdue(self) -> float | None:
+        """Seconds until the thread's step in hand has run longer than ``limit`` (negative: it has), or None where the
+        thread is in no step (outside its block) or there is no limit."""
+        with self._lock:
+            if self._since is None or self.limit is None:
+                return None
+            return self._since + self.limit - time.monotonic()
+
+    def overdue(self) -> bool:
+        """Whether the thread is in a step of the user's code that has run longer than ``limit``."""
+        left = self.seconds_to_overdue()
+        return left is not None and left < 0
 
     def stop(self, interrupt: bool = True) -> bool:
         """Ask the thread to stop: it leaves its block with ``WorkerStopped`` (and enters none); ``interrupt``: raise

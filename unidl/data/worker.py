@@ -85,8 +85,9 @@ def fetch(dataset, collate_fn, indices: np.ndarray, progress: dict | None = None
     """The batch at ``indices`` as a tuple of arrays: a ``TensorDataset``'s ``batch`` where the loader joins by
     ``default_collate`` (``batched_by_dataset``), else ``collate_fn`` of the samples. ``progress`` records the step
     ("sample" with its "index", or "collate"), so that a failure can name it. ``stop_switch``: a worker thread's,
-    whose stop asked (a ``break``, a close) ends the batch before its next sample (``WorkerStopped``): the pool
-    reads nothing more from the thread, which finishes the sample in hand only."""
+    whose stop asked (a ``break``, a close) ends the batch before its next sample or the collate (``WorkerStopped``:
+    the pool reads nothing more from the thread, which finishes the sample in hand only); each sample and the
+    collate is a step of its own there, timed against ``timeout=`` (``StopSwitch.overdue``)."""
     progress = {} if progress is None else progress
     if batched_by_dataset(dataset, collate_fn):
         progress["step"] = "collate"
@@ -103,6 +104,8 @@ def fetch(dataset, collate_fn, indices: np.ndarray, progress: dict | None = None
             stop_switch.check()
         progress["index"] = index
         samples.append(dataset[index])
+    if stop_switch is not None:  # (the collate is a step of its own: its time is not the last sample's)
+        stop_switch.check()
     progress["step"], progress["index"] = "collate", None
     arrays = flat_fields(collate_fn(samples))
     names = arrays.layout if isinstance(arrays, Fields) and isinstance(arrays.layout, tuple) else None
