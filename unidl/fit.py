@@ -337,11 +337,12 @@ UNIDL_LOOP = "unidl"
 
 
 def _run_epoch_with_steps(step: TrainStep, batches, epoch, on_batch, metrics, trainer=None, totals=None,
-                          step_inputs=None, before_batch=None) -> dict:
+                          step_inputs=None, before_batch=None, step_statistics: bool = False) -> dict:
     """One epoch of ``step`` calls, reporting running means (and ``metrics``' running values, from statistics
     summed since the epoch began) to ``on_batch`` as ``fit_epoch`` does; ``step_inputs(index)``, where given, are
     the extra forward inputs of the epoch's ``index``-th batch here, ``step(x, y, *inputs)``; ``before_batch(index)``,
-    where given, runs before the ``index``-th step, as ``fit_epoch``'s.
+    where given, runs before the ``index``-th step, as ``fit_epoch``'s. ``step_statistics``: the step returns the
+    metrics' statistics of its batch in place of its outputs (``Backend.summary_in_step``).
 
     The running sums (each batch's loss times its size, in float64 and batch order; the samples; the metrics'
     statistics) are what ``trainer.epoch_totals()`` hands a checkpoint, and ``totals``, those of a checkpoint
@@ -374,7 +375,10 @@ def _run_epoch_with_steps(step: TrainStep, batches, epoch, on_batch, metrics, tr
         seen += count
         logs = {"loss": total_loss / seen}
         if metrics is not None:
-            metrics.add(outputs, y)
+            if step_statistics:  # (``outputs``: the metrics' statistics, computed in the step's program)
+                metrics.add_statistics(outputs, y)
+            else:
+                metrics.add(outputs, y)
             logs.update(metrics.results())
         on_batch(index, logs)
     if index < 0:
@@ -598,6 +602,11 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         if trainer.stopped:
             start_epoch = epochs
     step = None
+    # the training metrics' statistics traced into the compiled step where every compiled function is a program per
+    # batch shape (JAX: computed apart, one more program per batch size); not in an eager step, whose ops would each
+    # compile apart where the accumulator's own compiled function is one program
+    summary = (train_metrics.statistics if train_metrics is not None and backend.summary_in_step and not eager
+               else None)
     for epoch in range(start_epoch, epochs):
         trainer.epoch = epoch
         model.train()
@@ -662,11 +671,11 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
                                          precision=precision, accumulate=accumulate, totals=loop_totals,
                                          step_inputs=inputs_of, before_batch=before_batch)
                 if logs is None:
-                    step = step or TrainStep(model, loss, optimizer, with_outputs=True, eager=eager,
+                    step = step or TrainStep(model, loss, optimizer, with_outputs=summary or True, eager=eager,
                                              check_finite=False, precision=precision, accumulate=accumulate,
                                              check_trainable=False)  # (before_batch checks it)
                     logs = _run_epoch_with_steps(step, batches, epoch, on_batch, train_metrics, trainer, loop_totals,
-                                                 inputs_of, before_batch)
+                                                 inputs_of, before_batch, step_statistics=summary is not None)
             if ctrl_c:  # swallowed after the epoch's last batch
                 raise KeyboardInterrupt
         except _EndEpoch as end:  # a callback ended the epoch after a batch: its running logs are the epoch's
@@ -1288,9 +1297,7 @@ def _evaluate_with(model, batches, loss, metrics, weighted: bool = False, callba
                 if value is not None:
                     total += float(value) * count
                 if metrics is not None:
-                    if metrics.check_batches:  # (after the loss's own checks, which raised first eagerly)
-                        metrics.check_targets(y)
-                    metrics.add_statistics(statistics)
+                    metrics.add_statistics(statistics, y)
             else:
                 outputs = forward(x)
                 _check_batch_count(count, y)

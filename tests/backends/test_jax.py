@@ -626,3 +626,63 @@ def _selections_of_shape(jaxpr, shape) -> int:
                 if hasattr(inner, "eqns"):
                     count += _selections_of_shape(inner, shape)
     return count
+
+
+def _fit_compiling(caplog, **options) -> tuple:
+    """``(history, names of the programs compiled)`` of a 2-epoch jax ``fit`` of a fresh two-layer net on 40
+    samples in batches of 16 (16, 16 and a last of 8) with 2 training metrics."""
+    import logging
+
+    import jax
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((40, 8)).astype(np.float32), rng.integers(0, 3, 40)
+    ud.manual_seed(0)
+    model = ud.models.TwoLayerNet(8, 16, 3)
+    optimizer = ud.optim.Adam(model.parameters(), lr=1e-2)
+    caplog.clear()
+    with jax.log_compiles(), caplog.at_level(logging.DEBUG, logger="jax"):
+        history = ud.fit(model, (x, y), batch_size=16, epochs=2, loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer,
+                         metrics=["accuracy", "f1"], verbose=0, **options)
+    return history.history, [r.getMessage().split()[1] for r in caplog.records
+                             if r.getMessage().startswith("Compiling ")]
+
+
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
+def test_fit_computes_its_training_metrics_inside_the_compiled_step(caplog, monkeypatch, precision):
+    """``fit``'s training metrics on jax are traced into the train step's program (``Backend.summary_in_step``):
+    a fit with 2 metrics and a smaller last batch compiles the step's 2 programs (one per batch size) and no more,
+    where the metrics' statistics compiled a program of their own per batch size beside it (4); the values are
+    those of the statistics computed apart (the same counts)."""
+    with ud.use_backend("jax"):
+        in_step, programs = _fit_compiling(caplog, precision=precision)
+        monkeypatch.setattr(type(ud.config.backend()), "summary_in_step", False, raising=False)
+        apart, programs_apart = _fit_compiling(caplog, precision=precision)
+    assert programs == ["jit(flat)"] * 2, programs
+    assert programs_apart == ["jit(flat)"] * 4, programs_apart
+    assert in_step["accuracy"] == apart["accuracy"] and in_step["f1"] == apart["f1"], (in_step, apart)
+    np.testing.assert_allclose(in_step["loss"], apart["loss"], rtol=1e-6)
+    assert 0.0 < in_step["accuracy"][-1] and 0.0 < in_step["f1"][-1]
+
+
+def test_fit_checks_a_batchs_targets_for_its_metrics_after_a_step_that_computed_them():
+    """Where the batches' targets cannot be checked whole before training (a ``collate_fn`` makes them), each
+    batch's are checked for the metrics after the step that computed their statistics in its program, as ``add``
+    checked them before computing them apart: a soft binary target, which the loss takes, is the metrics'
+    ``ValueError`` naming it."""
+    from unidl.data import DataLoader, TensorDataset
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 3)).astype(np.float32)
+    y = np.array([[0.0], [1.0], [1.0], [0.7], [0.0], [1.0], [0.0], [1.0]], np.float32)
+    with ud.use_backend("jax"):
+        model = ud.nn.Linear(3, 1)
+        loader = DataLoader(TensorDataset(x, y), batch_size=4, collate_fn=ud.data.default_collate)
+        with pytest.raises(ValueError, match=r"needs targets of 0 or 1 .*; found 0\.7\. Soft targets"):
+            ud.fit(model, loader, epochs=1, loss=ud.nn.BCEWithLogitsLoss(), verbose=0,
+                   optimizer=ud.optim.SGD(model.parameters(), lr=0.1), metrics=["accuracy"])
+        history = ud.fit(model, DataLoader(TensorDataset(x, np.round(y)), batch_size=4,
+                                           collate_fn=ud.data.default_collate),
+                         epochs=1, loss=ud.nn.BCEWithLogitsLoss(), verbose=0,
+                         optimizer=ud.optim.SGD(model.parameters(), lr=0.1), metrics=["accuracy"])
+    assert 0.0 <= history.history["accuracy"][0] <= 1.0

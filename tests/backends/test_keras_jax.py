@@ -907,15 +907,27 @@ def max_norm_writes():
                     out["errors"].append(None)
                 except Exception as error:
                     out["errors"].append([type(error).__name__, str(error).split(" (of shape")[0]])
-        # Keras's evaluation and predict steps thread the non-trainable variables alone too: the same error (they
-        # dropped the write silently); a frozen Embedding's weight is threaded, so its step keeps the write
-        for call in (lambda: ud.evaluate(model, tokens, labels, loss=ud.nn.CrossEntropyLoss()),
-                     lambda: ud.predict(model, tokens)):
-            try:
-                call()
-                out["errors"].append(None)
-            except Exception as error:
-                out["errors"].append([type(error).__name__, str(error).split(" (of shape")[0]])
+        # Keras's predict step threads the non-trainable variables alone too: the same error (it dropped the write
+        # silently); a frozen Embedding's weight is threaded, so its step keeps the write
+        try:
+            ud.predict(model, tokens)
+            out["errors"].append(None)
+        except Exception as error:
+            out["errors"].append([type(error).__name__, str(error).split(" (of shape")[0]])
+        # evaluate's compiled evaluation (a ud.function over every variable's value) keeps it, as torch's forward
+        # (it was refused as in predict): the loss and the weight against torch's, two batches of one sample each
+        state = {k: np.asarray(ud.to_numpy(v), np.float64) for k, v in model.state_dict().items()}
+        evaluated = ud.evaluate(model, tokens, labels, loss=ud.nn.CrossEntropyLoss(), batch_size=1)
+        out["evaluated"] = [evaluated["loss"], np.asarray(ud.to_numpy(embed.weight), np.float64).tolist()]
+    import torch
+
+    reference = torch.nn.Sequential(torch.nn.Embedding(3, 2, max_norm=1.0), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    reference.load_state_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in state.items()})
+    with torch.no_grad():
+        losses = [float(torch.nn.functional.cross_entropy(reference(torch.tensor(tokens[i:i + 1])),
+                                                          torch.tensor(labels[i:i + 1]))) for i in range(2)]
+    out["torch_evaluated"] = [sum(losses) / 2, reference[0].weight.double().tolist()]
+    with ud.use_backend("keras"):
         frozen = ud.nn.Embedding.from_pretrained(ud.tensor(np.array([[3.0, 4.0], [0.3, 0.4], [6.0, 8.0]])),
                                                  max_norm=1.0)
         model = ud.nn.Sequential(frozen, ud.nn.Flatten(), ud.nn.Linear(4, 2))
@@ -1244,11 +1256,18 @@ def test_a_forward_looping_over_a_step_input_is_one_error_on_jax(result):
 def test_a_forward_writing_a_parameter_is_one_error_in_keras_own_step_on_jax(result):
     """``Embedding(max_norm=...)`` renormalizes its weight in the forward: ``ud.function`` keeps the write, as torch's
     in-place renormalization; Keras's JAX trainer threads the non-trainable variables alone and dropped it (a
-    silent difference from torch), so ``train_step`` and ``fit``, eager or not, raise one ``GraphConstructError``."""
+    silent difference from torch), so ``train_step`` and ``fit``, eager or not, and ``predict`` raise one
+    ``GraphConstructError``; ``evaluate``, whose compiled evaluation is a ``ud.function``, keeps it as torch does."""
     assert result["max_norm"]["function"] == [[0.6, 0.8], [0.3, 0.4], [6.0, 8.0]]
     expected = ["GraphConstructError", "the forward writes a trainable parameter"]
-    # (train_step and fit, eager or not; evaluate and predict, which dropped the write)
-    assert result["max_norm"]["errors"] == [expected] * 6, result["max_norm"]["errors"]
+    # (train_step and fit, eager or not; predict, which dropped the write)
+    assert result["max_norm"]["errors"] == [expected] * 5, result["max_norm"]["errors"]
+    # evaluate (refused as predict before) keeps the write, as torch's forward: its loss and the weight written
+    (loss, weight), (torch_loss, torch_weight) = result["max_norm"]["evaluated"], result["max_norm"]["torch_evaluated"]
+    assert abs(loss - torch_loss) < 1e-6 * abs(torch_loss), (loss, torch_loss)
+    assert max(abs(a - b) for row, torch_row in zip(weight, torch_weight) for a, b in zip(row, torch_row)) < 1e-6, \
+        (weight, torch_weight)
+    assert [round(value, 6) for value in weight[2]] == [0.6, 0.8], weight  # (the row the second batch renormalized)
     # a frozen Embedding's weight (Keras's trainable flag still True) is threaded as state: written as torch's
     assert result["max_norm"]["frozen"] == [[0.6, 0.8], [0.3, 0.4], [0.6, 0.8]], result["max_norm"]["frozen"]
 

@@ -59,6 +59,12 @@ class Backend(abc.ABC):
     #: round once (torch's kernels), so that ``ud.ops`` hands them half input as it is; elsewhere (each step rounded
     #: to the half dtype) ``ud.ops`` computes them in float32 and rounds the result once
     rounds_half_activations_once: bool = False
+    #: True where ``train_step`` and ``mixed_precision_train_step`` take ``with_outputs`` as a function
+    #: ``summary(outputs, y) -> tuple of tensors`` too, computed inside the compiled step and returned in place of
+    #: the outputs: ``fit``'s training metrics (``MetricAccumulator.statistics``) where each function a backend
+    #: compiles is one program per batch shape (JAX), so that they are no program of their own beside the step;
+    #: elsewhere ``fit`` computes them after the step from its outputs
+    summary_in_step: bool = False
 
     def __new__(cls, *args, **kwargs):
         missing = sorted(getattr(cls, "__abstractmethods__", ()))
@@ -322,9 +328,10 @@ class Backend(abc.ABC):
             f"and optimizer.apply(grads), or ud.train_step")
 
     @abc.abstractmethod
-    def train_step(self, model, loss_fn, optimizer, with_outputs: bool = False, eager: bool = False,
+    def train_step(self, model, loss_fn, optimizer, with_outputs: bool | Callable = False, eager: bool = False,
                    accumulate: int = 1) -> Callable:
-        """Return ``step(x, y, *inputs) -> loss`` (or ``(loss, outputs)`` with ``with_outputs``): forward
+        """Return ``step(x, y, *inputs) -> loss`` (or ``(loss, outputs)`` with ``with_outputs``; ``(loss,
+        with_outputs(outputs, y))`` for a function where ``summary_in_step`` says the backend computes one): forward
         ``model(x, *inputs)``, gradients and update as one unit of dispatch. Extra ``inputs`` (per-step
         values a dynamic forward reads) are graph inputs where the step is a graph. ``eager``: no graph
         and no compilation; Python runs the forward at every step (Keras's ``run_eagerly``).
@@ -336,7 +343,7 @@ class Backend(abc.ABC):
         it from ``unidl.training.accumulation_window`` (the backend says only how to create its storage; its
         ``AccumulationWindow`` is checkpointed optimizer state); the optimizer's step count counts updates."""
 
-    def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs: bool = False,
+    def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs: bool | Callable = False,
                                    eager: bool = False, accumulate: int = 1) -> Callable:
         """``train_step`` under a mixed ``unidl.precision.Precision`` (``precision.mixed``): float32 master
         weights, the forward's matrix products in ``precision.compute_dtype`` by torch.autocast's rule, and

@@ -105,9 +105,14 @@ class MetricAccumulator:
             values = self._function(*inputs)
         self.add_statistics(values)
 
-    def add_statistics(self, values) -> None:
+    def add_statistics(self, values, target=None) -> None:
         """Add one batch's statistics (``statistics``' tuple, computed where the caller computed them: inside a
-        backend's compiled evaluation of the batch, ``Backend.evaluation_function``), summed in float64."""
+        backend's compiled evaluation of the batch, ``Backend.evaluation_function``, or its train step,
+        ``Backend.summary_in_step``), summed in float64. ``target``: the batch's targets, checked first as ``add``
+        checks them (after the compiled program, whose loss made its own checks first, as an eager loss raises
+        before the metrics)."""
+        if target is not None and self.unpack is None and self.check_batches:
+            self.check_targets(target)
         self.totals = [total + np.asarray(to_numpy(v), dtype=np.float64) for total, v in zip(self.totals, values)]
 
     def results_from(self, totals) -> dict:

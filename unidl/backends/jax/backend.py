@@ -52,7 +52,7 @@ from unidl.backends.jax.eager import compiled_when_eager  # noqa: E402
 from unidl.backends.jax.export import export_formats, export_module  # noqa: E402
 from unidl.backends.jax.function import (JaxFunction, StatefulJit, _CONCRETIZATION, _is_array, _moved_to,  # noqa: E402
                                          _signature, checkified, custom_gradient, inside_a_trace,
-                                         raise_failed_check, traced_forward_error)
+                                         raise_failed_check, step_result, traced_forward_error)
 from unidl.backends.jax.module import NativeModule  # noqa: E402
 from unidl.backends.jax.optimizer import JaxOptimizer  # noqa: E402
 from unidl.backends.jax.variable import JaxVariable  # noqa: E402
@@ -174,6 +174,7 @@ class Backend(BackendInterface):
     # its body raised as the eager loop raises them (keras.ops' lax.scan left them to checkify, which missed them in
     # a differentiated step)
     keras_native_ops = ("max_pool2d", "scan")
+    summary_in_step = True  # (fit's training metrics inside the step: each function compiled is a program per shape)
 
     def __init__(self):
         self._generator = KeyStream(unidl_random.initial_seed(), self.current_device)
@@ -465,7 +466,7 @@ class Backend(BackendInterface):
                 loss, [next(found) if m else None for m in mask], params, accumulate)
             # skipped if not finite; one micro-step of ``accumulate``
             optimizer.native.apply(grads, checked, accumulate, present)
-            return (loss, outputs) if with_outputs else loss
+            return step_result(loss, outputs, y, with_outputs)
 
         variables = self._model_state(model, optimizer, loss_fn)
         jax_distributed.broadcast_from_rank_0(self.module_state(model))  # (in a job: rank 0's start on every rank)

@@ -191,6 +191,15 @@ def _write_back(outputs, variables) -> tuple:
     return error_leaves, result
 
 
+def step_result(loss, outputs, y, with_outputs):
+    """What a train step returns (``Backend.train_step``): the loss, with the outputs where ``with_outputs`` is True,
+    or with ``with_outputs(outputs, y)`` where it is a function (``summary_in_step``: fit's metric statistics traced
+    into the step's program, where a function of the outputs compiled apart was a program per batch shape)."""
+    if not with_outputs:
+        return loss
+    return loss, (with_outputs(outputs, y) if callable(with_outputs) else outputs)
+
+
 class StatefulJit:
     """``fn`` compiled with ``jax.jit`` over the variables ``variables()`` returns, which it may read and write.
 

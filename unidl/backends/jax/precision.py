@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unidl.backends.jax import distributed as jax_distributed, ops as jax_ops
+from unidl.backends.jax.function import step_result
 from unidl.backends.jax.optimizer import (all_finite, assign_numpy, gradient_flags, keep_window,
                                           read_numpy, window_micro_step)
 from unidl.backends.jax.variable import JaxVariable, host_constant, made_beside
@@ -159,7 +160,7 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
                 native.finite.value = jnp.where(updates, finite, True)  # inside the window nothing is skipped yet
                 update = updates & finite if passed is None else updates & finite & passed
                 native._update(native._spec.clip_gradients(grads, native._ops), update, has_gradient)
-        return (loss, outputs) if with_outputs else loss
+        return step_result(loss, outputs, y, with_outputs)
 
     updated = ([*params, *native.variables()] + (scaler.variables() if scaler is not None else [])
                + (window.variables() if window is not None else []))

@@ -38,7 +38,7 @@ from unidl.backends.keras.host import HOST
 from unidl.backends.keras.module import (BatchRelay, KeptStepState, NativeLoss, NativeModel,
                                          metric_tracker_variables, note_state_written, reached_modes,
                                          restore_metric_totals, step_key, swallowed_ctrl_c_raised,
-                                         traced_value_error, trainable_writes_refused)
+                                         traced_value_error)
 from unidl.backends.keras.metrics import NativeMetrics, epoch_logs
 from unidl.backends.keras.optimizer import NativeOptimizer, keep_train_function_current
 from unidl.optim.param_groups import ConstantOptions
@@ -597,7 +597,10 @@ class Backend(BackendInterface):
         to_input = self.to_input
 
         def evaluation(*args):
-            with scope(), trainable_writes_refused():  # (as in predict: an Embedding's max_norm write is refused)
+            # (a write to a trainable parameter, an Embedding's max_norm rows, stands as torch's in-place write: the
+            # function threads every variable's value, where Keras's own predict and test steps, which thread the
+            # non-trainable ones alone and would drop it, refuse it)
+            with scope():
                 return compiled(*[to_input(a) for a in args])
 
         return evaluation

@@ -300,9 +300,9 @@ def note_state_written(variable) -> None:
         if variable.trainable and is_trainable(variable):
             raise GraphConstructError(
                 f"the forward writes a trainable parameter (of shape {tuple(variable.shape)}: ud.nn.Embedding's "
-                f"max_norm renormalization), which Keras-on-JAX's own steps (ud.train_step, ud.fit, ud.evaluate, "
-                f"ud.predict) drop, where torch keeps it; run this model on the 'jax' backend, on Keras over "
-                f"TensorFlow or torch, or without max_norm")
+                f"max_norm renormalization), which Keras-on-JAX's own steps (ud.train_step, ud.fit, ud.predict) drop, "
+                f"where torch keeps it; run this model on the 'jax' backend, on Keras over TensorFlow or torch, or "
+                f"without max_norm (ud.evaluate keeps it)")
         written.setdefault(id(variable), variable)
 
 
@@ -311,7 +311,8 @@ def trainable_writes_refused():
     """Where Keras's trainer threads the state through its evaluation and predict steps as values (Keras-on-JAX:
     the non-trainable variables alone), a trainable variable the forward writes is a ``GraphConstructError``
     (``note_state_written``), as in its train step: the write would be dropped where torch keeps it. ``ud.evaluate``'s
-    compiled evaluation there (``Backend.evaluation_function``) refuses it too, as ``ud.predict`` does."""
+    compiled evaluation there (``Backend.evaluation_function``, a ``ud.function`` over every variable's value) keeps
+    it instead, as torch does."""
     if HOST.keras_state_in_place:
         yield
         return
