@@ -194,6 +194,8 @@ def function(fn=None, *, jit_compile: bool = False):
     it reads without calling them (``ops.dropout(x, p, training=model.training)``, ``if self.head.training:``),
     keep their mode: after ``model.eval()`` (or ``train()``) a call traces again, once per new combination of
     modes, instead of reusing a graph that baked in the other one (dropout, batch statistics, the branch taken).
+    Freezing or unfreezing (``requires_grad_``) a parameter of those modules after a call likewise traces again,
+    once per new frozen set: the graph baked in which parameters ``value_and_grad`` and ``optimizer.apply`` skip.
 
     Example::
 
