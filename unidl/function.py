@@ -13,6 +13,7 @@ import inspect
 import numpy as np
 
 from unidl import config, devices, tracing
+from unidl.nn import module as nn_module
 
 
 def _as_argument(backend, value):
@@ -39,8 +40,12 @@ class Function:
     after a call in training mode traces again instead of running the training graph. A graph also holds the
     variables of the sub-modules it called: a sub-module or parameter added, replaced or removed below a module
     it called (a new head) drops its functions for the backend, so the next call traces the new structure
-    (a graph ran the old head). Keyword arguments are bound to ``fn``'s parameters and passed by position; on a
-    method each instance gets a function of its own."""
+    (a graph ran the old head). A graph bakes in which parameters are frozen too (``value_and_grad`` gives a
+    frozen one no gradient, ``optimizer.apply`` skips it), so the functions are keyed on the frozen set of the
+    parameters of those modules as well, as compiled train steps are: a freeze or unfreeze after the first call
+    traces again, and a set seen before reuses its graph (the graph went on training a layer frozen after its
+    trace; a parameter outside every module it reached is not keyed). Keyword arguments are bound to ``fn``'s
+    parameters and passed by position; on a method each instance gets a function of its own."""
 
     def __init__(self, fn, jit_compile: bool = False):
         functools.update_wrapper(self, fn)
@@ -48,8 +53,10 @@ class Function:
             self.__name__ = type(fn).__name__
         self._fn = fn
         self.jit_compile = bool(jit_compile)
-        self._compiled: dict = {}  # backend name -> {((dtype, device), the modules' training flags): compiled}
+        # backend name -> {((dtype, device), the modules' training flags, their parameters' requires_grad): compiled}
+        self._compiled: dict = {}
         self._modules: dict = {}  # backend name -> the modules its calls called, in call order
+        self._reached: dict = {}  # backend name -> (mode version, modules, their training flags, their parameters)
         self._known: dict = {}  # backend name -> their ids
         # a mark each called module keeps in its structure cache, which a change of structure below it empties
         self._mark = object()
@@ -94,16 +101,35 @@ class Function:
     def _drop_if_restructured(self, name: str) -> None:
         """Forget the functions of backend ``name`` where a module they called lost this function's mark (its
         structure, or a sub-module's, changed since): checked only after a module's mode or structure changed."""
-        from unidl.nn import module as nn_module
-
         modules = self._modules.get(name)
         if not modules or self._checked.get(name) == nn_module._mode_version:
             return
         self._checked[name] = nn_module._mode_version
         if all(self._mark in module.structure_cache() for module in modules):
             return
-        for table in (self._compiled, self._modules, self._known):
+        for table in (self._compiled, self._modules, self._known, self._reached):
             table.pop(name, None)
+
+    def _key(self, name: str, placed: tuple, modules: tuple) -> tuple:
+        """What a graph of backend ``name`` bakes in beside its inputs: the dtype and device in force (``placed``),
+        the ``training`` flag of each module its traces reached (``modules``), and which of their parameters (their
+        sub-modules' too: a forward may read a child's weight without calling it) are frozen. The flags and the
+        parameters are read again only after a module's mode or structure changed (``_mode_version``: a parameter
+        added or replaced changes the structure), so that a call reads one ``requires_grad`` per parameter; inside
+        an enclosing recording (a call in another function's trace) the flags are read, so that the reads note the
+        modules there."""
+        version = nn_module._mode_version
+        cached = self._reached.get(name)
+        if cached is None or cached[0] != version or cached[1] is not modules:
+            parameters = {}
+            for module in modules:
+                for parameter in module.parameters():
+                    parameters.setdefault(id(parameter), parameter)
+            modes = tuple(module.training for module in modules)
+            cached = self._reached[name] = (version, modules, modes, tuple(parameters.values()))
+        elif tracing.current_recording() is not None:
+            cached = (*cached[:2], tuple(module.training for module in modules), cached[3])
+        return placed, cached[2], nn_module.requires_grad_flags(cached[3])
 
     def _compiled_for(self, backend, key):
         compiled = self._compiled.setdefault(backend.name, {}).get(key)
@@ -124,7 +150,7 @@ class Function:
         # the dtype and device in force are read where the function is traced (``ud.tensor``, ``ud.ops.zeros``):
         # a graph traced under another is not this call's (float32 constants under ud.use_dtype('float64'))
         placed = (config.get_dtype(), config._requested_device())  # (as requested: resolving it cost a microsecond)
-        compiled = self._compiled_for(backend, (placed, tuple(module.training for module in modules)))
+        compiled = self._compiled_for(backend, self._key(backend.name, placed, modules))
         args = [_as_argument(backend, a) for a in args]
         with tracing.recording_module_calls() as called:
             result = compiled(*args)
@@ -136,7 +162,7 @@ class Function:
                 module.structure_cache()[self._mark] = True
             # the call traced (or ran) modules not keyed before: its function is the one for their modes now;
             # functions keyed on fewer modules are dropped (traced again if those modes come back)
-            self._compiled[backend.name] = {(placed, tuple(module.training for module in modules)): compiled}
+            self._compiled[backend.name] = {self._key(backend.name, placed, modules): compiled}
         return result
 
     @property
@@ -168,6 +194,8 @@ def function(fn=None, *, jit_compile: bool = False):
     it reads without calling them (``ops.dropout(x, p, training=model.training)``, ``if self.head.training:``),
     keep their mode: after ``model.eval()`` (or ``train()``) a call traces again, once per new combination of
     modes, instead of reusing a graph that baked in the other one (dropout, batch statistics, the branch taken).
+    Freezing or unfreezing (``requires_grad_``) a parameter of those modules after a call likewise traces again,
+    once per new frozen set: the graph baked in which parameters ``value_and_grad`` and ``optimizer.apply`` skip.
 
     Example::
 

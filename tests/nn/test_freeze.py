@@ -423,3 +423,108 @@ def test_requires_grad_reads_as_torchs_before_any_freeze(backend):
     trained = [p for p in model.parameters() if p.requires_grad]
     assert len(trained) == 2 and all(p is q for p, q in zip(trained, model[1].parameters()))
     ud.optim.Adam(trained, lr=0.1)
+
+
+@pytest.mark.parametrize("how", ["module", "attribute"])
+def test_a_ud_function_follows_a_freeze_and_an_unfreeze_made_after_its_first_call(backend, how):
+    """A ``ud.function`` step (``value_and_grad`` over the model's parameters, then ``optimizer.apply``) honours a
+    freeze made after its first call, and an unfreeze after that, as torch's eager step does: a graph bakes in which
+    parameters are frozen, so it is keyed on their set, as compiled train steps are (tensorflow, keras and jax went on
+    training the frozen layer with the graph of their first call, and kept an unfrozen one still). Frozen weights
+    and their Adam state bit-identical; a new set traces once, a set seen before and calls with nothing changed
+    trace nothing (where the backend traces: ``trace_count`` None on torch); a function first called with the layer
+    frozen trains it once unfrozen."""
+    model = Net()
+    optimizer = ud.optim.Adam(model.parameters(), lr=0.05)
+    loss_fn = ud.nn.MSELoss()
+
+    def train(x, y):
+        loss, grads = ud.value_and_grad(lambda: loss_fn(model(x), y), model.parameters())()
+        optimizer.apply(grads)
+        return loss
+
+    step = ud.function(train)
+
+    def freeze(flag):
+        if how == "module":
+            model.body.requires_grad_(flag)
+        else:
+            for p in model.body.parameters():
+                p.requires_grad = flag
+
+    x, y = ud.tensor(X), ud.tensor(Y)
+    step(x, y)
+    step(x, y)  # (the Adam slots exist from the first call: the same graph)
+    counts = [step.trace_count]
+    freeze(False)
+    weights, slots = model.state_dict(), optimizer.state_dict()
+    step(x, y)
+    step(x, y)
+    counts.append(step.trace_count)
+    after, slots_after = model.state_dict(), optimizer.state_dict()
+    for name in ("body.weight", "body.bias"):
+        assert np.array_equal(weights[name], after[name]), name
+    for index in (0, 1):
+        assert slots_after["param_steps"][index] == slots["param_steps"][index] == 2
+        for slot in slots["slots"][index]:
+            assert np.array_equal(slots["slots"][index][slot], slots_after["slots"][index][slot]), (index, slot)
+    assert not np.array_equal(weights["head.weight"], after["head.weight"])
+    freeze(True)  # unfrozen: the body trains again, with the graph of the first calls
+    step(x, y)
+    counts.append(step.trace_count)
+    assert not np.array_equal(after["body.weight"], model.state_dict()["body.weight"])
+    assert optimizer.state_dict()["param_steps"] == [3, 3, 5, 5]
+    freeze(False)  # frozen again: the graph of the frozen set, traced before
+    frozen = model.state_dict()["body.weight"]
+    step(x, y)
+    counts.append(step.trace_count)
+    assert np.array_equal(frozen, model.state_dict()["body.weight"])
+    assert counts == [None] * 4 or counts == [counts[0], counts[0] + 1, counts[0] + 1, counts[0] + 1], counts
+    first_frozen = ud.function(train)  # first called while the body is frozen, then unfrozen: the body trains
+    first_frozen(x, y)
+    freeze(True)
+    first_frozen(x, y)
+    assert not np.array_equal(frozen, model.state_dict()["body.weight"])
+
+
+def _every_optimizer(params):
+    """One of each optimizer class ``ud.optim`` has (SGD also with Nesterov momentum; RMSprop centred, with
+    momentum: every slot it can have), each over ``params()``, at a rate that moves the weights in one step."""
+    return [ud.optim.SGD(params(), lr=0.1), ud.optim.SGD(params(), lr=0.1, momentum=0.9, nesterov=True),
+            ud.optim.Adam(params(), lr=0.05), ud.optim.AdamW(params(), lr=0.05), ud.optim.NAdam(params(), lr=0.05),
+            ud.optim.RAdam(params(), lr=0.05), ud.optim.Adamax(params(), lr=0.05),
+            ud.optim.RMSprop(params(), lr=0.05, momentum=0.9, centered=True), ud.optim.Adagrad(params(), lr=0.1),
+            ud.optim.Adadelta(params(), lr=1.0), ud.optim.Rprop(params(), lr=0.05)]
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_every_optimizer_leaves_a_layer_frozen_between_steps_and_its_state_bit_identical(backend, eager):
+    """Each optimizer class of ``ud.optim`` (every class ``ud.optim.__all__`` names), through ``train_step``
+    compiled and with ``eager=True``: a layer frozen after a first step keeps its weights and its optimizer
+    state (slots, the parameter's own step count) bit for bit at the next step while the other layer trains."""
+    models = []
+
+    def params():
+        models.append(Net())
+        return models[-1].parameters()
+
+    optimizers = _every_optimizer(params)
+    classes = {getattr(ud.optim, name) for name in ud.optim.__all__ if name not in ("Optimizer", "lr_scheduler")}
+    assert {type(optimizer) for optimizer in optimizers} == classes
+    for model, optimizer in zip(models, optimizers):
+        step = ud.train_step(model, ud.nn.MSELoss(), optimizer, eager=eager)
+        step(X, Y)
+        model.body.requires_grad_(False)
+        weights, state = model.state_dict(), optimizer.state_dict()
+        step(X, Y)
+        after, state_after = model.state_dict(), optimizer.state_dict()
+        name = type(optimizer).__name__
+        for key in ("body.weight", "body.bias"):
+            assert np.array_equal(weights[key], after[key]), (name, key)
+        assert not np.array_equal(weights["head.weight"], after["head.weight"]), name
+        for index in (0, 1):
+            for slot, value in state["slots"][index].items():
+                assert np.array_equal(value, state_after["slots"][index][slot]), (name, index, slot)
+        if "param_steps" in state:
+            assert state_after["param_steps"] == [1, 1, 2, 2], (name, state_after["param_steps"])
+        assert state_after["step"] == 2, name

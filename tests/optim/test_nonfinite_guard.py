@@ -40,6 +40,40 @@ def test_a_nan_pixel_stops_fit_before_the_update_at_the_same_step_everywhere(bac
     assert optimizer.state_dict()["step"] == 2
 
 
+@pytest.mark.parametrize("loop", ["fit", "train_step"])
+def test_a_nan_pixel_stops_an_eager_fit_and_train_step_before_the_update(backend, loop):
+    """The NaN-pixel run with ``eager=True`` (Python runs the forward at every step, no compiled step on any
+    backend), through ``fit`` and a hand-written loop of ``train_step`` calls, in float32: the same error at the
+    same step (epoch 1, step 3; call 3) before the update, the weights bit for bit those after the two clean
+    batches and the optimizer's step count 2, as the compiled steps'."""
+    x = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
+    x[40, 2] = np.nan  # batch 3 of 4 (16 a batch, no shuffling)
+    y = np.arange(64) % 3
+
+    def train(samples):
+        ud.manual_seed(0)
+        model = ud.models.TwoLayerNet(4, 5, 3)
+        optimizer = ud.optim.Adam(model.parameters(), lr=0.05)
+        try:
+            if loop == "fit":
+                ud.fit(model, (x[:samples], y[:samples]), loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer,
+                       epochs=1, batch_size=16, shuffle=False, verbose=0, eager=True)
+            else:
+                step = ud.train_step(model, ud.nn.CrossEntropyLoss(), optimizer, eager=True)
+                for start in range(0, samples, 16):
+                    step(x[start:start + 16], y[start:start + 16])
+        except ud.NonFiniteLossError as error:
+            return model, optimizer, str(error)
+        return model, optimizer, None
+
+    model, optimizer, error = train(64)
+    assert error is not None and ("at epoch 1, step 3" if loop == "fit" else "train_step call 3") in error, error
+    clean, _, _ = train(32)  # the same two clean batches: the weights before batch 3
+    after = _weights(model)
+    assert _same(after, _weights(clean)) and all(np.isfinite(v).all() for v in after.values())
+    assert optimizer.state_dict()["step"] == 2 and all(value.dtype == np.float32 for value in after.values())
+
+
 class _SqrtNet(ud.nn.Module):
     """A finite loss whose gradient is infinite where ``w x`` is 0 (d sqrt(w x)/dw = x / (2 sqrt(w x)) = x / 0)."""
 

@@ -73,6 +73,14 @@ def trainable_mask(parameters) -> tuple[bool, ...]:
     return tuple(is_trainable(p) for p in parameters)
 
 
+def requires_grad_flags(parameters) -> tuple:
+    """The ``requires_grad`` flag of each parameter (True where it has none): the frozen set as a graph already
+    traced keys on it at every call (``ud.function``), at a fraction of ``trainable_mask``'s cost (TensorFlow's
+    ``trainable`` property, which ``is_trainable`` reads to refuse it, costs ten times the flag); a refused
+    ``trainable`` flag is met by ``is_trainable`` where the trace reads the parameters."""
+    return tuple([getattr(p, "requires_grad", True) for p in parameters])
+
+
 #: bumped by every change of a module's ``training`` flag or of a module tree's structure, so that
 #: ``training_modes`` recomputes a tree's flags only after one (itertools.count: atomic under threads)
 _mode_versions = itertools.count()
