@@ -182,7 +182,7 @@ class GradientAsTarget(ud.nn.Module):
 
 def test_user_optimizer_subclass_runs_its_own_rule_on_every_backend(backend):
     """A user's ``update()`` is the rule on every backend (torch included: no torch.optim stands in), through
-    ``apply()``, a compiled ``train_step`` and ``fit``."""
+    ``apply()``, a compiled ``train_step``, ``fit`` and an eager ``train_step``."""
     holder = Holder()
     optimizer = SignMomentum(holder.parameters())
     assert SignMomentum.builtin_rule() is None
@@ -212,6 +212,16 @@ def test_user_optimizer_subclass_runs_its_own_rule_on_every_backend(backend):
            loss=GradientAsTarget(), optimizer=optimizer, verbose=0)
     assert max_relative_difference(model.state_dict()["w"], expected) < 1e-6
     assert optimizer.state_dict()["step"] == 4
+    assert max_relative_difference(optimizer.state_dict()["slots"][0]["velocity"], velocity) < 1e-6
+    # and in an eager step (on jax its update one compiled program of this rule)
+    model = Scaled()
+    optimizer = SignMomentum(model.parameters())
+    step = ud.train_step(model, GradientAsTarget(), optimizer, eager=True)
+    for g in GRADS[:3]:
+        step(ud.tensor(ones), ud.tensor(g[None]))
+    expected, velocity = _sign_momentum_numpy(3)
+    assert max_relative_difference(model.state_dict()["w"], expected) < 1e-6
+    assert optimizer.state_dict()["step"] == 3
     assert max_relative_difference(optimizer.state_dict()["slots"][0]["velocity"], velocity) < 1e-6
 
 

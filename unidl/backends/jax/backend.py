@@ -406,22 +406,9 @@ class Backend(BackendInterface):
                 given = self.given_slot(value, variables[name].dtype)  # (the variable may keep its memory)
                 self.assign(variables[name], self.donated_tensor(given) if given is not None else value)
 
-    def _optimizer_apply(self, optimizer):
-        """``optimizer.apply`` compiled once per gradient signature (state in, state out)."""
-        compiled = getattr(optimizer.native, "_compiled_apply", None)
-        if compiled is None:
-            variables = list(optimizer.params) + optimizer.native.variables()
-            compiled = StatefulJit(optimizer.native.apply, lambda: variables, f"{type(optimizer).__name__}.apply",
-                                   warn_retrace=False)
-            optimizer.native._compiled_apply = compiled
-        return compiled
-
     def apply_gradients(self, optimizer, grads):
-        grads = [None if g is None else self.to_input(g) for g in grads]
-        if any(isinstance(g, jax.core.Tracer) for g in grads if g is not None):
-            optimizer.native.apply(grads)  # inside a trace already: part of the caller's compiled function
-        else:
-            self._optimizer_apply(optimizer)(grads)
+        # eagerly one compiled program (``JaxOptimizer.guarded_apply``); inside a trace part of the caller's
+        optimizer.native.apply([None if g is None else self.to_input(g) for g in grads])
 
     def last_step_finite(self, optimizer):
         # np.asarray waits for the step and reads the flag in one go; bool() on the JAX array takes a slower path

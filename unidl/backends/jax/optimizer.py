@@ -2,7 +2,8 @@
 
 The state (learning rate, step count, one ``JaxVariable`` per slot and parameter) lives in
 ``JaxVariable``s, so a compiled training step threads it like the parameters (state in, state
-out) and a new learning rate is a new argument value, never a retrace.
+out) and a new learning rate is a new argument value, never a retrace. Called eagerly (``optimizer.apply``,
+``train_step(eager=True)``), the whole update is one compiled program of that rule as well.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from unidl.backends.jax.distributed import window_in_step
+from unidl.backends.jax.function import _CONCRETIZATION, StatefulJit
 from unidl.backends.jax.ops import checks_passed, unless_a_check_failed
-from unidl.backends.jax.variable import JaxVariable, host_constant, made_beside, written_in_place
+from unidl.backends.jax.variable import (JaxVariable, host_constant, made_beside, recording, trainable_mask_cached,
+                                         written_in_place)
 from unidl.optim.optimizer import bound_rule, changeable_options, stepped
 from unidl.optim.param_groups import read_group_option, write_group_options
 
@@ -67,6 +70,7 @@ class JaxOptimizer:
                     self.micro_steps = JaxVariable(host_constant(0, jnp.int64), trainable=False)
                     self.window_finite = JaxVariable(host_constant(True, jnp.bool_), trainable=False)
                     self.window_has_gradient = gradient_flags(self._spec.params)
+                self._threaded = None  # (the eager update's state grew: ``_eager_update``)
             return variable_window(accumulate, self.accumulated, self.micro_steps, self.window_finite, read_numpy,
                                    assign_numpy, storage=self, has_gradient=(self.window_has_gradient, self._spec.params))
 
@@ -91,6 +95,49 @@ class JaxOptimizer:
         return [v for v in variables if id(v) not in selected]
 
     def guarded_apply(self, grads, loss=None, accumulate: int = 1, present=None, passed=None) -> None:
+        """``guarded_update`` inside a trace (a compiled step's, a ``ud.function``'s); called eagerly, the same as one
+        compiled program (``_eager_update``)."""
+        if passed is None and not recording() and not _traced((loss, grads, present)):
+            self._eager_update(grads, loss, accumulate, present)
+        else:
+            self.guarded_update(grads, loss, accumulate, present, passed)
+
+    def _eager_update(self, grads, loss, accumulate, present) -> None:
+        """``guarded_update`` of concrete gradients as one ``StatefulJit`` over the parameters and this state: one
+        XLA program per structure of the arguments (the shapes and dtypes, which gradients are None,
+        ``accumulate``) and frozen set, where each element-wise op of the rule compiled, and ran, on its own for
+        each parameter shape (59 of the 74 programs a two-layer net's first eager Adam step compiled in a fresh
+        process, each a real cost where JAX's compilation cache is empty). The learning rates, bound options and counts are variables, read by
+        the program: a schedule's new rate runs it again, untraced; an option's first change retraces once, as in
+        a compiled step. A rule that needs a traced value in Python (a user's ``update()`` with an ``if`` on a
+        tensor) runs op by op from then on, as it did, with ``ud.function``'s one warning."""
+        compiled = self.__dict__.get("_compiled_update")
+        if compiled is None:
+            mask = trainable_mask_cached(self._spec.params)  # (``window_micro_step`` reads it while traced)
+            compiled = self._compiled_update = StatefulJit(self.guarded_update, self._threaded_state,
+                                                           f"{type(self._spec).__name__}.apply", warn_retrace=False,
+                                                           static_key=mask)
+        if compiled is not _OP_BY_OP:
+            try:
+                compiled(grads, loss, accumulate, present)
+                return
+            except _CONCRETIZATION as error:  # (raised while traced, before the call: nothing written)
+                from unidl.tracing import warn_running_eagerly
+
+                self._compiled_update = _OP_BY_OP
+                warn_running_eagerly(f"{type(self._spec).__name__}.apply", "jax", "jax.jit", error,
+                                     what="the optimizer update")
+        self.guarded_update(grads, loss, accumulate, present)
+
+    def _threaded_state(self) -> list:
+        """The parameters and ``variables()``, the state ``_eager_update`` threads: one list until the
+        accumulation window's variables are made (``prepare_accumulation``)."""
+        state = self.__dict__.get("_threaded")
+        if state is None:
+            state = self._threaded = [*self._spec.params, *self.variables()]
+        return state
+
+    def guarded_update(self, grads, loss=None, accumulate: int = 1, present=None, passed=None) -> None:
         """One guarded update: when ``loss`` or a gradient is not finite every parameter, slot and the step count
         keep their values (``jnp.where`` on one boolean scalar inside the trace, fused by XLA into each update).
         With ``accumulate`` N > 1, one micro-step: ``grads / N`` joins the accumulated gradients and every N-th
@@ -165,6 +212,17 @@ class JaxOptimizer:
             _guarded_assign(param, stepped(param.value, factor, delta), applies)
 
 
+#: ``JaxOptimizer._compiled_update`` of a rule that runs op by op (it needed a traced value in Python)
+_OP_BY_OP = object()
+
+
+def _traced(values) -> bool:
+    """Whether any array among ``values`` (nested tuples and lists, None entries) is a tracer."""
+    if isinstance(values, (tuple, list)):
+        return any(_traced(v) for v in values)
+    return isinstance(values, jax.core.Tracer)
+
+
 def gradient_flags(params) -> list[JaxVariable]:
     """One boolean variable per parameter: it had a gradient in a micro-step of the accumulation window so far
     (torch's ``.grad is not None`` between ``zero_grad()`` and ``step()``), False in an empty window."""
@@ -178,7 +236,7 @@ def window_micro_step(totals, flags, grads, accumulate, params, present=None):
     it has one now (then it has one in the window) or is frozen (sum None: not updated, as before accumulation).
     The window's update then follows PyTorch's rule: a parameter with a gradient in any of its micro-steps moves
     with the window's sum, one with none in all of them keeps its value and its slots. ``present``: per parameter,
-    None or a boolean scalar, whether its gradient (zeros otherwise) is one (``guarded_apply``)."""
+    None or a boolean scalar, whether its gradient (zeros otherwise) is one (``guarded_update``)."""
     from unidl.nn.module import is_trainable
 
     sums, has_gradient = [], []
