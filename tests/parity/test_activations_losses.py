@@ -703,7 +703,9 @@ def test_a_train_step_trains_linear_cross_entropys_linear_as_torch(backend):
     """``ud.train_step`` with an optimizer over the model's and ``LinearCrossEntropyLoss``'s parameters (the loss's
     ``linear`` trained too) follows ``torch.optim`` for three steps, losses and the loss's weight, by torch's
     amounts, eagerly and compiled: on keras too, whose trainer trains the Keras model's variables only (a step
-    refused them with an ``UnsupportedOptionError``, having left them untrained before)."""
+    refused them with an ``UnsupportedOptionError``, having left them untrained before). Each step is followed by
+    another step of the model alone with a loss without parameters, so that on keras each switches the model's
+    compile back (Keras-on-JAX's step, given the other compile's variables, had left the loss's untrained)."""
     x, y = ROWS[:, :5].astype(np.float32), LABELS % 4
     for eager in (False, True):
         body, loss = ud.nn.Linear(5, 6), ud.nn.LinearCrossEntropyLoss(6, 4, bias=True)
@@ -712,14 +714,22 @@ def test_a_train_step_trains_linear_cross_entropys_linear_as_torch(backend):
             reference.load_state_dict({k: torch.tensor(ud.to_numpy(v)) for k, v in ours.state_dict().items()})
         start = their_loss.linear.weight.detach().numpy().copy()
         step = ud.train_step(body, loss, ud.optim.SGD(body.parameters() + loss.parameters(), lr=0.5), eager=eager)
+        body_step = ud.train_step(body, ud.nn.CrossEntropyLoss(), ud.optim.SGD(body.parameters(), lr=0.1), eager=eager)
         optimizer = torch.optim.SGD([*theirs.parameters(), *their_loss.parameters()], lr=0.5)
+        body_optimizer = torch.optim.SGD(theirs.parameters(), lr=0.1)
         for _ in range(3):
             optimizer.zero_grad()
             expected = their_loss(theirs(torch.tensor(x)), torch.tensor(y))
             expected.backward()
             optimizer.step()
             assert float(step(x, y)) == pytest.approx(float(expected.detach()), rel=1e-6)
+            body_optimizer.zero_grad()
+            expected = tnn.CrossEntropyLoss()(theirs(torch.tensor(x)), torch.tensor(y))
+            expected.backward()
+            body_optimizer.step()
+            assert float(body_step(x, y)) == pytest.approx(float(expected.detach()), rel=1e-6)
         assert max_relative_difference(ud.to_numpy(loss.linear.weight), their_loss.linear.weight.detach().numpy()) < 1e-5
+        assert max_relative_difference(ud.to_numpy(body.weight), theirs.weight.detach().numpy()) < 1e-5
         moved, their_move = ud.to_numpy(loss.linear.weight) - start, their_loss.linear.weight.detach().numpy() - start
         assert max_relative_difference(moved, their_move) < 1e-6, eager
 
