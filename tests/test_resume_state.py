@@ -437,15 +437,15 @@ def _linear_cross_entropy_run(directory, epochs, *, resume_from=None, loss=None,
     return body, loss, history
 
 
-@pytest.mark.parametrize("loop", ["torch", "tensorflow", "jax"])
+@pytest.mark.parametrize("loop", ["torch", "tensorflow", "jax", "keras"])
 def test_a_loss_whose_parameters_are_trained_resumes_as_the_uninterrupted_run(tmp_path, loop):
     """The checkpoints held the optimizer's momentum of ``LinearCrossEntropyLoss``'s ``linear`` but not its weight:
     a resumed run restarted the loss's weight from its initial values (its second epoch's loss 1.4504 where the
     uninterrupted run has 1.4147), and the loss's settings hashed that weight, so the trained loss object itself
     was refused at resume. Now the loss's parameters are checkpointed and restored, and are no settings: a run
     stopped mid-epoch and resumed, with the loss built anew or with the trained loss object, ends bit for bit as the
-    uninterrupted run (losses, the body's and the loss's weights). (Keras's trainer refuses a loss's parameters in
-    the optimizer: tests/parity/test_activations_losses.py.)"""
+    uninterrupted run (losses, the body's and the loss's weights), on keras too (whose trainer refused a loss's
+    parameters in the optimizer: tests/parity/test_activations_losses.py)."""
     pytest.importorskip(loop)
     with ud.use_backend(loop):
         body, loss, history = _linear_cross_entropy_run(tmp_path / "straight", 3)
@@ -569,7 +569,7 @@ def test_load_checkpoint_of_a_trained_loss_without_the_loss_is_refused_before_an
         body, loss = ud.nn.Linear(3, 4), ud.nn.LinearCrossEntropyLoss(4, 3)
         return body, loss, ud.optim.SGD(body.parameters() + loss.parameters(), lr=0.5, momentum=0.9)
 
-    body, loss, optimizer = built()  # (the loss moved by hand: keras refuses to train it, Known differences)
+    body, loss, optimizer = built()  # (the loss moved by hand, as training would move it)
     loss.load_state_dict({key: ud.to_numpy(value) + 1.0 for key, value in loss.state_dict().items()})
     ud.save_checkpoint(tmp_path, body, optimizer, loss=loss)
     body2, loss2, optimizer2 = built()

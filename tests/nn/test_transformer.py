@@ -1,6 +1,7 @@
 """``TransformerDecoderLayer``, ``TransformerDecoder`` and ``Transformer`` against plain ``torch.nn`` (the oracle):
 PyTorch's ``state_dict`` keys and initial ranges, outputs and gradients with respect to the inputs and every parameter
-with each mask, on every backend (float32 in ``ud.function``, float64 eagerly), evaluation as torch's; clear errors."""
+with each mask, on every backend (float32 and float64, eagerly and in ``ud.function``), evaluation as torch's; clear
+errors."""
 
 import warnings
 
@@ -11,7 +12,7 @@ from torch import nn as tnn
 
 import unidl as ud
 from tests.nn.test_attention import layer_case
-from tests.parity.torch_oracle import compare_table
+from tests.parity.torch_oracle import RUNS, compare_table
 from unidl.testing import max_relative_difference
 
 R = np.random.default_rng(41)
@@ -66,13 +67,14 @@ DECODERS = {
 WHOLE = "Transformer-batch-first-every-mask"
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_decoders_match_torch(backend, dtype):
-    """Inside ud.function (eagerly: the evaluation test below), float32 for the decoder's layers and float64 for the
-    whole Transformer with every mask: its float32 gradients are ill-conditioned under the harness's weights of
-    magnitude ~1 (torch's own float32 input gradient is 2.4e-5 from its float64 one, beyond float32's bound 1e-5)."""
+@pytest.mark.parametrize("dtype, modes", RUNS)
+def test_decoders_match_torch(backend, dtype, modes):
+    """Eagerly and inside ud.function (``RUNS``: one table call per backend and dtype, both modes on one oracle run;
+    JAX's float32 eagerly left out as in every table), float32 for the decoder's layers and float64 for the whole
+    Transformer with every mask: its float32 gradients are ill-conditioned under the harness's weights of magnitude
+    ~1 (torch's own float32 input gradient is 2.4e-5 from its float64 one, beyond float32's bound 1e-5)."""
     cases = {k: v for k, v in DECODERS.items() if (k == WHOLE) == (dtype == "float64")}
-    assert compare_table(cases, backend, dtype, ("ud.function",)) == []
+    assert compare_table(cases, backend, dtype, modes) == []
 
 
 def test_transformer_starts_as_torchs_and_evaluates_as_torch(backend):

@@ -699,36 +699,83 @@ def test_linear_cross_entropys_chunking_options_are_refused_on_every_backend(bac
             build()
 
 
-def test_a_train_step_trains_linear_cross_entropys_linear_as_torch_or_refuses_it_on_keras(backend):
+def test_a_train_step_trains_linear_cross_entropys_linear_as_torch(backend):
     """``ud.train_step`` with an optimizer over the model's and ``LinearCrossEntropyLoss``'s parameters (the loss's
-    ``linear`` trained too) follows ``torch.optim`` for three steps, losses and the loss's weight; on keras, whose
-    trainer trains the Keras model's variables only (the loss's would silently keep their values), the step is an
-    ``UnsupportedOptionError`` naming them."""
-    from unidl.errors import UnsupportedOptionError
-
+    ``linear`` trained too) follows ``torch.optim`` for three steps, losses and the loss's weight, by torch's
+    amounts, eagerly and compiled: on keras too, whose trainer trains the Keras model's variables only (a step
+    refused them with an ``UnsupportedOptionError``, having left them untrained before). Each step is followed by
+    another step of the model alone with a loss without parameters, so that on keras each switches the model's
+    compile back (Keras-on-JAX's step, given the other compile's variables, had left the loss's untrained)."""
     x, y = ROWS[:, :5].astype(np.float32), LABELS % 4
-    body, loss = ud.nn.Linear(5, 6), ud.nn.LinearCrossEntropyLoss(6, 4, bias=True)
-    theirs, their_loss = tnn.Linear(5, 6), tnn.LinearCrossEntropyLoss(6, 4, bias=True)
-    for ours, reference in ((body, theirs), (loss, their_loss)):
-        reference.load_state_dict({k: torch.tensor(ud.to_numpy(v)) for k, v in ours.state_dict().items()})
-    step = ud.train_step(body, loss, ud.optim.SGD(body.parameters() + loss.parameters(), lr=0.5))
-    if backend == "keras":
-        with pytest.raises(UnsupportedOptionError, match=r"loss LinearCrossEntropyLoss's parameters \['linear"):
-            step(x, y)
-        # fit too, with sample or class weights, which wrap the loss (they had let it through untrained)
-        for weights in ({"sample_weight": np.ones(len(x))}, {"class_weight": {0: 1.0, 1: 2.0, 2: 1.0, 3: 1.0}}):
-            with pytest.raises(UnsupportedOptionError, match=r"loss LinearCrossEntropyLoss's parameters"):
-                ud.fit(body, x, y, batch_size=len(x), verbose=0, loss=loss,
-                       optimizer=ud.optim.SGD(body.parameters() + loss.parameters(), lr=0.5), **weights)
-        return
-    optimizer = torch.optim.SGD([*theirs.parameters(), *their_loss.parameters()], lr=0.5)
-    for _ in range(3):
+    for eager in (False, True):
+        body, loss = ud.nn.Linear(5, 6), ud.nn.LinearCrossEntropyLoss(6, 4, bias=True)
+        theirs, their_loss = tnn.Linear(5, 6), tnn.LinearCrossEntropyLoss(6, 4, bias=True)
+        for ours, reference in ((body, theirs), (loss, their_loss)):
+            reference.load_state_dict({k: torch.tensor(ud.to_numpy(v)) for k, v in ours.state_dict().items()})
+        start = their_loss.linear.weight.detach().numpy().copy()
+        step = ud.train_step(body, loss, ud.optim.SGD(body.parameters() + loss.parameters(), lr=0.5), eager=eager)
+        body_step = ud.train_step(body, ud.nn.CrossEntropyLoss(), ud.optim.SGD(body.parameters(), lr=0.1), eager=eager)
+        optimizer = torch.optim.SGD([*theirs.parameters(), *their_loss.parameters()], lr=0.5)
+        body_optimizer = torch.optim.SGD(theirs.parameters(), lr=0.1)
+        for _ in range(3):
+            optimizer.zero_grad()
+            expected = their_loss(theirs(torch.tensor(x)), torch.tensor(y))
+            expected.backward()
+            optimizer.step()
+            assert float(step(x, y)) == pytest.approx(float(expected.detach()), rel=1e-6)
+            body_optimizer.zero_grad()
+            expected = tnn.CrossEntropyLoss()(theirs(torch.tensor(x)), torch.tensor(y))
+            expected.backward()
+            body_optimizer.step()
+            assert float(body_step(x, y)) == pytest.approx(float(expected.detach()), rel=1e-6)
+        their_weight = their_loss.linear.weight.detach().numpy()
+        assert max_relative_difference(ud.to_numpy(loss.linear.weight), their_weight) < 1e-5
+        assert max_relative_difference(ud.to_numpy(body.weight), theirs.weight.detach().numpy()) < 1e-5
+        moved, their_move = ud.to_numpy(loss.linear.weight) - start, their_weight - start
+        assert max_relative_difference(moved, their_move) < 1e-6, eager
+
+
+class _LearnedWeighting(ud.nn.Module):
+    """A loss of its own parameter: the mean squared error weighted by a learned log-variance, exp(-s) * mse + s
+    (Kendall et al.'s uncertainty weighting), as a user writes one; ``reduction`` as fit's sample weights need."""
+
+    def __init__(self, reduction="mean"):
+        super().__init__()
+        self.reduction = reduction
+        self.log_variance = ud.nn.Parameter(np.array([0.25], np.float32))
+
+    def forward(self, prediction, target):
+        losses = ud.ops.mean((prediction - target) ** 2, axis=1) * ud.ops.exp(-self.log_variance) + self.log_variance
+        return losses if self.reduction == "none" else ud.ops.mean(losses)
+
+
+def test_fit_trains_a_losss_own_parameter_with_sample_weights_as_torch(backend):
+    """``ud.fit`` with ``sample_weight`` (which wraps the loss) and Adam over the model's and a user's loss's own
+    parameter (a learned weighting) moves that parameter by torch's amounts, 1e-6 (float32), epoch after epoch, on
+    every backend (on keras it was an ``UnsupportedOptionError``)."""
+    x, y, weights = ROWS[:, :5].astype(np.float32), TARGET[:, :3].astype(np.float32), np.array([1.0, 2.0, 0.5, 1.0])
+    ud.manual_seed(0)
+    body, loss = ud.nn.Linear(5, 3), _LearnedWeighting()
+    theirs = tnn.Linear(5, 3)
+    theirs.load_state_dict({k: torch.tensor(ud.to_numpy(v)) for k, v in body.state_dict().items()})
+    log_variance = torch.nn.Parameter(torch.tensor([0.25]))
+    optimizer = torch.optim.Adam([*theirs.parameters(), log_variance], lr=0.1)
+    ours = ud.optim.Adam(body.parameters() + loss.parameters(), lr=0.1)
+    for epoch in range(3):
+        before = float(ud.to_numpy(loss.log_variance)[0])
+        history = ud.fit(body, x, y, batch_size=len(x), shuffle=False, verbose=0, loss=loss, optimizer=ours,
+                         sample_weight=weights)
         optimizer.zero_grad()
-        expected = their_loss(theirs(torch.tensor(x)), torch.tensor(y))
+        errors = ((theirs(torch.tensor(x)) - torch.tensor(y)) ** 2).mean(1)
+        expected = ((errors * torch.exp(-log_variance) + log_variance) * torch.tensor(weights).float()).mean()
         expected.backward()
+        their_before = float(log_variance.detach()[0])
         optimizer.step()
-        assert float(step(x, y)) == pytest.approx(float(expected.detach()), rel=1e-6)
-    assert max_relative_difference(ud.to_numpy(loss.linear.weight), their_loss.linear.weight.detach().numpy()) < 1e-5
+        assert history.history["loss"][0] == pytest.approx(float(expected.detach()), rel=1e-6), epoch
+        moved = float(ud.to_numpy(loss.log_variance)[0]) - before
+        their_move = float(log_variance.detach()[0]) - their_before
+        assert their_move != 0 and moved == pytest.approx(their_move, rel=1e-6, abs=1e-7), epoch
+    assert max_relative_difference(ud.to_numpy(body.weight), theirs.weight.detach().numpy()) < 1e-5
 
 
 def test_a_train_step_through_the_new_layers_matches_torch(backend):

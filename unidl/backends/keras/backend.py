@@ -43,7 +43,7 @@ from unidl.backends.keras.metrics import NativeMetrics, epoch_logs
 from unidl.backends.keras.optimizer import NativeOptimizer, keep_train_function_current
 from unidl.optim.param_groups import ConstantOptions
 from unidl.data.epoch import xy
-from unidl.errors import UnsupportedOptionError, marked_error_from
+from unidl.errors import marked_error_from
 from unidl.nn.freezing import requires_grad_method
 from unidl.nn.module import step_modes, training_modes
 from unidl.function import Function
@@ -92,22 +92,16 @@ def _tensorflow_left_unimported():
         tensorflow._available = None
 
 
-def _refuse_trained_loss_parameters(model, loss_fn, optimizer) -> None:
-    """An ``UnsupportedOptionError`` where the optimizer trains a parameter of the loss module and not of the model
-    (``LinearCrossEntropyLoss``'s ``linear``): Keras's trainer trains the Keras model's variables only, so that
-    parameter would silently keep its value, where every other backend trains it."""
+def _trained_loss_parameters(model, loss_fn, optimizer) -> tuple:
+    """The parameters of the loss module that the optimizer trains and the model does not own
+    (``LinearCrossEntropyLoss``'s ``linear``): Keras's trainer trains the Keras model's variables only, so the
+    compile hands them to it beside the model's (``module.loss_parameters``), where they had kept their values."""
     owned = {id(p) for p in model.parameters()}
     trained = {id(p) for p in getattr(optimizer, "params", ())}
     # fit's sample or class weights wrap the user's loss (``SampleWeightedLoss``), holding it outside its modules
     loss_fn = getattr(loss_fn, "loss", loss_fn) if type(loss_fn).__name__ == "SampleWeightedLoss" else loss_fn
-    held = [name for name, p in (loss_fn.named_parameters() if hasattr(loss_fn, "named_parameters") else ())
-            if id(p) in trained and id(p) not in owned]
-    if held:
-        raise UnsupportedOptionError(
-            f"the keras backend trains through Keras's trainer, which trains the model's variables only; the "
-            f"optimizer also holds the loss {type(loss_fn).__name__}'s parameters {held}, which it would leave "
-            f"untrained. Move them into the model (e.g. its last Linear, with CrossEntropyLoss for "
-            f"LinearCrossEntropyLoss), or train on torch, tensorflow or jax")
+    parameters = loss_fn.parameters() if hasattr(loss_fn, "parameters") else ()
+    return tuple(p for p in parameters if id(p) in trained and id(p) not in owned)
 
 
 class Backend(BackendInterface):
@@ -350,7 +344,6 @@ class Backend(BackendInterface):
         (loss, optimizer, metrics, eager, precision, accumulation, frozen set, modes) combination: a combination
         compiled before is restored with Keras's compiled step (``_Compilations``), not compiled again."""
         native = model.native
-        _refuse_trained_loss_parameters(model, loss_fn, optimizer)
         # Keras's compiled steps bake in which variables they train and each module's train/eval mode: freezing
         # one, or ``model.bn.eval()``, is another compile
         # and the job it was compiled in (``job_key``): a job's step holds its collectives, one made outside has none
@@ -364,6 +357,9 @@ class Backend(BackendInterface):
                 keras_optimizer = keras_precision.keras_optimizer(optimizer, precision, accumulate)
                 compilations = _Compilations.of(native)
                 if not compilations.switch_to(key, keras_optimizer):
+                    # (before Keras's compile, rank 0's broadcast and the first trace read the trained variables)
+                    object.__setattr__(native, "_unidl_loss_parameters",
+                                       _trained_loss_parameters(model, loss_fn, optimizer))
                     statistics = NativeMetrics(metrics) if metrics is not None else None
                     native.compile(optimizer=keras_optimizer, loss=NativeLoss(loss_fn),
                                    metrics=[statistics] if statistics is not None else [],
@@ -771,7 +767,7 @@ class _Compilations:
                    "_run_eagerly", "_compiled_trainable_state", "compiled", "steps_per_execution", "_compile_config",
                    "train_function", "test_function", "predict_function")
     UNIDL_STATE = ("_unidl_compiled", "_unidl_statistics", "_unidl_fit_graph", "_unidl_step_graph",
-                   "_unidl_seen_modules", "_unidl_options", "_unidl_predict_by_rank")
+                   "_unidl_seen_modules", "_unidl_options", "_unidl_predict_by_rank", "_unidl_loss_parameters")
 
     def __init__(self, native):
         self._native = native

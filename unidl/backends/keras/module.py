@@ -46,8 +46,9 @@ class NativeModel(keras.Model):
 
     @property
     def trainable_weights(self):
-        """The parameters Keras's trainer updates: those not frozen (``requires_grad`` or ``trainable``)."""
-        return [p for p in self.unidl_parameters if is_trainable(p)]
+        """The parameters Keras's trainer updates: those not frozen (``requires_grad`` or ``trainable``), the
+        module's, then those of the compiled loss module that its optimizer trains (``loss_parameters``)."""
+        return [p for p in (*self.unidl_parameters, *loss_parameters(self)) if is_trainable(p)]
 
     @property
     def non_trainable_weights(self):
@@ -82,6 +83,13 @@ class NativeModel(keras.Model):
         if new:
             raise StateOutsideTheModel(new)
         return result
+
+    def zero_grad(self, set_to_none=True):
+        """``torch.nn.Module.zero_grad``, which Keras-on-torch's train step calls before its backward (no other host
+        has it): the gradients of the torch parameters the model registered (its module's), then those of the loss
+        module's parameters it trains (``loss_parameters``), which torch would add up step after step."""
+        super().zero_grad(set_to_none)
+        HOST.clear_gradients([parameter.value for parameter in loss_parameters(self)], set_to_none)
 
     def _symbolic_build(self, *args, **kwargs):
         """Keras's abstract pass over the forward before its first step (``train_on_batch``'s, to build the
@@ -323,6 +331,23 @@ def trainable_writes_refused():
         _STATE_WRITTEN.reset(token)
 
 
+def loss_parameters(native) -> tuple:
+    """The parameters of the loss module ``native`` is compiled with that the compile's optimizer trains and the
+    model does not own (``LinearCrossEntropyLoss``'s ``linear``, a learned weighting), which Keras's trainer
+    trains as the model's own (``NativeModel.trainable_weights``), as ``torch.optim`` over them does; ``()`` for
+    most compiles (the keras backend's ``compile`` sets them, and restores them with a compile it switches back to)."""
+    return native.__dict__.get("_unidl_loss_parameters") or ()
+
+
+def threaded_state(native) -> tuple:
+    """The variables Keras's train step of ``native`` threads (Keras-on-JAX): the module's parameters and buffers,
+    the loss's parameters it trains (``trainable_weights``) and the outside state found so far. (fit's sample
+    weights hold the loss outside the step's loss module, so its modules are reached outside the trees: its trained
+    parameters, threaded as trainable already, were added to the non-trainable state too, and Keras failed.)"""
+    trained = (p for p in loss_parameters(native) if is_trainable(p))
+    return (*native.unidl_parameters, *native.unidl_buffers, *trained, *outside_state(native))
+
+
 def outside_state(native) -> tuple:
     """The variables outside the module's tree that Keras's train step of ``native`` wrote (a loss module's too), in the
     order found: a BatchNorm the forward holds in a plain list, a closure or another object, whose running
@@ -356,7 +381,7 @@ def _writes_outside_the_state_found(native):
         yield
     finally:
         _STATE_WRITTEN.reset(token)
-    known = {id(v) for v in (*native.unidl_parameters, *native.unidl_buffers, *outside_state(native))}
+    known = {id(v) for v in threaded_state(native)}
     new = [variable for key, variable in written.items() if key not in known]
     if new:
         object.__setattr__(native, "_unidl_outside_state", (*outside_state(native), *new))
@@ -373,7 +398,7 @@ def _reads_outside_the_state(native) -> list:
     optimizer, as in torch where it is not the optimizer's.)"""
     if HOST.keras_state_in_place or not native.__dict__.get("_unidl_reached"):
         return []
-    known = {id(v) for v in (*native.unidl_parameters, *native.unidl_buffers, *outside_state(native))}
+    known = {id(v) for v in threaded_state(native)}
     new = {}
     for module in native.__dict__["_unidl_reached"]:
         for variable in (*module.parameters(), *(buffer for _, buffer in module.named_buffers())):
