@@ -61,8 +61,7 @@ class InvalidOptionError(UnidlError, ValueError, RuntimeError):
 
 class UnsupportedOptionError(UnidlError, NotImplementedError):
     """An option of PyTorch's that unidl cannot honour on every backend (``LinearCrossEntropyLoss``'s chunking
-    ``options``): refused on every backend, naming the option and what to give instead, never silently ignored; and,
-    on keras, a train step whose optimizer trains a loss module's parameters, which Keras's trainer leaves alone."""
+    ``options``): refused on every backend, naming the option and what to give instead, never silently ignored."""
 
 
 class PaddingLengthError(UnidlError, ValueError, RuntimeError):
