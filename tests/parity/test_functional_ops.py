@@ -701,3 +701,34 @@ def test_ops_take_a_parameter_as_torch_ops_take_one(backend):
             if max_relative_difference(gradient, parameter.grad.numpy()) > 1e-6:
                 failures.append(f"{name} gradient of {p}: {gradient} != torch's {parameter.grad.numpy()}")
     assert not failures, f"{backend}:\n" + "\n".join(failures)
+
+
+def test_torchs_forms_given_wrongly_are_clear_errors(backend):
+    """What PyTorch refuses in its functional forms, unidl refuses in words naming the fix: a dtype among
+    ``zeros``/``ones``' sizes (the old ``zeros(shape, dtype)`` order) a ``TypeError`` naming ``dtype=``; a string in
+    ``cross_entropy``'s third place, the class weight's (the old ``cross_entropy(x, y, reduction)``), a ``TypeError``
+    naming ``reduction=``, and PyTorch's deprecated ``size_average``/``reduce`` a ``ValueError``; key heads that do
+    not divide the query's under ``enable_gqa`` a ``ShapeMismatchError`` (inside ``ud.function`` too, where
+    TensorFlow's graph knows the sizes only when it runs); a flattened ``take`` index past x's entries an
+    ``IndexOutOfRangeError`` naming x's number of entries, in graphs too; a 2-D ``index_select`` index a
+    ``ShapeMismatchError``."""
+    with pytest.raises(TypeError, match=r"zeros takes the dtype as a keyword.*dtype='int64'"):
+        ud.ops.zeros((2, 3), "int64")
+    with pytest.raises(TypeError, match=r"ones takes the dtype as a keyword.*dtype='float64'"):
+        ud.ops.ones(2, 3, "float64")
+    with pytest.raises(TypeError, match=r"takes ints or one sequence of them"):
+        ud.ops.zeros(2, (3,))
+    logits, labels = ROWS.astype(np.float32), np.array([0, 1, 5, 2])
+    with pytest.raises(TypeError, match=r"third argument is the class weight.*reduction='sum'"):
+        ud.ops.cross_entropy(logits, labels, "sum")
+    with pytest.raises(ValueError, match="does not take PyTorch's deprecated size_average and reduce"):
+        ud.ops.cross_entropy(logits, labels, size_average=False)
+    query, key = (np.ones(shape, np.float32) for shape in ((1, 6, 2, 3), (1, 4, 2, 3)))
+    for run in (ud.ops.scaled_dot_product_attention, ud.function(ud.ops.scaled_dot_product_attention)):
+        with pytest.raises(ud.ShapeMismatchError, match="the key's 4 heads must divide the query's 6"):
+            run(query, key, key, enable_gqa=True)
+    for run in (ud.ops.take, ud.function(ud.ops.take)):
+        with pytest.raises(ud.IndexOutOfRangeError, match=r"take indices must lie in \[0, 24\)"):
+            run(ud.tensor(ROWS), ud.tensor(np.array([[3], [24]])))
+    with pytest.raises(ud.ShapeMismatchError, match="index_select index must be 1-D"):
+        ud.ops.index_select(ud.tensor(ROWS), 0, np.array([[1, 0]]))
