@@ -35,7 +35,8 @@ class BasicBlock(nn.Module):
 
 class ResNet(nn.Module):
     """A ResNet of ``BasicBlock``\\s, ``layers`` blocks per stage (64, 128, 256, 512 channels), global average
-    pooling (``avgpool``) and ``fc``. Convolutions start as torchvision's (Kaiming normal, fan out), BatchNorm at 1 and 0.
+    pooling (``avgpool``) and ``fc``. Convolutions start as torchvision's (Kaiming normal, fan out), BatchNorm at 1
+    and 0.
 
     Args:
         layers: blocks per stage, (2, 2, 2, 2) for ResNet-18, (3, 4, 6, 3) for ResNet-34.
