@@ -66,6 +66,9 @@ OPS = {
     "zeros-sizes": case(lambda: ud.ops.zeros(2, 3), lambda: torch.zeros(2, 3)),
     "zeros-one-size": case(lambda: ud.ops.zeros(3), lambda: torch.zeros(3)),
     "zeros-torch-size": case(lambda: ud.ops.zeros(torch.Size([2, 1])), lambda: torch.zeros(torch.Size([2, 1]))),
+    # a size a graph knows only when it runs (TensorFlow's), among the arguments
+    "zeros-size-of-a-graph": case(lambda x: ud.ops.zeros(ud.ops.shape(x)[0], 2) + ud.ops.sum(x),
+                                  lambda x: torch.zeros(x.shape[0], 2, dtype=x.dtype) + x.sum(), ROWS),
     "ones-sizes-int64": case(lambda: ud.ops.ones(2, 3, dtype="int64"), lambda: torch.ones(2, 3, dtype=torch.int64)),
     "arange-int": case(lambda: ud.ops.arange(2, 9, 3), lambda: torch.arange(2, 9, 3)),
     "arange-float": case(lambda: ud.ops.arange(0.5, 3.0, 0.5), lambda: torch.arange(0.5, 3.0, 0.5)),
