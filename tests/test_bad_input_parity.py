@@ -216,7 +216,7 @@ def test_cross_entropy_takes_the_classes_on_axis_1_as_torch(mode):
     logits, labels = RNG.standard_normal((2, 3, 4)).astype(np.float32), np.array([[0, 1, 2, 0], [2, 2, 1, 0]])
     for reduction in ("mean", "none"):
         expected = F.cross_entropy(torch.tensor(logits), torch.tensor(labels), reduction=reduction).numpy()
-        got = run(mode, lambda x, y: ud.ops.cross_entropy(x, y, reduction), logits, labels)
+        got = run(mode, lambda x, y: ud.ops.cross_entropy(x, y, reduction=reduction), logits, labels)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     expected = F.cross_entropy(torch.tensor(logits[0, :, 0]), torch.tensor(1)).numpy()
     np.testing.assert_allclose(run(mode, lambda x, y: ud.ops.cross_entropy(x, y), logits[0, :, 0], np.array(1)),
@@ -1137,7 +1137,7 @@ NUMPY_OPS = [  # (the op of NumPy arrays a (2, 2) floats, q (1, 1, 2, 2) floats,
     (lambda a, q, i: ud.ops.gelu(a), lambda a, q, i: F.gelu(a)),
     (lambda a, q, i: ud.ops.argmax(a, 1), lambda a, q, i: torch.argmax(a, 1)),
     (lambda a, q, i: ud.ops.square(a), lambda a, q, i: torch.square(a)),
-    (lambda a, q, i: ud.ops.take(a, i), lambda a, q, i: a[i]),
+    (lambda a, q, i: ud.ops.take(a, i, 0), lambda a, q, i: a[i]),
     (lambda a, q, i: ud.ops.concat([a, a], 1), lambda a, q, i: torch.cat([a, a], 1)),
     (lambda a, q, i: ud.ops.clip(a, 0.0, 0.5), lambda a, q, i: torch.clamp(a, 0.0, 0.5)),
     (lambda a, q, i: ud.ops.layer_norm(a, (2,)), lambda a, q, i: F.layer_norm(a, (2,))),

@@ -186,7 +186,7 @@ def test_take_and_label_checks_in_nested_reversed_and_differentiated_scans_name_
     def nested(table, indices):
         def outer(total, rows):
             def inner(subtotal, row):
-                return subtotal + ud.ops.sum(ud.ops.take(table, row)), subtotal
+                return subtotal + ud.ops.sum(ud.ops.take(table, row, axis=0)), subtotal
 
             subtotal, _ = ud.ops.scan(inner, total, rows, reverse=reverse)
             return subtotal, subtotal

@@ -141,7 +141,7 @@ def _checked(owner, log_probs, targets, input_lengths, target_lengths, blank):
     conditions += [input_checks.holds(size > 0) for size in (time, batch, classes)]
     log_probs = input_checks.require_shapes(owner, wanted + " with the same N, and T, N and C at least 1", tensors,
                                             input_checks.all_of(conditions), log_probs)
-    blank = ops.check_index(ops.zeros((1,), "int64") + blank, classes, f"{owner} blank (a class of log_probs)")
+    blank = ops.check_index(ops.zeros((1,), dtype="int64") + blank, classes, f"{owner} blank (a class of log_probs)")
     input_lengths = ops.check_index(input_lengths, time + 1, f"{owner} input_lengths (at most T, log_probs' length)")
     if padded:
         target_lengths = ops.check_index(target_lengths, _int64(sizes["targets"][1]) + 1,
@@ -202,7 +202,7 @@ def _padded(targets, target_lengths, count):
     offsets = ops.sum(ops.where(before, lengths, ops.zeros_like(lengths)), 1)
     columns = ops.unsqueeze(_positions(count), 0)
     read = columns < ops.unsqueeze(target_lengths, 1)
-    flat = ops.concat([targets, ops.cast_like(ops.zeros((1,), "int64"), targets)], 0)  # (a label 0 to read
+    flat = ops.concat([targets, ops.cast_like(ops.zeros((1,), dtype="int64"), targets)], 0)  # (a label 0 to read
     # where none is: ``read`` drops it, and ``take`` needs a value even when no target has any)
     index = ops.where(read, ops.unsqueeze(offsets, 1) + columns, ops.zeros_like(columns) + count)
     return ops.take(flat, index)

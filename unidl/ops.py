@@ -917,23 +917,57 @@ def _fused_cross_entropy_ranks(logits, labels) -> bool:
     return _rank(logits) is None or _rank(logits) == 2 and _rank(labels) in (1, None)
 
 
-@op(dispatch=False, indices=("labels",), arrays=("logits",), floating=("logits",))
-def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
-    """Softmax cross-entropy of (N, C) logits against integer labels (N,) in [0, C): the fused kernel. Logits
-    (N, C, d1, ...) against labels (N, d1, ...), the classes on axis 1, and one sample's (C,) against a label ()
-    are ``torch.nn.functional.cross_entropy``'s too (``cross_entropy_loss``'s arithmetic: TensorFlow and Keras took
-    the last axis for the classes, JAX gave another number); labels of another shape are a ``ShapeMismatchError``.
+@op(name="cross_entropy", public=False)
+def _fused_cross_entropy(logits, labels, reduction, ignore_index):
+    """The frameworks' fused softmax cross-entropy of (N, C) logits against int64 labels (N,), checked: labels
+    equal to ``ignore_index`` add nothing and do not count in the mean (0 where ``reduction`` is 'none'), any other
+    outside [0, C) raises ``IndexOutOfRangeError`` (in a compiled graph too). ``ud.ops.cross_entropy`` and
+    ``nn.CrossEntropyLoss`` without options call it."""
 
-    Labels equal to ``ignore_index`` add nothing and do not count in the mean; any other label outside
-    [0, C) raises ``IndexOutOfRangeError`` (in a compiled graph too). ``reduction``: 'mean', 'sum' or
-    'none' (per sample, 0 where ignored). Class weights, label smoothing and class probabilities as targets:
-    ``nn.CrossEntropyLoss`` or ``ud.ops.cross_entropy_loss``."""
+
+@_composed(arrays=("logits",))
+def cross_entropy(logits, labels, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
+                  label_smoothing=0.0):
+    """``torch.nn.functional.cross_entropy``, its arguments in PyTorch's order: softmax cross-entropy of (N, C)
+    logits against integer labels (N,) in [0, C) (the fused kernel), or (N, C, d1, ...) logits against labels
+    (N, d1, ...), the classes on axis 1, or one sample's (C,) against a label (); labels of another shape are a
+    ``ShapeMismatchError``. Float targets of the logits' shape are class probabilities.
+
+    ``weight``: a (C,) rescaling of each class; ``ignore_index``: labels equal to it add nothing and do not count
+    in the mean (any other label outside [0, C) raises ``IndexOutOfRangeError``, in a compiled graph too);
+    ``reduction``: 'mean', 'sum' or 'none'; ``label_smoothing`` in [0, 1]: the target mixed with the uniform
+    distribution. With a weight, label smoothing or probabilities it is ``cross_entropy_loss``'s arithmetic, else
+    the frameworks' fused kernel. PyTorch's deprecated ``size_average`` and ``reduce`` are a ``ValueError`` naming
+    the ``reduction=`` to give; a string in ``weight``'s place (``cross_entropy(x, y, 'sum')``, the order of unidl
+    before it took PyTorch's) a ``TypeError`` saying to pass ``reduction=`` by keyword."""
+    if isinstance(weight, str):
+        raise TypeError(f"cross_entropy's third argument is the class weight, as PyTorch's, got {weight!r}; give "
+                        f"the reduction by keyword: cross_entropy(logits, labels, reduction={weight!r})")
+    if size_average is not None or reduce is not None:
+        from unidl import loss_ops  # (it imports this module)
+
+        loss_ops.refuse_legacy_reduction("cross_entropy", size_average, reduce)
     reduction = input_checks.check_reduction("cross_entropy", reduction)
+    if weight is not None or _smoothing(label_smoothing) or _probability_targets(logits, labels):
+        label_smoothing = arguments.label_smoothing("cross_entropy", label_smoothing)
+        return _cross_entropy_loss(logits, labels, weight, ignore_index, reduction, label_smoothing, "cross_entropy")
+    labels = input_checks.check_integer("cross_entropy", "labels", labels)
+    logits = input_checks.as_floating("cross_entropy", "logits", logits)
     if not _fused_cross_entropy_ranks(logits, labels):
         return _cross_entropy_loss(logits, labels, None, ignore_index, reduction, 0.0, "cross_entropy")
     _, logits, labels = input_checks.class_loss_shapes("cross_entropy", logits, labels, False, what="logits")
     labels = input_checks.labels_beside("cross_entropy", labels, ignore_index)
-    return _ops().cross_entropy(logits, labels, reduction, ignore_index)
+    return _fused_cross_entropy(logits, labels, reduction, ignore_index)
+
+
+def _probability_targets(logits, labels) -> bool:
+    """Whether ``labels`` are class probabilities for ``logits``: floats of the logits' rank (PyTorch's rule)."""
+    if isinstance(labels, CONVERTED):
+        floats = np.asarray(labels).dtype.kind == "f"
+        rank = np.ndim(labels)
+    else:
+        floats, rank = dtype_kinds.holds_floats(labels), _rank(labels)
+    return floats and rank is not None and rank == _rank(logits)
 
 
 @op(dispatch=False, arrays=("logits", "targets"))
@@ -1082,11 +1116,34 @@ def _rows(weight):
         return None
 
 
-@op(indices=("indices",), dims={"axis": "x"})
-def take(x, indices, axis=0):
-    """Slices of ``x`` along ``axis`` picked by integer ``indices`` (``torch.index_select`` for 1-D indices,
-    ``numpy.take``): the result's shape is x.shape[:axis] + indices.shape + x.shape[axis+1:]. Indices
-    outside [0, x.shape[axis]) raise ``IndexOutOfRangeError``."""
+@op(indices=("indices",), dims={"axis": "x"}, dispatch=False)
+def take(x, indices, axis=None):
+    """The entries of ``x`` picked by integer ``indices``, as ``torch.take`` and ``numpy.take``: without ``axis``,
+    of ``x`` flattened (row-major), the result of ``indices``' shape; with ``axis``, slices along that axis
+    (``torch.index_select`` for 1-D indices, ``numpy.take(axis=)``), the result's shape
+    x.shape[:axis] + indices.shape + x.shape[axis+1:]. Indices outside [0, x.shape[axis]) (or [0, x.numel()))
+    raise ``IndexOutOfRangeError``, inside compiled graphs too. Each backend's ``take`` is given the axis."""
+    if axis is None:
+        if _rank(x) != 1:  # (a 1-D x is its own flattening: no reshape)
+            x = _ops().reshape(x, (-1,))
+        axis = 0
+    return _ops().take(x, indices, axis)
+
+
+@_composed
+def index_select(x, dim, index):
+    """``torch.index_select``: the slices of ``x`` along ``dim`` picked by the 1-D (or 0-D) integer ``index``, in
+    PyTorch's argument order; ``take(x, index, axis=dim)`` for a 1-D index. An index of another rank is a
+    ``ShapeMismatchError`` (PyTorch's "Index is supposed to be a vector"), one out of range an
+    ``IndexOutOfRangeError``."""
+    given = isinstance(index, CONVERTED)  # (a list or an array: ``take`` checks and converts it)
+    rank = np.ndim(index) if given else _rank(index)
+    if rank is not None and rank > 1:
+        raise ShapeMismatchError(f"index_select index must be 1-D (a vector) or 0-D, as PyTorch's; got shape "
+                                 f"{tuple(np.shape(index) if given else index.shape)}")
+    if rank == 0:  # (PyTorch keeps the axis, of size 1)
+        index = [index] if given else _ops().reshape(index, (1,))
+    return take(x, index, dim)
 
 
 @op(public=False)
@@ -1170,16 +1227,21 @@ def cast(x, dtype):
 
 
 @op(dispatch=False)
-def zeros(shape, dtype=None):
-    """A tensor of zeros of ``shape`` (ints, or the sizes ``ud.ops.shape`` gives inside a graph) and ``dtype``
-    (unidl's current float dtype by default), on the current device."""
-    return _created("zeros", tuple(shape), dtype)
+def zeros(*size, dtype=None):
+    """A tensor of zeros of the sizes ``size`` and ``dtype`` (unidl's current float dtype by default), on the
+    current device, as ``torch.zeros``: the sizes as arguments (``zeros(2, 3)``, ``zeros(3)``) or one sequence of
+    them (``zeros((2, 3))``, ``zeros([2, 3])``, ``zeros(())`` a scalar); each an int, or a size ``ud.ops.shape``
+    gives inside a graph. A dtype given among the sizes (``zeros(2, 'float64')``) is a ``TypeError`` naming
+    ``dtype=``, as PyTorch's. Each backend's ``zeros(shape, dtype)`` takes the sizes as one tuple and the dtype's
+    name."""
+    return _created("zeros", _sizes("zeros", size), dtype)
 
 
 @op(dispatch=False)
-def ones(shape, dtype=None):
-    """A tensor of ones of ``shape`` and ``dtype`` (unidl's current float dtype by default), on the current device."""
-    return _created("ones", tuple(shape), dtype)
+def ones(*size, dtype=None):
+    """A tensor of ones of the sizes ``size`` and ``dtype`` (unidl's current float dtype by default), on the current
+    device, as ``torch.ones``: the sizes as ``zeros`` takes them (``ones(2, 3)``, ``ones((2, 3))``)."""
+    return _created("ones", _sizes("ones", size), dtype)
 
 
 @op(dispatch=False)
@@ -1386,6 +1448,35 @@ def _created(kind, shape, dtype):
     shape = tuple(_size(kind, size, backend) for size in shape)
     with backend.device_scope(config.resolve_device(config._requested_device(), backend)):
         return getattr(backend.ops, kind)(shape, _dtype_name(dtype or config.get_dtype()))
+
+
+def _sizes(owner, size) -> tuple:
+    """The sizes ``zeros``/``ones`` were given, as PyTorch takes them: ints (``zeros(2, 3)``) or one sequence of
+    them (``zeros((2, 3))``, a ``torch.Size`` or ``ud.ops.shape``'s tuple). A dtype among them is a ``TypeError``
+    saying to pass ``dtype=`` (the old ``zeros(shape, dtype)``'s order, where PyTorch's dtype is a keyword)."""
+    if not size:
+        raise TypeError(f"{owner}() takes the sizes, as {owner}(2, 3) or {owner}((2, 3)); {owner}(()) is a scalar")
+    if len(size) == 1 and not isinstance(size[0], (str, bytes)) and not _is_size_scalar(size[0]):
+        try:
+            size = tuple(size[0])
+        except TypeError:
+            pass  # (not a sequence: ``_size`` names it)
+    for value in size:  # (first: ``zeros((2, 3), 'int64')`` is the dtype's error, not the nested sequence's)
+        if isinstance(value, (str, np.dtype, type)) or "dtype" in type(value).__name__.lower():
+            raise TypeError(f"{owner} takes the dtype as a keyword, as PyTorch's: {owner}(..., dtype={value!r}); "
+                            f"got {value!r} among the sizes {size!r}")
+    if any(isinstance(value, (tuple, list)) for value in size):
+        raise TypeError(f"{owner} takes ints or one sequence of them, as {owner}(2, 3) or {owner}((2, 3)); "
+                        f"got {size!r}")
+    return size
+
+
+def _is_size_scalar(value) -> bool:
+    """Whether ``value`` is one size (a number, or a graph's scalar size) rather than a sequence of sizes."""
+    if isinstance(value, numbers.Number) or isinstance(value, np.generic):
+        return True
+    backend = config.backend()
+    return (backend.is_tensor(value) and len(value.shape) == 0) or backend.is_symbolic_size(value)
 
 
 def _size(owner, size, backend):
@@ -1846,7 +1937,8 @@ def _per_class(logits) -> tuple:
 
 
 @_composed
-def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                                 enable_gqa=False):
     """``torch.nn.functional.scaled_dot_product_attention``: softmax(query @ key^T * scale + mask) @ value over the
     last two axes ((..., L, E) queries, (..., S, E) keys, (..., S, Ev) values -> (..., L, Ev)).
 
@@ -1857,12 +1949,16 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     is masked attends to nothing: its weights and output are 0, as PyTorch's function (not NaN). Query, key and
     value of two dtypes are a ``DtypeMismatchError`` outside autocast, as PyTorch's (JAX promoted them); of
     shapes that do not fit (fewer than 2 axes, two E or S, batch axes that do not broadcast) a ``ShapeMismatchError``
-    naming the three, in graphs too."""
+    naming the three, in graphs too. ``enable_gqa``: grouped-query attention, as PyTorch's (2.5+): the heads (axis
+    -3) of ``key`` and of ``value`` each repeated (``repeat_interleave``) to the query's, whose number of heads
+    they must divide (a ``ShapeMismatchError`` if not)."""
     if isinstance(query, CONVERTED) or isinstance(key, CONVERTED) or isinstance(value, CONVERTED):
         query, key, value = (input_checks.value_as_tensor("scaled_dot_product_attention", what, t)
                              if isinstance(t, CONVERTED) else t for what, t in zip(("query", "key", "value"),
                                                                                   (query, key, value)))
     input_checks.check_attention_dtypes("scaled_dot_product_attention", query, key, value)
+    if enable_gqa:
+        key, value = (_heads_repeated(query, t, what) for what, t in (("key", key), ("value", value)))
     query = input_checks.check_attention_shapes("scaled_dot_product_attention", query, key, value)
     attn_mask = input_checks.as_tensor("scaled_dot_product_attention", "attn_mask", attn_mask)
     input_checks.check_mask("scaled_dot_product_attention", "attn_mask", attn_mask, query, float32=True)
@@ -1872,6 +1968,30 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         raise ValueError("scaled_dot_product_attention: give either attn_mask or is_causal=True, not both "
                          "(as torch.nn.functional.scaled_dot_product_attention)")
     return attention(query, key, value, attn_mask, dropout_p, is_causal, scale, need_weights=False)[0]
+
+
+def _heads_repeated(query, x, what):
+    """``x`` (a key or value (..., H, S, E)) with each head repeated to the query's (..., Hq, L, E) Hq heads, head h
+    of ``x`` serving query heads h * Hq / H to (h + 1) * Hq / H - 1, as ``repeat_interleave(Hq // H, -3)`` in
+    PyTorch's ``enable_gqa``: a gather of whole heads, whose gradient sums each group's."""
+    if _rank(query) is not None and _rank(query) < 3 or _rank(x) is not None and _rank(x) < 3:
+        raise ShapeMismatchError(f"scaled_dot_product_attention enable_gqa=True needs query and {what} of at least 3 "
+                                 f"axes (..., heads, length, features); got {tuple(query.shape)} and "
+                                 f"{tuple(x.shape)}")
+    query_heads, heads = input_checks.sizes_of(query)[-3], input_checks.sizes_of(x)[-3]
+    message = (f"scaled_dot_product_attention enable_gqa=True: the {what}'s {{}} heads must divide the query's {{}} "
+               f"(as PyTorch's)")
+    positions = arange(0, query_heads, dtype="int64")
+    if isinstance(query_heads, int) and isinstance(heads, int):
+        if not heads or query_heads % heads:
+            raise ShapeMismatchError(message.format(heads, query_heads))
+        if heads == query_heads:
+            return x
+        return _ops().take_in_range(x, positions // (query_heads // heads), len(x.shape) - 3)
+    # a graph's sizes (TensorFlow's, unknown until it runs): the check runs with it
+    query_heads, heads = (cast_like(size, positions) for size in (query_heads, heads))
+    x = _ops().check_shape(x, (heads > 0) & (query_heads % maximum(heads, 1) == 0), message, (heads, query_heads))
+    return _ops().take_in_range(x, positions // (query_heads // maximum(heads, 1)), len(x.shape) - 3)
 
 
 def causal_mask(query_length, key_length):

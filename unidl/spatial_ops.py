@@ -201,7 +201,7 @@ def _pad_or_crop(x, axis, before, after):
 
     def zeros(amount):  # zeros of x's shape but ``amount`` (none where it is negative) along ``axis``
         sizes[axis] = ops.maximum(amount, 0)
-        return ops.zeros(tuple(sizes), dtype_kinds.dtype_name(x.dtype))
+        return ops.zeros(tuple(sizes), dtype=dtype_kinds.dtype_name(x.dtype))
 
     x = ops.concat([zeros(before), x, zeros(after)], axis)
     return _crop(x, axis, ops.maximum(-before, 0), ops.maximum(before, 0) + length + after)

@@ -214,7 +214,7 @@ def test_value_checks_of_a_jit_compiled_function_raise_the_eager_error(backend_n
         def checked_ops(logits, labels, take_indices, gather_index, embedding_indices, probabilities, a, b):
             return {"cross_entropy": ud.ops.cross_entropy(logits, labels),
                     "nll": ud.ops.nll_loss(ud.ops.log_softmax(logits, 1), labels),
-                    "take": ud.ops.take(a, take_indices), "gather": ud.ops.gather(logits, 1, gather_index),
+                    "take": ud.ops.take(a, take_indices, 0), "gather": ud.ops.gather(logits, 1, gather_index),
                     "embedding": embedding(embedding_indices),
                     "bce": ud.ops.binary_cross_entropy(probabilities, probabilities * 0),
                     "mse": ud.ops.mse_loss(a[:, :1], b),
@@ -709,7 +709,7 @@ class _WritesAroundACheck:
         self.x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
 
         def write_before_the_check(x, rows, index):
-            return ud.ops.take(norm(x) + embedding(rows), index)
+            return ud.ops.take(norm(x) + embedding(rows), index, 0)
 
         def check_before_the_write(x, rows, index):
             return norm(ud.ops.take(x, index, 0)) + ud.ops.sum(embedding(rows), 0)
@@ -1230,7 +1230,7 @@ def test_a_jit_compiled_loop_whose_check_fails_keeps_the_earlier_iterations_writ
             i = ud.ops.sum(indices) * 0
             total = ud.ops.sum(x) * 0
             while i < 4:
-                total = total + ud.ops.sum(ud.ops.take(norm(x * ud.ops.cast(i + 1, "float32")), indices[i]))
+                total = total + ud.ops.sum(ud.ops.take(norm(x * ud.ops.cast(i + 1, "float32")), indices[i], 0))
                 i = i + 1
             return total
 

@@ -20,6 +20,29 @@ def test_resnet18_has_torchvisions_keys_and_shapes(backend):
     assert cifar.state_dict()["conv1.weight"].shape == (64, 3, 3, 3) and isinstance(cifar.maxpool, ud.nn.Identity)
 
 
+
+def test_resnet_modules_are_torchvisions_and_its_children_but_fc_extract_features(backend):
+    """``named_modules()`` and ``children()`` of ``ud.models.resnet18`` are a plain-PyTorch ResNet-18's
+    (torchvision's), ``avgpool`` included, in torchvision's order, so that the usual feature extractor,
+    ``Sequential(*list(model.children())[:-1])``, ends in the global average pool: (N, 512, 1, 1), as torchvision's
+    (without ``avgpool`` it ended in layer4's (N, 512, 4, 4)); its values are the reference's to 2e-6."""
+    for cifar_stem in (False, True):
+        model = ud.models.resnet18(num_classes=10, cifar_stem=cifar_stem)
+        reference = torch_resnet((2, 2, 2, 2), 10, cifar_stem=cifar_stem)
+        assert [name for name, _ in model.named_modules()] == [name for name, _ in reference.named_modules()]
+        assert [name for name, _ in model.named_children()] == [name for name, _ in reference.named_children()]
+        assert [type(m).__name__ for m in model.children()] == [type(m).__name__ for m in reference.children()]
+    torch.manual_seed(2)
+    reference = _trained_looking(torch_resnet((2, 2, 2, 2), 10, cifar_stem=True))
+    model = ud.models.resnet18(num_classes=10, cifar_stem=True).eval()
+    model.load_state_dict({k: v.numpy() for k, v in reference.state_dict().items()}, strict=True)
+    features = ud.nn.Sequential(*list(model.children())[:-1])
+    x = np.random.default_rng(5).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    expected = tnn.Sequential(*list(reference.children())[:-1])(torch.tensor(x)).detach().numpy()
+    out = ud.to_numpy(features(ud.tensor(x)))
+    assert out.shape == expected.shape == (2, 512, 1, 1)
+    assert max_relative_difference(out, expected) < 2e-6
+
 def _trained_looking(reference):
     """``reference`` in eval mode with its batch norms' statistics and affine parameters as after training (so that
     evaluation uses them), drawn from torch's generator as the caller seeded it."""

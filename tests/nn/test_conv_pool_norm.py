@@ -50,6 +50,32 @@ def test_dropout2d_zeros_whole_channels_and_is_the_identity_in_eval(backend):
     assert np.array_equal(ud.to_numpy(drop(ud.tensor(x))), x)
 
 
+
+def test_dropout2d_inside_a_function_masks_whole_channels_and_its_gradient_is_the_scaled_mask(backend):
+    """``Dropout2d`` inside ``ud.function``, as ``torch.nn.Dropout2d``: in training each channel of each sample is
+    kept whole (scaled by 1/(1-p)) or zeroed, about 1-p of them kept, a fresh mask each call; the gradient of
+    sum(drop(x) * r) is its forward's mask times 1/(1-p) times r (x of ones: the loss is the gradient's sum, which
+    ties the two); in eval the identity, with a gradient of r."""
+    p = 0.4
+    drop = ud.nn.Dropout2d(p)
+    x = np.ones((40, 50, 2, 3), np.float32)
+    r = np.random.default_rng(6).uniform(0.5, 1.5, x.shape).astype(np.float32)
+    step = ud.function(lambda v, w: (drop(v), *ud.value_and_grad(lambda t: ud.ops.sum(drop(t) * w))(v)))
+    outputs, scaled = [], 1 / (1 - p)
+    for _ in range(2):
+        out, loss, grad = (ud.to_numpy(t) for t in step(x, r))
+        for result, upstream in ((out, 1.0), (grad, r)):  # (each call of drop draws its own mask)
+            kept = result[:, :, 0, 0] != 0
+            assert abs(kept.mean() - (1 - p)) < 0.05
+            mask = np.where(kept, scaled, 0.0)[:, :, None, None] * np.ones((1, 1, 2, 3))  # whole channels
+            np.testing.assert_allclose(result, mask * upstream, rtol=1e-6)
+        np.testing.assert_allclose(float(loss), grad.sum(dtype=np.float64), rtol=1e-5)  # the loss's own mask
+        outputs.append(out)
+    assert not np.array_equal(*outputs)  # a fresh mask each call
+    drop.eval()
+    out, loss, grad = (ud.to_numpy(t) for t in step(x, r))
+    assert np.array_equal(out, x) and np.array_equal(grad, r)
+
 @pytest.mark.parametrize("build, message", [
     (lambda: ud.nn.Conv2d(4, 6, 3, groups=4), r"in_channels \(4\) and out_channels \(6\) must both be divisible by groups"),
     (lambda: ud.nn.Conv2d(4, 6, 3, padding_mode="mirror"), "padding_mode must be one of 'zeros', 'reflect'"),

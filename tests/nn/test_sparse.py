@@ -69,7 +69,7 @@ def test_index_checks_in_compiled_functions_nested_or_of_several_shapes(backend)
         with pytest.raises(ud.IndexOutOfRangeError, match=r"CrossEntropyLoss labels must lie in \[0, 2\)"):
             labelled(ud.tensor(GOOD), ud.tensor(np.array([0, 7])))  # (the outer's check: not the inner's message)
         table = ud.tensor(np.arange(10.0).reshape(5, 2))
-        looked_up = ud.function(lambda i: ud.ops.take(table, i))
+        looked_up = ud.function(lambda i: ud.ops.take(table, i, axis=0))
         carry, _ = ud.ops.scan(lambda c, i: (c + ud.ops.sum(looked_up(i)), c), ud.tensor(np.float32(0)),
                                ud.tensor(np.array([[1], [2], [4]])))  # (inside scan's trace: no checkify there)
         assert float(carry) == 31.0
@@ -79,7 +79,7 @@ def test_index_checks_in_compiled_functions_nested_or_of_several_shapes(backend)
     with pytest.raises(ud.IndexOutOfRangeError, match=r"take indices must lie in \[0, 5\)"):
         take(ud.tensor(np.arange(5.0)), ud.tensor(np.array([7])))
     norm = ud.nn.BatchNorm1d(2)
-    normalized = ud.function(lambda x, i: ud.ops.take(norm(x), i))
+    normalized = ud.function(lambda x, i: ud.ops.take(norm(x), i, axis=0))
     x = ud.tensor(np.arange(8.0).reshape(4, 2))
     normalized(x, ud.tensor(np.array([0, 1])))
     with pytest.raises(ud.IndexOutOfRangeError):
@@ -110,7 +110,7 @@ def test_an_index_out_of_range_in_fit_evaluate_or_predict_is_the_error(backend):
 def test_take_gather_and_labels_out_of_range(backend):
     x = ud.tensor(np.zeros((3, 4)))
     checks = [
-        (lambda: ud.ops.take(x, ud.tensor(np.array([0, 3]))), r"take indices must lie in \[0, 3\)"),
+        (lambda: ud.ops.take(x, ud.tensor(np.array([0, 3])), axis=0), r"take indices must lie in \[0, 3\)"),
         (lambda: ud.ops.gather(x, 1, ud.tensor(np.array([[0], [4], [1]]))), r"gather index must lie in \[0, 4\)"),
         (lambda: ud.nn.NLLLoss()(x, ud.tensor(np.array([0, 4, -100]))), r"NLLLoss labels must lie in \[0, 4\)"),
         (lambda: ud.nn.CrossEntropyLoss(label_smoothing=0.1)(x, ud.tensor(np.array([0, -1, 1]))),

@@ -23,6 +23,12 @@ INDICES = np.array([[3, 0], [1, 3]])
 GATHER_ROWS = np.array([[0, 5], [2, 2], [4, 1]])          # smaller than ROWS on both axes
 GATHER_COLUMNS = R.integers(0, 4, (2, 6))
 LABELS = np.array([0, -100, 5, 2])
+LABELS_IGNORING_5 = np.array([0, 5, 3, 2])
+CLASS_WEIGHT = R.random(6) + 0.5
+PROBABILITIES = R.dirichlet(np.ones(6), 4)
+FLAT_INDICES = np.array([[23, 0], [7, 7], [12, 5]])       # into 24 entries (ROWS's, and SEQUENCE's), one repeated
+# grouped-query attention: 4 query heads, keys and values of 2 (each serving 2 query heads), one of 1 (all 4)
+GQA = (R.standard_normal((2, 4, 3, 5)), R.standard_normal((2, 2, 6, 5)), R.standard_normal((2, 2, 6, 3)))
 POSITIVE = R.random((4, 6))
 NORM_WEIGHT, NORM_BIAS = R.standard_normal((2, 6)) + np.array([[1.0], [0.0]])   # (6,) each, for layer_norm
 TOKENS = np.array([[1, 3, 0], [3, 2, 3]])                   # rows of ROWS, one repeated (its gradient summed)
@@ -34,18 +40,36 @@ SCALAR_BOUND = np.array(TIED[1, 3])
 NUMBER_TIES = np.array([[0.5, -1.0, 0.75, 1.0], [0.5, 2.0, 0.25, 1.0]])  # ties with the Python numbers 0.5 and 1
 
 
+def _like(array, x):
+    """``array`` as a torch tensor of ``x``'s dtype (a constant beside the oracle's inputs)."""
+    return torch.tensor(array, dtype=x.dtype)
+
+
 def case(build, oracle, *inputs):
     return Case(lambda: build, lambda: oracle, list(inputs))
 
 
 OPS = {
-    "take-axis0": case(lambda x, i: ud.ops.take(x, i), lambda x, i: x[i], ROWS, INDICES),
+    "take-axis0": case(lambda x, i: ud.ops.take(x, i, axis=0), lambda x, i: x[i], ROWS, INDICES),
+    # without an axis: of x flattened, as torch.take and numpy.take (it took rows along axis 0)
+    "take-flattened": case(lambda x, i: ud.ops.take(x, i), torch.take, ROWS, FLAT_INDICES),
+    "take-flattened-3d": case(lambda x, i: ud.ops.take(x, i), torch.take, SEQUENCE, FLAT_INDICES),
+    "index_select": case(lambda x, i: ud.ops.index_select(x, 1, i), lambda x, i: torch.index_select(x, 1, i), ROWS,
+                         np.array([5, 0, 5])),
     "take-axis1": case(lambda x, i: ud.ops.take(x, i, 1), lambda x, i: x[:, i], ROWS, INDICES),
     "gather-dim1": case(lambda x, i: ud.ops.gather(x, 1, i), lambda x, i: torch.gather(x, 1, i), ROWS, GATHER_ROWS),
     "gather-dim0": case(lambda x, i: ud.ops.gather(x, 0, i), lambda x, i: torch.gather(x, 0, i), ROWS, GATHER_COLUMNS),
     "cast-int64": case(lambda x: ud.ops.cast(x * 3, "int64"), lambda x: (x * 3).to(torch.int64), ROWS),
     "zeros": case(lambda: ud.ops.zeros((2, 3)), lambda: torch.zeros(2, 3)),
     "ones": case(lambda: ud.ops.ones([3]), lambda: torch.ones(3)),
+    # torch's forms: sizes as arguments (a TypeError before), a torch.Size, the dtype by keyword
+    "zeros-sizes": case(lambda: ud.ops.zeros(2, 3), lambda: torch.zeros(2, 3)),
+    "zeros-one-size": case(lambda: ud.ops.zeros(3), lambda: torch.zeros(3)),
+    "zeros-torch-size": case(lambda: ud.ops.zeros(torch.Size([2, 1])), lambda: torch.zeros(torch.Size([2, 1]))),
+    # a size a graph knows only when it runs (TensorFlow's), among the arguments
+    "zeros-size-of-a-graph": case(lambda x: ud.ops.zeros(ud.ops.shape(x)[0], 2) + ud.ops.sum(x),
+                                  lambda x: torch.zeros(x.shape[0], 2, dtype=x.dtype) + x.sum(), ROWS),
+    "ones-sizes-int64": case(lambda: ud.ops.ones(2, 3, dtype="int64"), lambda: torch.ones(2, 3, dtype=torch.int64)),
     "arange-int": case(lambda: ud.ops.arange(2, 9, 3), lambda: torch.arange(2, 9, 3)),
     "arange-float": case(lambda: ud.ops.arange(0.5, 3.0, 0.5), lambda: torch.arange(0.5, 3.0, 0.5)),
     "argmax-dim": case(lambda x: ud.ops.argmax(x, 1), lambda x: torch.argmax(x, 1), ROWS),
@@ -78,8 +102,27 @@ OPS = {
                            lambda x: torch.maximum(x, torch.tensor(0.5, dtype=x.dtype)), NUMBER_TIES),
     "minimum-number-first": case(lambda x: ud.ops.minimum(1, x),
                                  lambda x: torch.minimum(torch.tensor(1, dtype=x.dtype), x), NUMBER_TIES),
-    "cross_entropy-ignore-none": case(lambda x, y: ud.ops.cross_entropy(x, y, "none"),
+    "cross_entropy-ignore-none": case(lambda x, y: ud.ops.cross_entropy(x, y, reduction="none"),
                                       lambda x, y: F.cross_entropy(x, y, reduction="none"), ROWS, LABELS),
+    # torch's signature: weight third, then size_average, ignore_index, reduce, reduction, label_smoothing
+    # (the weight a constant: torch does not differentiate it)
+    "cross_entropy-weight": case(lambda x, y: ud.ops.cross_entropy(x, y, CLASS_WEIGHT),
+                                 lambda x, y: F.cross_entropy(x, y, _like(CLASS_WEIGHT, x)), ROWS, LABELS),
+    "cross_entropy-positional-ignore_index": case(lambda x, y: ud.ops.cross_entropy(x, y, None, None, 5),
+                                                  lambda x, y: F.cross_entropy(x, y, None, None, 5), ROWS,
+                                                  LABELS_IGNORING_5),
+    "cross_entropy-weight-smoothing-sum": case(
+        lambda x, y: ud.ops.cross_entropy(x, y, CLASS_WEIGHT, reduction="sum", label_smoothing=0.2),
+        lambda x, y: F.cross_entropy(x, y, _like(CLASS_WEIGHT, x), reduction="sum", label_smoothing=0.2), ROWS,
+        LABELS),
+    "cross_entropy-probabilities": case(ud.ops.cross_entropy, F.cross_entropy, ROWS, PROBABILITIES),
+    "scaled_dot_product_attention-gqa": case(
+        lambda q, k, v: ud.ops.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), *GQA),
+    "scaled_dot_product_attention-gqa-causal": case(
+        lambda q, k, v: ud.ops.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True), GQA[0],
+        GQA[1], GQA[2][:, :1]),
     "cross_entropy_loss-smoothing-sum": case(
         lambda x, y: ud.ops.cross_entropy_loss(x, y, None, -100, "sum", 0.25),
         lambda x, y: F.cross_entropy(x, y, reduction="sum", label_smoothing=0.25), ROWS, LABELS),
@@ -661,3 +704,34 @@ def test_ops_take_a_parameter_as_torch_ops_take_one(backend):
             if max_relative_difference(gradient, parameter.grad.numpy()) > 1e-6:
                 failures.append(f"{name} gradient of {p}: {gradient} != torch's {parameter.grad.numpy()}")
     assert not failures, f"{backend}:\n" + "\n".join(failures)
+
+
+def test_torchs_forms_given_wrongly_are_clear_errors(backend):
+    """What PyTorch refuses in its functional forms, unidl refuses in words naming the fix: a dtype among
+    ``zeros``/``ones``' sizes (the old ``zeros(shape, dtype)`` order) a ``TypeError`` naming ``dtype=``; a string in
+    ``cross_entropy``'s third place, the class weight's (the old ``cross_entropy(x, y, reduction)``), a ``TypeError``
+    naming ``reduction=``, and PyTorch's deprecated ``size_average``/``reduce`` a ``ValueError``; key heads that do
+    not divide the query's under ``enable_gqa`` a ``ShapeMismatchError`` (inside ``ud.function`` too, where
+    TensorFlow's graph knows the sizes only when it runs); a flattened ``take`` index past x's entries an
+    ``IndexOutOfRangeError`` naming x's number of entries, in graphs too; a 2-D ``index_select`` index a
+    ``ShapeMismatchError``."""
+    with pytest.raises(TypeError, match=r"zeros takes the dtype as a keyword.*dtype='int64'"):
+        ud.ops.zeros((2, 3), "int64")
+    with pytest.raises(TypeError, match=r"ones takes the dtype as a keyword.*dtype='float64'"):
+        ud.ops.ones(2, 3, "float64")
+    with pytest.raises(TypeError, match=r"takes ints or one sequence of them"):
+        ud.ops.zeros(2, (3,))
+    logits, labels = ROWS.astype(np.float32), np.array([0, 1, 5, 2])
+    with pytest.raises(TypeError, match=r"third argument is the class weight.*reduction='sum'"):
+        ud.ops.cross_entropy(logits, labels, "sum")
+    with pytest.raises(ValueError, match="does not take PyTorch's deprecated size_average and reduce"):
+        ud.ops.cross_entropy(logits, labels, size_average=False)
+    query, key = (np.ones(shape, np.float32) for shape in ((1, 6, 2, 3), (1, 4, 2, 3)))
+    for run in (ud.ops.scaled_dot_product_attention, ud.function(ud.ops.scaled_dot_product_attention)):
+        with pytest.raises(ud.ShapeMismatchError, match="the key's 4 heads must divide the query's 6"):
+            run(query, key, key, enable_gqa=True)
+    for run in (ud.ops.take, ud.function(ud.ops.take)):
+        with pytest.raises(ud.IndexOutOfRangeError, match=r"take indices must lie in \[0, 24\)"):
+            run(ud.tensor(ROWS), ud.tensor(np.array([[3], [24]])))
+    with pytest.raises(ud.ShapeMismatchError, match="index_select index must be 1-D"):
+        ud.ops.index_select(ud.tensor(ROWS), 0, np.array([[1, 0]]))

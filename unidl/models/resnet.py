@@ -35,7 +35,8 @@ class BasicBlock(nn.Module):
 
 class ResNet(nn.Module):
     """A ResNet of ``BasicBlock``\\s, ``layers`` blocks per stage (64, 128, 256, 512 channels), global average
-    pooling and ``fc``. Convolutions start as torchvision's (Kaiming normal, fan out), BatchNorm at 1 and 0.
+    pooling (``avgpool``) and ``fc``. Convolutions start as torchvision's (Kaiming normal, fan out), BatchNorm at 1
+    and 0.
 
     Args:
         layers: blocks per stage, (2, 2, 2, 2) for ResNet-18, (3, 4, 6, 3) for ResNet-34.
@@ -65,6 +66,9 @@ class ResNet(nn.Module):
             inplanes = planes
             stage += [BasicBlock(planes, planes) for _ in range(1, blocks)]
             setattr(self, f"layer{index + 1}", nn.Sequential(*stage))
+        # a child of its own, as torchvision's: ``Sequential(*list(model.children())[:-1])`` is the usual feature
+        # extractor, (N, 512, 1, 1), and ``named_modules()`` lists it
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512, num_classes)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -75,7 +79,7 @@ class ResNet(nn.Module):
     def forward(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(ops.mean(x, (2, 3)))  # torchvision's avgpool (global average pooling) has no parameters
+        return self.fc(ops.flatten(self.avgpool(x), 1))
 
 
 def resnet18(num_classes: int = 1000, in_channels: int = 3, cifar_stem: bool = False) -> ResNet:
