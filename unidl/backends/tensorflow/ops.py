@@ -968,21 +968,22 @@ def _as_size(size):
     return size if isinstance(size, tf.Tensor) else _graph_constant(int(size))
 
 
-# graph -> {value: its int32 constant}, weakly on both sides (as ``_SIZES_READ``)
+# graph -> {(value, dtype): its constant}, weakly on both sides (as ``_SIZES_READ``)
 _CONSTANTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _graph_constant(value: int):
-    """The int32 constant ``value`` of the graph being built, made once per graph for every check's comparisons
-    (``x == 1`` made a constant each time), outside any control dependencies (a constant under a check's would hold
-    every later comparison to it)."""
+def _graph_constant(value, dtype=tf.int32):
+    """The constant ``value`` (an int, or a tuple of them) of ``dtype`` in the graph being built, made once per graph
+    for every check's comparisons and reductions (``x == 1`` made a constant each time), outside any control
+    dependencies (a constant under a check's would hold every later comparison to it)."""
     graph = tf.compat.v1.get_default_graph()
     kept = _CONSTANTS.setdefault(graph, {})
-    constant = kept[value]() if value in kept else None
+    key = (value, tf.as_dtype(dtype).name)
+    constant = kept[key]() if key in kept else None
     if constant is None:
         with tf.control_dependencies(None):
-            constant = tf.constant(value, tf.int32)
-        kept[value] = weakref.ref(constant)
+            constant = tf.constant(value, dtype)
+        kept[key] = weakref.ref(constant)
     return constant
 
 
@@ -1123,15 +1124,29 @@ def check_index(indices, size, what="index"):
         xla_checks.in_program_order()
         with tf.control_dependencies(checks):
             return tf.identity(indices)
-    low, high = tf.reduce_min(indices), tf.reduce_max(indices)
-    valid = tf.logical_or(tf.equal(tf.size(indices), 0),
-                          tf.logical_and(low >= 0, high < tf.cast(size, indices.dtype)))
+    valid, low, high = _indices_in_range(indices, size)
     if xla_checks.recording():  # under XLA: the check is an output of the compiled function (xla_checks.py)
         xla_checks.record(valid, IndexOutOfRangeError, template, (size, low, high))
         return indices
     check = marked_check(valid, IndexOutOfRangeError, template, (size, low, high), tf.int64)
     with tf.control_dependencies([check]):
         return tf.identity(indices)
+
+
+def _indices_in_range(indices, size):
+    """``(whether every index lies in [0, size), the smallest, the largest)`` in a graph, in few ops: the
+    reductions of an empty tensor of signed integers are the dtype's largest and smallest values, which pass (an
+    empty tensor needs no test of its size, but of unsigned integers, whose largest is then 0)."""
+    dtype = indices.dtype
+    axes = _graph_constant(tuple(range(indices.shape.rank))) if indices.shape.rank is not None else None
+    low, high = tf.reduce_min(indices, axes), tf.reduce_max(indices, axes)
+    bound = _graph_constant(int(size), dtype) if isinstance(size, Integral) else tf.cast(size, dtype)
+    valid = tf.less(high, bound)
+    if not dtype.is_unsigned:
+        valid = tf.logical_and(tf.greater_equal(low, _graph_constant(0, dtype)), valid)
+    else:
+        valid = tf.logical_or(tf.equal(tf.size(indices), _graph_constant(0)), valid)
+    return valid, low, high
 
 
 def check_values(x, condition, message, values=()):
