@@ -157,3 +157,36 @@ def test_an_index_check_in_a_graph_tests_no_size_and_passes_an_empty_index(name)
             with pytest.raises(ud.IndexOutOfRangeError) as in_graph:
                 traced(ud.tensor(x), ud.tensor(np.array(index, np.float32)))
             assert str(in_graph.value) == str(eagerly.value)
+
+
+def test_sizes_hold_in_a_graph_agrees_with_each_size_compared_alone():
+    """``input_checks.sizes_hold`` inside a graph traced for any size (TensorFlow's vectorised comparison of two
+    shape vectors, of packed sizes, or of each size alone; int64 sizes one by one) gives, for each pair of shapes it
+    runs with, what comparing each size alone gives: every relation, every axis or some, known sizes among them."""
+    import tensorflow as tf
+    from unidl import input_checks
+
+    single = {"equal": lambda a, b: a == b, "broadcast": lambda a, b: a == b or a == 1 or b == 1,
+              "broadcasts_to": lambda a, b: a == 1 or a == b, "at_most": lambda a, b: a <= b}
+    rng = np.random.default_rng(1)
+    with ud.use_backend("tensorflow"):
+        for relation, holds in single.items():
+            for axes in (None, (0, 2), (1,)):
+                graphs = {
+                    "read": lambda x, y: (ud.ops.shape(x), ud.ops.shape(y)),
+                    "known": lambda x, y: (ud.ops.shape(x)[:2] + (3,), (1,) + ud.ops.shape(y)[1:]),
+                    "int64": lambda x, y: (tuple(tf.unstack(tf.shape(x, tf.int64), 3)),
+                                           tuple(tf.unstack(tf.shape(y, tf.int64), 3))),
+                }
+                for how, sizes in graphs.items():
+                    def condition(x, y, sizes=sizes):
+                        a, b = sizes(x, y)
+                        return tf.convert_to_tensor(input_checks.sizes_hold(relation, a, b, axes))
+
+                    traced = tf.function(condition, input_signature=[tf.TensorSpec([None] * 3)] * 2)
+                    for _ in range(12):
+                        x, y = rng.integers(0, 4, 3), rng.integers(0, 4, 3)
+                        a, b = {"read": (x, y), "int64": (x, y), "known": ((x[0], x[1], 3), (1, y[1], y[2]))}[how]
+                        expected = all(holds(a[i], b[i]) for i in (range(3) if axes is None else axes))
+                        got = bool(traced(tf.zeros(x), tf.zeros(y)))
+                        assert got == expected, (relation, axes, how, x, y)

@@ -939,7 +939,7 @@ def _related(relation, a, b):
     if relation == "equal":
         return _equal(a, b)
     if relation == "at_most":
-        return a <= b if isinstance(a, Integral) and isinstance(b, Integral) else tf.less_equal(_as_size(a), _as_size(b))
+        return a <= b if isinstance(a, Integral) and isinstance(b, Integral) else tf.less_equal(*_as_sizes(a, b))
     if relation == "broadcasts_to":  # (a broadcasts to b: 1 or b's)
         return _either(_equal(a, 1), _equal(a, b))
     return _either(_equal(a, b), _either(_equal(a, 1), _equal(b, 1)))  # broadcast: equal, or either of them 1
@@ -948,7 +948,7 @@ def _related(relation, a, b):
 def _equal(a, b):
     if isinstance(a, Integral) and isinstance(b, Integral):
         return a == b
-    return tf.equal(_as_size(a), _as_size(b))
+    return tf.equal(*_as_sizes(a, b))
 
 
 def _either(a, b):
@@ -963,9 +963,14 @@ def _reduce_all(held):
     return held if isinstance(held, bool) else tf.reduce_all(held, axis=_graph_constant(0))
 
 
-def _as_size(size):
-    """A size as an int32 tensor: a known one as the graph's one constant of its value."""
-    return size if isinstance(size, tf.Tensor) else _graph_constant(int(size))
+def _as_size(size, dtype=tf.int32):
+    """A size as a tensor: a known one as the graph's one constant of its value, in ``dtype``."""
+    return size if isinstance(size, tf.Tensor) else _graph_constant(int(size), dtype)
+
+
+def _as_sizes(a, b):
+    """Two sizes (one a tensor at least) as tensors, a known one in the other's dtype (as ``t == 1`` converts it)."""
+    return _as_size(a, getattr(b, "dtype", tf.int32)), _as_size(b, getattr(a, "dtype", tf.int32))
 
 
 # graph -> {(value, dtype): its constant}, weakly on both sides (as ``_SIZES_READ``)
