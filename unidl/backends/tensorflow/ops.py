@@ -790,8 +790,8 @@ def shape(x):
         dynamic = tf.shape(x)
     sizes = tf.unstack(dynamic, num=len(static))
     _read_sizes(x, sizes)
-    vectors = _SIZE_VECTORS.setdefault(sizes[0].graph, {}) if sizes else {}
-    if sizes:
+    if sizes and isinstance(x, tf.Tensor):
+        vectors = _SIZE_VECTORS.setdefault(sizes[0].graph, {})
         vectors[id(sizes[0].op)] = (weakref.ref(sizes[0].op), static, weakref.ref(x))
     return tuple(d if d is not None else size for d, size in zip(static, sizes))
 
