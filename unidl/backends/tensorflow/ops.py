@@ -917,7 +917,8 @@ def sizes_hold(relation, a, b, axes, agreeing=()):
         if None not in vectors:  # both shape vectors read already: no op to make them
             return _reduce_all(_related(relation, *vectors))
     constants = {s for axis in compared for s in (a[axis], b[axis]) if not isinstance(s, tf.Tensor)}
-    if 2 + len(constants) + cost + 1 >= len(compared) * (cost + 1) - 1:  # (one or two sizes: fewer ops one by one)
+    packed = 2 + len(constants) + cost + 2  # (two packs, their constants, the comparison, its reduction and axis)
+    if packed >= len(compared) * (cost + 1) - 1:  # (a few sizes: as few ops, or fewer, one by one)
         return _all_hold(relation, a, b, compared)
     return _reduce_all(_related(relation, *(tf.stack([_as_size(s[axis]) for axis in compared]) for s in (a, b))))
 
