@@ -17,7 +17,7 @@ from numbers import Integral, Number
 import numpy as np
 
 from unidl import arguments, nested, ops
-from unidl.backends.op_registry import CONVERTED
+from unidl.backends.op_registry import CONVERTED, optional_op
 from unidl.dtype_kinds import dtype_name, holds_floats, is_floating, is_half, is_integer
 from unidl.errors import AxisOutOfRangeError, DtypeMismatchError, ShapeMismatchError, ValueOutOfRangeError
 from unidl.precision import active_ops
@@ -84,7 +84,7 @@ def require_sizes(owner, x, wanted: dict, message):
     if not unknown:
         return x
     sizes = sizes_of(x)
-    condition = all_of([holds(sizes[axis] == wanted[axis]) for axis in unknown])
+    condition = sizes_hold("equal", tuple(sizes[axis] for axis in unknown), tuple(wanted[axis] for axis in unknown))
     return require(x, condition, lambda: message(literal(owner), shape_template(len(sizes))), sizes)
 
 
@@ -117,7 +117,8 @@ def require_shape(x, expected: tuple, template, shown: tuple | None = None):
     sizes = sizes_of(x)
     if all(isinstance(a, Integral) and isinstance(b, Integral) for a, b in zip(sizes, expected)):
         return x
-    condition = all_of([holds(a == b) for a, b in zip(sizes, expected)])
+    rank = min(len(sizes), len(expected))  # (sizes the backend knows to be the expected ones' are not compared)
+    condition = sizes_hold("equal", tuple(sizes[:rank]), tuple(expected[:rank]))
     return require(x, condition, template, tuple(expected if shown is None else shown) + tuple(sizes))
 
 
@@ -188,6 +189,50 @@ def all_of(conditions):
 def holds(condition):
     """A comparison of ints (a NumPy or Python bool) as a Python bool; of tensors, as it is."""
     return bool(condition) if isinstance(condition, bool) or type(condition).__module__ == "numpy" else condition
+
+
+#: the relations ``sizes_hold`` checks, of two sizes (ints, or scalar tensors where a graph leaves a size unknown)
+_RELATIONS = {
+    "equal": lambda a, b: holds(a == b),
+    "broadcast": lambda a, b: _either(holds(a == b), _either(holds(a == 1), holds(b == 1))),
+    "broadcasts_to": lambda a, b: _either(holds(a == 1), holds(a == b)),  # (a broadcasts to b)
+    "at_most": lambda a, b: holds(a <= b),
+}
+
+
+def sizes_hold(relation: str, a: tuple, b: tuple, axes=None, agreeing=()):
+    """Whether ``relation`` holds between ``a``'s and ``b``'s sizes (tuples of one length: ints, or scalar tensors
+    where a traced graph leaves a size unknown) on each of ``axes`` (every axis by default): 'equal'; 'broadcast'
+    (equal, or either of them 1); 'broadcasts_to' (``a``'s 1 or ``b``'s); 'at_most'. ``agreeing``: axes where the
+    caller knows it holds (``size_keys``), which the backend may compare with the others for free. A bool where
+    the sizes decide it now (False at once where two known sizes fail), else a boolean scalar tensor: the
+    backend's optional op ``sizes_hold``, which compares the sizes as two shape vectors where that makes fewer
+    graph ops (one comparison of a graph's shape vectors, where one per size built tens of ops per check), or
+    one comparison per size."""
+    axes = range(len(a)) if axes is None else axes
+    pending, agreeing = [], list(agreeing)
+    for axis in axes:
+        decided = _decided(relation, a[axis], b[axis])
+        if decided is False:
+            return False
+        (pending if decided is None else agreeing).append(axis)
+    if not pending:
+        return True
+    vectorised = optional_op(ops._ops(), "sizes_hold")
+    if vectorised is not None:
+        return vectorised(relation, tuple(a), tuple(b), tuple(pending), tuple(agreeing))
+    return all_of(_RELATIONS[relation](a[axis], b[axis]) for axis in pending)
+
+
+def _decided(relation: str, a, b):
+    """Whether ``relation`` holds between two sizes, as far as the known ones decide it now: a bool, or None."""
+    known_a, known_b = isinstance(a, Integral), isinstance(b, Integral)
+    if known_a and known_b:
+        return _RELATIONS[relation](int(a), int(b))
+    if relation == "broadcast" and (known_a and a == 1 or known_b and b == 1) or \
+            relation == "broadcasts_to" and known_a and a == 1:
+        return True
+    return None
 
 
 def check_window_fits(owner, x, spans, paddings, advice: str):
@@ -307,7 +352,8 @@ def check_same_shape(owner, prediction, target, names=("prediction", "target")):
         return (f"{literal(owner)} needs {names[0]} and {names[1]} of the same shape; {names[0]} has shape "
                 f"{shape_template(len(a))}, {names[1]} has shape {shape_template(len(b))}")
 
-    same = len(a) == len(b) and all_of(holds(m == n) for m, n, p, q in zip(a, b, *keys) if p != q)
+    same = len(a) == len(b) and sizes_hold("equal", a, b, [axis for axis, (p, q) in enumerate(zip(*keys)) if p != q],
+                                           [axis for axis, (p, q) in enumerate(zip(*keys)) if p == q])
     return require(prediction, same, template, a + b)
 
 
@@ -413,8 +459,7 @@ def _require_broadcast(x, sizes: tuple, target: tuple, template):
     runs): each trailing size 1 or the target's, and no more axes than it has; ``template()`` the error otherwise."""
     if len(sizes) > len(target):
         return require(x, False, template, sizes + target)
-    fits = all_of(_either(holds(size == 1), holds(size == axis))
-                  for size, axis in zip(sizes, target[len(target) - len(sizes):]))
+    fits = sizes_hold("broadcasts_to", tuple(sizes), tuple(target[len(target) - len(sizes):]))
     return require(x, fits, template, sizes + target)
 
 
@@ -507,10 +552,10 @@ def broadcasts(shapes):
     together, aligned from the last axis: each pair of sizes equal or one of them 1. A bool where that is decided
     now, else a boolean scalar tensor."""
     conditions = []
-    for sizes in aligned(*shapes):
-        for first, a in enumerate(sizes):
-            for b in sizes[first + 1:]:
-                conditions.append(_either(holds(a == b), _either(holds(a == 1), holds(b == 1))))
+    for first, a in enumerate(shapes):
+        for b in shapes[first + 1:]:
+            rank = min(len(a), len(b))  # (the axes before these meet the shorter shape's 1s)
+            conditions.append(sizes_hold("broadcast", tuple(a[len(a) - rank:]), tuple(b[len(b) - rank:])))
     return all_of(conditions)
 
 
@@ -533,32 +578,44 @@ def check_broadcast(owner, tensors: dict) -> list:
     shapes = [known_shape(getattr(t, "shape", ())) for t in values]
     if not any(None in shape for shape in shapes) or symbolic(*values):
         return values
-    firsts = []  # per axis, the first tensor of each size other than 1 (sizes the graph knows to agree: one size)
-    for axis in aligned(*(size_keys(t) for t in values)):
-        first: dict = {}
+    keys = [size_keys(t) for t in values]
+    pairs: dict = {}  # (i, j): the axes (counted from the last) where tensor i's size is compared with tensor j's
+    for back, axis in enumerate(reversed(list(aligned(*keys))), 1):
+        first: dict = {}  # the first tensor of each size other than 1 (sizes the graph knows to agree: one size)
         for position, key in enumerate(axis):
             if key != 1:
                 first.setdefault(key, position)
-        firsts.append(list(first.values()))
-    if all(len(positions) < 2 for positions in firsts):
+        positions = list(first.values())
+        for n, i in enumerate(positions):
+            for j in positions[n + 1:]:
+                pairs.setdefault((i, j), []).append(back)
+    if not pairs:
         return values
-    sizes = [sizes_of(t) if hasattr(t, "shape") else () for t in values]
+    sizes: list = []  # (a tensor whose sizes the graph knows to be an earlier one's: that one's, read once)
+    for position, t in enumerate(values):
+        same = next((sizes[k] for k in range(position) if keys[k] == keys[position]), None)
+        sizes.append(same if same is not None else sizes_of(t) if hasattr(t, "shape") else ())
     template = broadcast_message(owner, {name: shape_template(len(s)) for name, s in zip(tensors, sizes)})
     carrier = next(position for position, shape in enumerate(shapes) if None in shape)
-    padded = list(aligned(*sizes))
-    fits = all_of(_either(holds(padded[axis][i] == padded[axis][j]),
-                          _either(holds(padded[axis][i] == 1), holds(padded[axis][j] == 1)))
-                  for axis, positions in enumerate(firsts) for n, i in enumerate(positions) for j in positions[n + 1:])
+    fits = all_of(_broadcast_pair(sizes[i], sizes[j], backs) for (i, j), backs in pairs.items())
     values[carrier] = require(values[carrier], fits, lambda: template, tuple(size for s in sizes for size in s))
     return values
+
+
+def _broadcast_pair(a: tuple, b: tuple, backs: list):
+    """Whether sizes ``a`` and ``b`` broadcast on the axes ``backs`` (counted from the last: 1 is the last); on their
+    other common axes ``check_broadcast``'s other pairs decide it (or their sizes agree): comparing them too changes
+    nothing (``sizes_hold``'s ``agreeing``)."""
+    rank = min(len(a), len(b))
+    axes = [rank - back for back in backs]
+    return sizes_hold("broadcast", tuple(a[len(a) - rank:]), tuple(b[len(b) - rank:]), axes,
+                      [axis for axis in range(rank) if axis not in axes])
 
 
 def size_keys(x) -> tuple:
     """``x``'s sizes as keys that say which sizes a traced graph knows to be equal without reading them: an int
     where a size is known, else the backend's key (its optional op ``size_keys``; one key, one size when the graph
     runs), or without that op a key of ``x``'s own axis. ``()`` for a Python number."""
-    from unidl.backends.op_registry import optional_op
-
     if not hasattr(x, "shape"):
         return ()
     keys = optional_op(ops._ops(), "size_keys")
@@ -610,18 +667,21 @@ def _joined_when_run(owner, wanted: str, tensors: list, shapes: list, skipped):
     if len(tensors) < 2 or symbolic(*tensors):
         return tensors
     keys = [size_keys(t) for t in tensors]
-    compared = []  # (tensor, axis) of each size the graph does not know to be the first tensor's, once a key
+    compared: dict = {}  # tensor: the axes where its size is one the graph does not know to be the first tensor's
     for position in range(len(shapes[0])):
         if position != skipped:
-            differing: dict = {}
+            differing: dict = {}  # (once a key)
             for i in range(1, len(tensors)):
                 if keys[i][position] != keys[0][position]:
                     differing.setdefault(keys[i][position], i)
-            compared += [(i, position) for i in differing.values()]
+            for i in differing.values():
+                compared.setdefault(i, []).append(position)
     if not compared:
         return tensors
     sizes = [sizes_of(t) for t in tensors]
-    same = all_of(holds(sizes[i][position] == sizes[0][position]) for i, position in compared)
+    same = all_of(sizes_hold("equal", sizes[i], sizes[0], axes, [position for position in range(len(sizes[0]))
+                                                                if position not in axes and position != skipped])
+                  for i, axes in compared.items())
     template = (f"{literal(owner)} needs tensors of {wanted}, got shapes "
                 f"{', '.join(shape_template(len(s)) for s in sizes)}")
     tensors[0] = require(tensors[0], same, lambda: template, tuple(size for s in sizes for size in s))
@@ -639,7 +699,7 @@ def check_gather_index(x, dim, index):
         raise ShapeMismatchError(f"gather needs an index of the input's rank, {rank} axes, got an index of {ranks}")
     inputs, indices = sizes_of(x), sizes_of(index)
     axis = dim % rank if rank else 0
-    fits = all_of([holds(i <= n) for position, (i, n) in enumerate(zip(indices, inputs)) if position != axis])
+    fits = sizes_hold("at_most", indices, inputs, [position for position in range(rank) if position != axis])
     return require(index, fits, lambda: (
         f"gather needs an index no larger than the input on every axis but dim={dim}, got an index of shape "
         f"{shape_template(rank)} for an input of shape {shape_template(rank)}"), tuple(indices) + tuple(inputs))
@@ -666,13 +726,8 @@ def check_attention_shapes(owner, query, key, value):
         return query  # symbolic sizes (torch.export's): left to the exported program, never specialised here
     shapes = [sizes_of(t) for t in (query, key, value)]
     queries, keys, values = shapes
-    batch = max(ranks) - 2
-    padded = [(1,) * (batch - len(shape) + 2) + tuple(shape[:-2]) for shape in shapes]
-    conditions = [holds(queries[-1] == keys[-1]), holds(keys[-2] == values[-2])]
-    for sizes in zip(*padded):
-        for first, second in ((0, 1), (0, 2), (1, 2)):
-            a, b = sizes[first], sizes[second]
-            conditions.append(_either(holds(a == b), _either(holds(a == 1), holds(b == 1))))
+    conditions = [holds(queries[-1] == keys[-1]), holds(keys[-2] == values[-2]),
+                  broadcasts([queries[:-2], keys[:-2], values[:-2]])]
     return require(query, all_of(conditions), lambda: (
         f"{literal(owner)}: query {shape_template(ranks[0])}, key {shape_template(ranks[1])} and value "
         f"{shape_template(ranks[2])} do not fit (..., L, E), (..., S, E) and (..., S, Ev) with batch axes that "

@@ -671,6 +671,16 @@ def _size_keys(x):
     it traces lacks it."""
 
 
+@op(name="sizes_hold", optional=True, public=False)
+def _sizes_hold(relation, a, b, axes, agreeing):
+    """Whether ``relation`` ('equal', 'broadcast': equal or either 1, 'broadcasts_to': ``a``'s 1 or ``b``'s,
+    'at_most') holds between the sizes of ``a`` and ``b`` (tuples of one length: ints, and scalar tensors where a
+    traced graph leaves a size unknown) on each of ``axes``, where it is known to hold on ``agreeing`` (comparing
+    those too changes nothing): a bool where that is decided while tracing, else one boolean scalar tensor
+    (``input_checks.sizes_hold``). A backend that compares two shape vectors in fewer graph ops than one
+    comparison per size has it; the others' sizes are compared one by one."""
+
+
 @op(name="exact_divide", optional=True, public=False)
 def _exact_divide(a, b):
     """``a / b`` rounded once, as IEEE division, for internal callers that divide a graph's size by a known one

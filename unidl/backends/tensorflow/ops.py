@@ -790,12 +790,18 @@ def shape(x):
         dynamic = tf.shape(x)
     sizes = tf.unstack(dynamic, num=len(static))
     _read_sizes(x, sizes)
+    if sizes and isinstance(x, tf.Tensor):
+        vectors = _SIZE_VECTORS.setdefault(sizes[0].graph, {})
+        vectors[id(sizes[0].op)] = (weakref.ref(sizes[0].op), static, weakref.ref(x))
     return tuple(d if d is not None else size for d, size in zip(static, sizes))
 
 
 # graph -> {id(tensor): (the tensor, its sizes)}, weakly on both sides: a graph's tensors hold it (a strong value
 # kept every traced graph alive)
 _SIZES_READ: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# graph -> {id(the Unpack that ``shape`` read sizes with): (that op, the sizes the graph knew, the tensor read)},
+# weakly as ``_SIZES_READ``: which sizes ``sizes_hold`` may compare as the one shape vector they were read from
+_SIZE_VECTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _read_sizes(x, sizes=None):
@@ -884,6 +890,151 @@ def _derived_size_keys(x, memo: dict, depth: int):
     if kind == "Range":  # (its length is a function of its start, limit and delta)
         return (("Range",) + tuple(_scalar_key(t) for t in operation.inputs),)
     return None
+
+
+#: the ops one comparison of a relation builds (``_related``), for ``sizes_hold``'s choice between one comparison of
+#: two shape vectors and one per size
+_RELATION_OPS = {"equal": 1, "at_most": 1, "broadcasts_to": 3, "broadcast": 5}
+
+
+def sizes_hold(relation, a, b, axes, agreeing=()):
+    """Whether ``relation`` holds between the sizes of ``a`` and ``b`` (tuples of one length: ints, and int32 scalar
+    tensors where the graph leaves a size unknown) on each of ``axes``; on ``agreeing`` it is known to hold, where
+    comparing them changes nothing. A bool where that is decided while tracing (sizes ``size_keys`` knows to be
+    equal hold every relation), else one boolean scalar tensor. Where ``shape`` read each side as one vector of a
+    tensor's every size (or where packing the sizes into two vectors makes fewer ops), one comparison of two
+    vectors and one reduction: a comparison per size built an ``Equal`` (and for broadcasting two more and two
+    ``LogicalOr``) per size, and its constants, in every check of a graph traced for any size."""
+    memo: dict = {}
+    compared = [axis for axis in axes if not _known_equal(a[axis], b[axis], memo)]
+    if not compared:
+        return True
+    if any(s.dtype != tf.int32 for axis in compared for s in (a[axis], b[axis]) if isinstance(s, tf.Tensor)):
+        return _all_hold(relation, a, b, compared)  # (sizes of another dtype: compared one by one, as they were)
+    cost = _RELATION_OPS[relation]
+    if len(compared) > 1 and len(set(axes) | set(agreeing)) == len(a):
+        vectors = _size_vector(a), _size_vector(b)
+        if None not in vectors:  # both shape vectors read already: no op to make them
+            return _reduce_all(_related(relation, *vectors))
+    constants = {s for axis in compared for s in (a[axis], b[axis]) if not isinstance(s, tf.Tensor)}
+    packed = 2 + len(constants) + cost + 2  # (two packs, their constants, the comparison, its reduction and axis)
+    if packed >= len(compared) * (cost + 1) - 1:  # (a few sizes: as few ops, or fewer, one by one)
+        return _all_hold(relation, a, b, compared)
+    return _reduce_all(_related(relation, *(tf.stack([_as_size(s[axis]) for axis in compared]) for s in (a, b))))
+
+
+def _all_hold(relation, a, b, axes):
+    """``sizes_hold`` per size: the conjunction of one comparison of each pair."""
+    held = [_related(relation, a[axis], b[axis]) for axis in axes]
+    held = [h for h in held if h is not True]
+    if any(h is False for h in held):
+        return False
+    if not held:
+        return True
+    return functools.reduce(tf.logical_and, held)
+
+
+def _related(relation, a, b):
+    """``relation`` of two sizes or two shape vectors, element-wise (ints, or int32 tensors): a bool where decided
+    by ints alone."""
+    if relation == "equal":
+        return _equal(a, b)
+    if relation == "at_most":
+        return a <= b if isinstance(a, Integral) and isinstance(b, Integral) else tf.less_equal(*_as_sizes(a, b))
+    if relation == "broadcasts_to":  # (a broadcasts to b: 1 or b's)
+        return _either(_equal(a, 1), _equal(a, b))
+    return _either(_equal(a, b), _either(_equal(a, 1), _equal(b, 1)))  # broadcast: equal, or either of them 1
+
+
+def _equal(a, b):
+    if isinstance(a, Integral) and isinstance(b, Integral):
+        return a == b
+    return tf.equal(*_as_sizes(a, b))
+
+
+def _either(a, b):
+    if a is True or b is True:
+        return True
+    if a is False or b is False:
+        return b if a is False else a
+    return tf.logical_or(a, b)
+
+
+def _reduce_all(held):
+    return held if isinstance(held, bool) else tf.reduce_all(held, axis=_graph_constant(0))
+
+
+def _as_size(size, dtype=tf.int32):
+    """A size as a tensor: a known one as the graph's one constant of its value, in ``dtype``."""
+    return size if isinstance(size, tf.Tensor) else _graph_constant(int(size), dtype)
+
+
+def _as_sizes(a, b):
+    """Two sizes (one a tensor at least) as tensors, a known one in the other's dtype (as ``t == 1`` converts it)."""
+    return _as_size(a, getattr(b, "dtype", tf.int32)), _as_size(b, getattr(a, "dtype", tf.int32))
+
+
+# graph -> {(value, dtype): its constant}, weakly on both sides (as ``_SIZES_READ``)
+_CONSTANTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _graph_constant(value, dtype=tf.int32):
+    """The constant ``value`` (an int, or a tuple of them) of ``dtype`` in the graph being built, made once per graph
+    for every check's comparisons and reductions (``x == 1`` made a constant each time), outside any control
+    dependencies (a constant under a check's would hold every later comparison to it)."""
+    graph = tf.compat.v1.get_default_graph()
+    kept = _CONSTANTS.setdefault(graph, {})
+    key = (value, tf.as_dtype(dtype).name)
+    constant = kept[key]() if key in kept else None
+    if constant is None:
+        with tf.control_dependencies(None):
+            constant = tf.constant(value, dtype)
+        kept[key] = weakref.ref(constant)
+    return constant
+
+
+def _size_read(size):
+    """``(the Unpack op of shape, the sizes the graph knew, the tensor read)`` that ``shape`` read ``size`` (a scalar
+    tensor) with, or None."""
+    operation = size.op
+    if operation.type != "Unpack":
+        return None
+    kept = _SIZE_VECTORS.get(operation.graph, {}).get(id(operation))
+    if kept is None or kept[0]() is not operation or kept[2]() is None:
+        return None
+    return operation, kept[1], kept[2]()
+
+
+def _size_vector(sizes):
+    """The vector ``shape`` read ``sizes`` from (every size of one tensor, in order; its known ones ints), or None."""
+    first = next((s for s in sizes if isinstance(s, tf.Tensor)), None)
+    read = _size_read(first) if first is not None else None
+    if read is None:
+        return None
+    operation, static, _ = read
+    outputs = operation.outputs
+    if len(outputs) != len(sizes) or not all(s is outputs[axis] if isinstance(s, tf.Tensor) else static[axis] == s
+                                             for axis, s in enumerate(sizes)):
+        return None
+    if operation.graph is not tf.compat.v1.get_default_graph():
+        return None  # (read in an enclosing graph: its sizes, not its vector, are this graph's captures)
+    return operation.inputs[0]
+
+
+def _known_equal(a, b, memo: dict) -> bool:
+    """Whether two sizes are known equal while tracing: equal ints, one tensor, or sizes ``shape`` read of tensors
+    whose ``size_keys`` agree there (a mask's size beside the input's it was made from)."""
+    if a is b:
+        return True
+    if not (isinstance(a, tf.Tensor) and isinstance(b, tf.Tensor)):
+        return isinstance(a, Integral) and isinstance(b, Integral) and a == b
+    reads = _size_read(a), _size_read(b)
+    if None in reads:
+        return False
+    (first, _, x), (second, _, y) = reads
+    axis_a = next(axis for axis, s in enumerate(first.outputs) if s is a)
+    axis_b = next(axis for axis, s in enumerate(second.outputs) if s is b)
+    return _size_keys(x, memo, _SIZE_KEY_DEPTH)[axis_a] == _size_keys(y, memo, _SIZE_KEY_DEPTH)[axis_b]
 
 
 def _scalar_key(t):
@@ -979,15 +1130,29 @@ def check_index(indices, size, what="index"):
         xla_checks.in_program_order()
         with tf.control_dependencies(checks):
             return tf.identity(indices)
-    low, high = tf.reduce_min(indices), tf.reduce_max(indices)
-    valid = tf.logical_or(tf.equal(tf.size(indices), 0),
-                          tf.logical_and(low >= 0, high < tf.cast(size, indices.dtype)))
+    valid, low, high = _indices_in_range(indices, size)
     if xla_checks.recording():  # under XLA: the check is an output of the compiled function (xla_checks.py)
         xla_checks.record(valid, IndexOutOfRangeError, template, (size, low, high))
         return indices
     check = marked_check(valid, IndexOutOfRangeError, template, (size, low, high), tf.int64)
     with tf.control_dependencies([check]):
         return tf.identity(indices)
+
+
+def _indices_in_range(indices, size):
+    """``(whether every index lies in [0, size), the smallest, the largest)`` in a graph, in few ops: the
+    reductions of an empty tensor of signed integers are the dtype's largest and smallest values, which pass (an
+    empty tensor needs no test of its size, but of unsigned integers, whose largest is then 0)."""
+    dtype = indices.dtype
+    axes = _graph_constant(tuple(range(indices.shape.rank))) if indices.shape.rank is not None else None
+    low, high = tf.reduce_min(indices, axes), tf.reduce_max(indices, axes)
+    bound = _graph_constant(int(size), dtype) if isinstance(size, Integral) else tf.cast(size, dtype)
+    valid = tf.less(high, bound)
+    if not dtype.is_unsigned:
+        valid = tf.logical_and(tf.greater_equal(low, _graph_constant(0, dtype)), valid)
+    else:
+        valid = tf.logical_or(tf.equal(tf.size(indices), _graph_constant(0)), valid)
+    return valid, low, high
 
 
 def check_values(x, condition, message, values=()):
