@@ -99,8 +99,8 @@ def test_params_alone_as_a_keyword_is_the_list_form(backend):
 
 def test_arguments_and_parameters_take_one_forward_and_one_backward_pass(backend):
     """Both kinds of gradient from one pass: the forward runs as often as for the parameters alone (once; on jax
-    once more, abstractly, for which parameters the value uses, as the list form always did) and the backward
-    once, where asking for the arguments' and the parameters' separately ran each twice."""
+    more, traced again for which parameters the value uses, as the list form always was) and the backward once,
+    where asking for the arguments' and the parameters' separately ran both twice."""
     model = _model()
     counts = {"forward": 0, "backward": 0}
 
