@@ -82,14 +82,15 @@ def value_and_grad(f: Callable, argnums=None, params=None) -> Callable:
         from unidl.nn.module import is_trainable
 
         # frozen parameters are constants here: None, as PyTorch's autograd gives
-        active = [p for p in params if is_trainable(p)]
+        trainable = [is_trainable(p) for p in params]
+        active = [p for p, t in zip(params, trainable) if t]
         if argnums is None and not active:
             value, found = f(*args), []
         else:
             value, found = backend.value_and_grad(f, args, argnums, active or None)
         count = 0 if argnums is None else len(argnums)
         found_params = iter(found[count:])
-        param_grads = [next(found_params) if is_trainable(p) else None for p in params]
+        param_grads = [next(found_params) if t else None for t in trainable]
         if argnums is None:
             return value, param_grads
         return value, (found[0] if single else tuple(found[:count]), param_grads)
