@@ -32,7 +32,8 @@ keras_hosts="${UNIDL_TEST_KERAS_HOSTS-jax torch}"
 keras_groups=("tests/parity"
               "tests/nn/test_freeze.py tests/test_dynamic_forward.py tests/test_precision.py
                tests/test_export_inputs_outputs.py tests/backends/test_keras_jax_step_checks.py
-               tests/backends/test_traced_functions.py tests/test_scan_value_checks.py tests/nn/test_sparse.py")
+               tests/backends/test_traced_functions.py tests/test_scan_value_checks.py tests/nn/test_sparse.py
+               tests/test_autograd.py")
 keras_group_names=(parity others)  # (in their JUnit reports' names)
 keras_args=(-p no:cacheprovider)
 junit=""

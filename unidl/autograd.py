@@ -3,9 +3,9 @@ gradients (``custom_gradient``, or PyTorch's ``Function`` with ``forward``/``bac
 
 ``value_and_grad(f, argnums)(*args)`` differentiates with respect to tensor
 arguments; ``value_and_grad(f, params)()`` with respect to a list of variables
-(a model's parameters). Either works eagerly and inside ``ud.function``/a
-compiled step, where the framework's own machinery (autograd, GradientTape)
-does the work.
+(a model's parameters); ``value_and_grad(f, argnums, params=...)`` with respect to
+both in one pass. Each works eagerly and inside ``ud.function``/a compiled step,
+where the framework's own machinery (autograd, GradientTape) does the work.
 """
 
 from __future__ import annotations
@@ -18,33 +18,57 @@ from unidl.dtype_kinds import dtype_name, is_floating
 from unidl.errors import ShapeMismatchError
 
 
-def _normalize(argnums_or_params):
-    if isinstance(argnums_or_params, int) and not isinstance(argnums_or_params, bool):
-        return (argnums_or_params,), None, True
-    if isinstance(argnums_or_params, tuple) and argnums_or_params and all(isinstance(a, int) for a in argnums_or_params):
-        return argnums_or_params, None, False
-    if isinstance(argnums_or_params, (list, tuple)):
-        return None, list(argnums_or_params), False
-    raise TypeError(f"argnums must be an int, a tuple of ints or a list of parameters, got {argnums_or_params!r}")
+def _normalize(argnums, params):
+    """``(argnums, params, single)``: the argument indices (a tuple, or None), the parameters (a list, or None) and
+    whether the argument gradients come back as one tensor (``argnums`` an int), from ``value_and_grad``'s two
+    forms: ``argnums`` alone (indices, or the older list of parameters), or ``params`` with or without indices."""
+    if params is not None:
+        if not isinstance(params, (list, tuple)):
+            raise TypeError(f"params must be a list or tuple of parameters (such as model.parameters()), got a "
+                            f"{type(params).__name__}")
+        if argnums is None:
+            return None, list(params), False
+        if isinstance(argnums, int) and not isinstance(argnums, bool):
+            return (argnums,), list(params), True
+        if isinstance(argnums, tuple) and all(isinstance(a, int) and not isinstance(a, bool) for a in argnums):
+            return argnums, list(params), False
+        raise TypeError(f"with params given, argnums must be None, an int or a tuple of ints (the arguments' "
+                        f"indices), got {argnums!r}: give the parameters once, as params")
+    if argnums is None or isinstance(argnums, int) and not isinstance(argnums, bool):
+        return (0 if argnums is None else argnums,), None, True
+    if isinstance(argnums, tuple) and argnums and all(isinstance(a, int) for a in argnums):
+        return argnums, None, False
+    if isinstance(argnums, (list, tuple)):
+        return None, list(argnums), False
+    raise TypeError(f"argnums must be an int, a tuple of ints or a list of parameters, got {argnums!r}")
 
 
-def value_and_grad(f: Callable, argnums=0) -> Callable:
+def value_and_grad(f: Callable, argnums=None, params=None) -> Callable:
     """Return ``g(*args) -> (f(*args), gradients)``.
 
-    ``argnums``: an int (gradient has the argument's shape), a tuple of ints (a tuple of
-    gradients), or a list of variables such as ``model.parameters()`` (a list of gradients,
-    one per variable; ``f`` may then take no arguments; None for a variable ``f`` does not use, as
-    PyTorch's autograd gives, which ``optimizer.apply`` skips). ``f`` must return a scalar, and the
-    differentiated arguments must be floating-point; otherwise a ``ValueError``/``TypeError``
-    says which.
+    ``argnums``: an int (gradient has the argument's shape; 0 when neither ``argnums`` nor ``params`` is given), a
+    tuple of ints (a tuple of gradients), or a list of variables such as ``model.parameters()`` (a list of
+    gradients, one per variable; ``f`` may then take no arguments; None for a variable ``f`` does not use, as
+    PyTorch's autograd gives, which ``optimizer.apply`` skips). ``params``: the same list of variables as a
+    keyword, alone (the list form of ``argnums``) or beside argument indices: then the gradients are
+    ``(argument gradients, parameter gradients)``, the first as ``argnums`` alone gives them, the second as
+    the list form gives it, all from one forward and one backward pass, as ``torch.autograd.grad(value,
+    inputs + params)`` (adversarial training: the gradient with respect to the input and the weights). A frozen
+    parameter (``requires_grad`` False) gets None. ``f`` must return a scalar, and the differentiated arguments
+    must be floating-point; otherwise a ``ValueError``/``TypeError`` says which.
 
     Example (the lecture's graph)::
 
         def c(x, y, z):
             return ud.ops.sum(x * y + z)
         grad_x, grad_y, grad_z = ud.grad(c, argnums=(0, 1, 2))(x, y, z)
+
+    Example (the input's and the weights' gradients in one pass)::
+
+        loss, (grad_x, weight_grads) = ud.value_and_grad(lambda x: loss_fn(model(x), y), argnums=0,
+                                                         params=model.parameters())(x)
     """
-    argnums, params, single = _normalize(argnums)
+    argnums, params, single = _normalize(argnums, params)
 
     def value_and_grad_fn(*args):
         backend = config.backend()
@@ -52,28 +76,31 @@ def value_and_grad(f: Callable, argnums=0) -> Callable:
             for index in argnums:
                 if index >= len(args):
                     raise ValueError(f"argnums {index} is out of range for {len(args)} arguments")
-        if params is not None:  # frozen parameters are constants here: None, as PyTorch's autograd gives
-            from unidl.nn.module import is_trainable
+        if params is None:
+            value, grads = backend.value_and_grad(f, args, argnums, None)
+            return value, (grads[0] if single else tuple(grads))
+        from unidl.nn.module import is_trainable
 
-            active = [p for p in params if is_trainable(p)]
-            if active:
-                value, active_grads = backend.value_and_grad(f, args, None, active)
-            else:
-                value, active_grads = f(*args), []
-            found = iter(active_grads)
-            grads = [next(found) if is_trainable(p) else None for p in params]
+        # frozen parameters are constants here: None, as PyTorch's autograd gives
+        trainable = [is_trainable(p) for p in params]
+        active = [p for p, t in zip(params, trainable) if t]
+        if argnums is None and not active:
+            value, found = f(*args), []
         else:
-            value, grads = backend.value_and_grad(f, args, argnums, params)
-        if single:
-            return value, grads[0]
-        return value, (list(grads) if params is not None else tuple(grads))
+            value, found = backend.value_and_grad(f, args, argnums, active or None)
+        count = 0 if argnums is None else len(argnums)
+        found_params = iter(found[count:])
+        param_grads = [next(found_params) if t else None for t in trainable]
+        if argnums is None:
+            return value, param_grads
+        return value, (found[0] if single else tuple(found[:count]), param_grads)
 
     return value_and_grad_fn
 
 
-def grad(f: Callable, argnums=0) -> Callable:
+def grad(f: Callable, argnums=None, params=None) -> Callable:
     """Like ``value_and_grad`` but return only the gradients."""
-    value_and_grad_fn = value_and_grad(f, argnums)
+    value_and_grad_fn = value_and_grad(f, argnums, params)
 
     def grad_fn(*args):
         return value_and_grad_fn(*args)[1]
@@ -106,7 +133,8 @@ def check_float(values: Sequence, what: str) -> None:
     """The ``TypeError`` of every backend for a value ``grad`` cannot differentiate with respect to: integers,
     booleans, or no tensor at all (a Python number or list, which torch.autograd refuses too)."""
     for index, value in enumerate(values):
-        dtype = str(getattr(value, "dtype", ""))
+        dtype = getattr(value, "dtype", None)
+        dtype = "" if dtype is None else dtype_name(dtype)  # (NumPy's name: the same message on every backend)
         if not dtype:
             raise TypeError(f"grad can only differentiate with respect to floating-point tensors; {what} {index} "
                             f"is a {type(value).__name__}, not a tensor: make one with ud.tensor")

@@ -4,7 +4,7 @@ A case is a unidl layer (or function) and the same thing in plain PyTorch, with 
 backend runs every case of a table at once (eagerly, and again inside one ``ud.function``, so a graph
 backend traces one graph for the whole table): the output, and the gradients of sum(output * r) with
 respect to the float inputs and to every parameter, r a fixed random array of the output's shape (one
-forward and backward gives the output too, as the gradient with respect to r; the parameters' take one more). The
+forward and backward gives them all, the output too, as the gradient with respect to r). The
 unidl layer's parameters are set to random values first and loaded into the torch module through
 ``load_state_dict``, which checks that the two ``state_dict``s have the same keys and shapes.
 """
@@ -133,8 +133,8 @@ def compare_table(cases: dict[str, Case], backend: str, dtype: str, modes=("eage
 
         def run_all(*tensors):
             """Each case's output and gradients from one forward and backward of sum(output * r) with respect to
-            the float inputs and r, whose gradient is the output (exact: 1 * output), and the parameters' from a
-            second; before them the output's sizes that only a graph's run knows (r's gradient has r's shape)."""
+            the float inputs, r, whose gradient is the output (exact: 1 * output), and the parameters; before them
+            the output's sizes that only a graph's run knows (r's gradient has r's shape)."""
             results, position = [], 0
             for name, layer, count, float_args, params, _, r in entries:
                 args = tensors[position:position + count]
@@ -148,11 +148,9 @@ def compare_table(cases: dict[str, Case], backend: str, dtype: str, modes=("eage
                     shapes[name] = ud.ops.shape(output)
                     return ud.ops.sum(output * a[-1])
 
-                grads = ud.value_and_grad(objective, (*float_args, count))(*args, r)[1]
+                grads, param_grads = ud.grad(objective, (*float_args, count), params=params)(*args, r)
                 results += [size for size in shapes[name] if not isinstance(size, int)] + [grads[-1], *grads[:-1]]
-                if params:
-                    results += list(ud.value_and_grad(lambda args=args, layer=layer, r=r: ud.ops.sum(layer(*args) * r),
-                                                      params)()[1])
+                results += param_grads
             return tuple(results)
 
         for mode in modes:

@@ -446,10 +446,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def value_and_grad(self, f, args, argnums, params) -> tuple:
         """``(f(*args), grads)``: gradients of the scalar ``f`` w.r.t. ``args[i]`` for i in ``argnums``
-        (zeros where ``f`` does not depend on an argument), or w.r.t. the variables ``params`` when
-        ``argnums`` is None: there None for a variable ``f`` does not use, PyTorch's rule, so that
-        ``optimizer.apply`` leaves it (and its momentum) alone as ``backward()`` + ``step()`` does.
-        Raise via ``unidl.autograd.check_scalar``/``check_float`` on bad input."""
+        (zeros where ``f`` does not depend on an argument), then w.r.t. the variables ``params``: None for a
+        variable ``f`` does not use, PyTorch's rule, so that ``optimizer.apply`` leaves it (and its momentum)
+        alone as ``backward()`` + ``step()`` does. One list, the arguments' first; either of ``argnums`` and
+        ``params`` may be None (nothing of that kind), and where both are given one forward and one backward pass
+        give them all, as ``torch.autograd.grad(value, inputs + params)``. Raise via
+        ``unidl.autograd.check_scalar``/``check_float`` on bad input."""
 
     @abc.abstractmethod
     def check_shapes(self, model, loss_fn, x, y) -> None:

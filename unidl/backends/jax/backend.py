@@ -571,31 +571,28 @@ class Backend(BackendInterface):
         depends on what is differentiated cannot be had there. Called eagerly (``ud.grad``, ``eager=True``), that is
         unidl's ``GraphConstructError`` naming ``f`` (``name``) and the fix (JAX's ConcretizationTypeError before);
         inside another trace JAX's error goes on to the compiled function's own handling."""
-        args = list(args)
-        if argnums is not None:
-            check_float([args[i] for i in argnums], "argument")
-            # a tensor in its own dtype (torch.autograd's), an array in unidl's
-            targets = [jax_variable.unwrap(args[i]) if isinstance(args[i], (jax.Array, JaxVariable))
-                       else self.to_input(args[i]) for i in argnums]
-        else:
-            check_float(params, "parameter")
-            targets = [p.value for p in params]
+        args, argnums, params = list(args), argnums or (), params or []
+        check_float([args[i] for i in argnums], "argument")
+        check_float(params, "parameter")
+        # a tensor in its own dtype (torch.autograd's), an array in unidl's; then the parameters' values: one
+        # transformation, one backward pass for both
+        targets = [jax_variable.unwrap(args[i]) if isinstance(args[i], (jax.Array, JaxVariable))
+                   else self.to_input(args[i]) for i in argnums] + [p.value for p in params]
+        count = len(argnums)
         live = jax_variable.live()
         before = [v._value for v in live]  # (bookkeeping: ``_value``, which a trace does not record as a read)
         randomness = python_randomness_state()  # the usage analysis below replays the same draws
-        target_serials = [p.serial for p in params] if argnums is None else []
+        target_serials = [p.serial for p in params]
 
         kept = {}  # (the writes of an eager ``f`` that raised, by index in ``live``: concrete values)
 
         def value_of(target_values):
             call_args = list(args)
-            if argnums is not None:
-                for i, t in zip(argnums, target_values):
-                    call_args[i] = t
-            else:
-                for p, t in zip(params, target_values):
-                    p.value = t
-            given = dict(zip(target_serials, target_values))
+            for i, t in zip(argnums, target_values[:count]):
+                call_args[i] = t
+            for p, t in zip(params, target_values[count:]):
+                p.value = t
+            given = dict(zip(target_serials, target_values[count:]))
 
             def writes():
                 # a differentiated parameter the forward wrote (Embedding's max_norm renormalization) keeps what it
@@ -630,10 +627,12 @@ class Backend(BackendInterface):
                     live[index].value = new
             raise
         grads = list(grads)
-        if argnums is None or none_for_unused:  # PyTorch's rule: None for what the value does not depend on
+        if params or none_for_unused:  # PyTorch's rule: None for what the value does not depend on
             with python_randomness_preserved(replay=randomness):
                 used = _used_inputs(lambda t: value_of(t)[0], targets, live, before, randomness)
-            grads = [g if u else None for g, u in zip(grads, used)]
+            # (an argument the value does not use keeps its zeros: ud.grad's rule for arguments, as jax.grad's)
+            grads = [g if u or (i < count and not none_for_unused) else None
+                     for i, (g, u) in enumerate(zip(grads, used))]
         for index, new in written.items():  # after the analysis, which puts every variable back as it was
             live[index].value = new
         return ((value, aux) if with_aux else value), grads

@@ -602,15 +602,13 @@ class Backend(BackendInterface):
         return evaluation
 
     def value_and_grad(self, f, args, argnums, params):
-        if argnums is None and not HOST.keras_state_in_place:  # variables' values in, through a StatelessScope
-            return keras_stateless.value_and_grad(HOST, f, args, list(params))
         if argnums is not None:
             check_float([args[i] for i in argnums], "argument")  # (as given: a Python number is not a tensor)
             # a tensor in its own dtype (torch.autograd's), an array (or a variable's value) in unidl's
             args = [a if i not in argnums else a.value if isinstance(a, keras.Variable) else
                     a if keras.ops.is_tensor(a) else self.tensor(a) for i, a in enumerate(args)]
-            if not HOST.keras_state_in_place:  # the variables f assigns written after, through a StatelessScope
-                return keras_stateless.value_and_grad_of_arguments(HOST, f, args, argnums)
+        if not HOST.keras_state_in_place:  # variables' values in, and those f assigns written after: a StatelessScope
+            return keras_stateless.value_and_grad(HOST, f, args, argnums or (), list(params or []))
         return HOST.value_and_grad(f, args, argnums, None if params is None else [p.value for p in params])
 
     def probe_forward(self, forward, x):

@@ -78,27 +78,26 @@ def _values_of_variables(result):
     return keras.tree.map_structure(lambda leaf: leaf.value if isinstance(leaf, keras.Variable) else leaf, result)
 
 
-def value_and_grad(host, f, args, variables):
-    """``(f(*args), grads)`` with respect to the Keras ``variables`` (None for one ``f`` does not use); the
-    variables ``f`` assigns keep their new values afterwards, as they would eagerly."""
-    return _differentiated(host, [v.value for v in variables], lambda values: (variables, values),
-                           lambda values: f(*args))
-
-
-def value_and_grad_of_arguments(host, f, args, argnums):
+def value_and_grad(host, f, args, argnums, variables):
     """``(f(*args), grads)`` with respect to ``args[i]`` for each ``i`` of ``argnums`` (tensors; zeros for one ``f``
-    does not use, as the host gives them), the Keras variables ``f`` assigns (a BatchNorm's running statistics)
-    written afterwards as ``value_and_grad`` writes them: assigned inside the host's transformation, they leaked its
-    tracers (inside ``ud.function`` on Keras-on-JAX, an ``UnexpectedTracerError``)."""
+    does not use, as the host gives them), then to the Keras ``variables`` (None for one ``f`` does not use), from
+    one transformation of the host: one forward and one backward pass. The Keras variables ``f`` assigns (a
+    BatchNorm's running statistics) keep their new values afterwards, as they would eagerly: assigned inside the
+    host's transformation, they leaked its tracers (inside ``ud.function`` on Keras-on-JAX, an
+    ``UnexpectedTracerError``)."""
+    count = len(argnums)
+
     def call(values):
         substituted = list(args)
-        for index, value in zip(argnums, values):
+        for index, value in zip(argnums, values[:count]):
             substituted[index] = value
         return f(*substituted)
 
-    # (no variable mapped: f reads them from the scope around, or their own values)
-    value, grads = _differentiated(host, [args[i] for i in argnums], lambda values: ([], []), call)
-    return value, [keras.ops.zeros_like(args[i]) if grad is None else grad for i, grad in zip(argnums, grads)]
+    # (the variables not differentiated: f reads them from the scope around, or their own values)
+    value, grads = _differentiated(host, [args[i] for i in argnums] + [v.value for v in variables],
+                                   lambda values: (variables, values[count:]), call)
+    return value, ([keras.ops.zeros_like(args[i]) if grad is None else grad for i, grad in zip(argnums, grads)]
+                   + list(grads[count:]))
 
 
 def _differentiated(host, targets, mapped, call):

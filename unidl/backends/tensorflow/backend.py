@@ -343,24 +343,22 @@ class Backend(BackendInterface):
         return cache["predict"]
 
     def value_and_grad(self, f, args, argnums, params):
-        args = list(args)
-        if argnums is not None:
-            check_float([args[i] for i in argnums], "argument")
-            for i in argnums:  # a tensor in its own dtype (torch.autograd's), an array in unidl's
-                args[i] = args[i] if self.is_tensor(args[i]) else to_graph_input(args[i])
-            targets = [args[i] for i in argnums]
-        else:
-            check_float(params, "parameter")
-            targets = params
-        with tf.GradientTape(watch_accessed_variables=argnums is None) as tape:
-            if argnums is not None:
-                for t in targets:
-                    tape.watch(t)
+        args, given, argnums = list(args), params, argnums or ()
+        params = params or []
+        check_float([args[i] for i in argnums], "argument")
+        check_float(params, "parameter")
+        for i in argnums:  # a tensor in its own dtype (torch.autograd's), an array in unidl's
+            args[i] = args[i] if self.is_tensor(args[i]) else to_graph_input(args[i])
+        arguments = [args[i] for i in argnums]
+        with tf.GradientTape(watch_accessed_variables=given is not None) as tape:
+            for t in arguments:
+                tape.watch(t)
             value = f(*args)
         check_scalar(value, self.name)
-        unconnected = tf.UnconnectedGradients.ZERO if argnums is not None else tf.UnconnectedGradients.NONE
-        grads = tape.gradient(value, targets, unconnected_gradients=unconnected)
-        return value, [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+        # one backward pass for both: None for what the value does not use, then zeros for such an argument
+        grads = tape.gradient(value, arguments + list(params), unconnected_gradients=tf.UnconnectedGradients.NONE)
+        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+        return value, [tf.zeros_like(t) if g is None else g for g, t in zip(grads, arguments)] + grads[len(arguments):]
 
     def probe_forward(self, forward, x):
         return forward(self.tensor(x))

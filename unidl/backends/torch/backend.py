@@ -429,17 +429,14 @@ class Backend(BackendInterface):
         # gradient is itself differentiable, as JAX's and TensorFlow's are: torch.autograd.grad's create_graph, the
         # arguments not cut from the outer graph, nothing detached (the inner gradients were constants: 0)
         nested = nesting.nested()
-        args = list(args)
-        if argnums is not None:
-            check_float([args[i] for i in argnums], "argument")
-            for i in argnums:  # a tensor in its own dtype (torch.autograd's), an array in unidl's
-                arg = args[i]
-                arg = arg.to(device=self.current_device()) if isinstance(arg, torch.Tensor) else self.tensor(arg)
-                args[i] = arg if nested and arg.requires_grad else arg.detach().requires_grad_(True)
-            targets = [args[i] for i in argnums]
-        else:
-            check_float(params, "parameter")
-            targets = params
+        args, argnums, params = list(args), argnums or (), params or []
+        check_float([args[i] for i in argnums], "argument")
+        check_float(params, "parameter")
+        for i in argnums:  # a tensor in its own dtype (torch.autograd's), an array in unidl's
+            arg = args[i]
+            arg = arg.to(device=self.current_device()) if isinstance(arg, torch.Tensor) else self.tensor(arg)
+            args[i] = arg if nested and arg.requires_grad else arg.detach().requires_grad_(True)
+        targets = [args[i] for i in argnums] + list(params)  # one backward pass for both
         with torch.enable_grad():
             with nesting.differentiated():
                 value = f(*args)
@@ -448,9 +445,9 @@ class Backend(BackendInterface):
             grads = (torch.autograd.grad(value, targets, allow_unused=True, create_graph=nested) if value.requires_grad
                      else [None] * len(targets))
         value = value if nested else value.detach()
-        if argnums is None:
-            return value, list(grads)  # None for an unused parameter: step() and apply() skip it
-        return value, [torch.zeros_like(t) if g is None else g for g, t in zip(grads, targets)]
+        # zeros for an argument the value does not use; None for such a parameter: step() and apply() skip it
+        return value, ([torch.zeros_like(t) if g is None else g for g, t in zip(grads, targets[:len(argnums)])]
+                       + list(grads[len(argnums):]))
 
     def probe_forward(self, forward, x):
         return forward(self.tensor(x))
