@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from typing import Callable, Sequence
 
-from unidl import config, ops
+from unidl import config, ops, tracing
 from unidl.dtype_kinds import dtype_name, is_floating
 from unidl.errors import ShapeMismatchError
 
@@ -81,8 +81,10 @@ def value_and_grad(f: Callable, argnums=None, params=None) -> Callable:
             return value, (grads[0] if single else tuple(grads))
         from unidl.nn.module import is_trainable
 
-        # frozen parameters are constants here: None, as PyTorch's autograd gives
+        # frozen parameters are constants here: None, as PyTorch's autograd gives (a ud.function tracing this is
+        # keyed on their flags: tracing.parameters_read)
         trainable = [is_trainable(p) for p in params]
+        tracing.parameters_read(params)
         active = [p for p, t in zip(params, trainable) if t]
         if argnums is None and not active:
             value, found = f(*args), []

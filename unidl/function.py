@@ -57,6 +57,9 @@ class Function:
         self._compiled: dict = {}
         self._modules: dict = {}  # backend name -> the modules its calls called, in call order
         self._reached: dict = {}  # backend name -> (mode version, modules, their training flags, their parameters)
+        # backend name -> the parameters whose trainability its traces read (value_and_grad's: a bare one's too)
+        self._bare: dict = {}
+        self._bare_ids: dict = {}  # backend name -> their ids
         self._known: dict = {}  # backend name -> their ids
         # a mark each called module keeps in its structure cache, which a change of structure below it empties
         self._mark = object()
@@ -107,28 +110,32 @@ class Function:
         self._checked[name] = nn_module._mode_version
         if all(self._mark in module.structure_cache() for module in modules):
             return
-        for table in (self._compiled, self._modules, self._known, self._reached):
+        for table in (self._compiled, self._modules, self._known, self._reached, self._bare, self._bare_ids):
             table.pop(name, None)
 
     def _key(self, name: str, placed: tuple, modules: tuple) -> tuple:
         """What a graph of backend ``name`` bakes in beside its inputs: the dtype and device in force (``placed``),
         the ``training`` flag of each module its traces reached (``modules``), and which of their parameters (their
-        sub-modules' too: a forward may read a child's weight without calling it) are frozen. The flags and the
-        parameters are read again only after a module's mode or structure changed (``_mode_version``: a parameter
-        added or replaced changes the structure), so that a call reads one ``requires_grad`` per parameter; inside
-        an enclosing recording (a call in another function's trace) the flags are read, so that the reads note the
-        modules there."""
+        sub-modules' too: a forward may read a child's weight without calling it) and of the parameters whose
+        trainability ``value_and_grad`` read in them (``_bare``: a bare ``ud.nn.Parameter`` too) are frozen. The
+        flags and the parameters are read again only after a module's mode or structure changed, or a parameter is
+        new (``_mode_version``: a parameter added or replaced changes the structure), so that a call reads one
+        ``requires_grad`` per parameter; inside an enclosing recording (a call in another function's trace) the flags
+        are read, so that the reads note the modules there."""
         version = nn_module._mode_version
         cached = self._reached.get(name)
-        if cached is None or cached[0] != version or cached[1] is not modules:
+        bare = self._bare.get(name, ())
+        if cached is None or cached[0] != version or cached[1] is not modules or cached[4] is not bare:
             parameters = {}
             for module in modules:
                 for parameter in module.parameters():
                     parameters.setdefault(id(parameter), parameter)
+            for parameter in bare:
+                parameters.setdefault(id(parameter), parameter)
             modes = tuple(module.training for module in modules)
-            cached = self._reached[name] = (version, modules, modes, tuple(parameters.values()))
+            cached = self._reached[name] = (version, modules, modes, tuple(parameters.values()), bare)
         elif tracing.current_recording() is not None:
-            cached = (*cached[:2], tuple(module.training for module in modules), cached[3])
+            cached = (*cached[:2], tuple(module.training for module in modules), *cached[3:])
         return placed, cached[2], nn_module.requires_grad_flags(cached[3])
 
     def _compiled_for(self, backend, key):
@@ -152,16 +159,25 @@ class Function:
         placed = (config.get_dtype(), config._requested_device())  # (as requested: resolving it cost a microsecond)
         compiled = self._compiled_for(backend, self._key(backend.name, placed, modules))
         args = [_as_argument(backend, a) for a in args]
-        with tracing.recording_module_calls() as called:
+        with tracing.recording_module_calls() as called, tracing.recording_parameters_read() as read:
             result = compiled(*args)
         known = self._known.setdefault(backend.name, set())  # (one object: another thread may drop the entry)
-        if called and not called.keys() <= known:
-            modules = self._modules[backend.name] = (*modules, *(m for key, m in called.items() if key not in known))
-            known.update(called)
-            for module in modules:
-                module.structure_cache()[self._mark] = True
-            # the call traced (or ran) modules not keyed before: its function is the one for their modes now;
-            # functions keyed on fewer modules are dropped (traced again if those modes come back)
+        new_modules = called and not called.keys() <= known
+        bare_ids = self._bare_ids.setdefault(backend.name, set())
+        new_bare = read and not read.keys() <= bare_ids
+        if new_modules or new_bare:
+            if new_modules:
+                modules = self._modules[backend.name] = (*modules, *(m for key, m in called.items()
+                                                                     if key not in known))
+                known.update(called)
+                for module in modules:
+                    module.structure_cache()[self._mark] = True
+            if new_bare:  # (parameters whose requires_grad its trace read: value_and_grad's, a bare one's too)
+                self._bare[backend.name] = (*self._bare.get(backend.name, ()),
+                                            *(p for key, p in read.items() if key not in bare_ids))
+                bare_ids.update(read)
+            # the call traced (or ran) modules or parameters not keyed before: its function is the one for their
+            # modes and frozen flags now; functions keyed on fewer are dropped (traced again if those come back)
             self._compiled[backend.name] = {self._key(backend.name, placed, modules): compiled}
         return result
 

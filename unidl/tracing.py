@@ -59,6 +59,38 @@ class recording_module_calls:  # noqa: N801  (used as a context manager, like co
                 self._outer.setdefault(key, module)
 
 
+_read_parameters: contextvars.ContextVar = contextvars.ContextVar("unidl_read_parameters", default=None)
+
+
+def parameters_read(parameters) -> None:
+    """``value_and_grad``'s note of the parameters whose ``requires_grad`` it read (the frozen ones are constants
+    of its graph) to the ``recording_parameters_read`` block it runs in, if any: a parameter outside every module a
+    ``ud.function`` reaches (a bare ``ud.nn.Parameter``) is keyed on its flag there too."""
+    read = _read_parameters.get()
+    if read is not None:
+        for parameter in parameters:
+            read.setdefault(id(parameter), parameter)
+
+
+class recording_parameters_read:  # noqa: N801  (used as a context manager, like contextlib's)
+    """Collect the parameters whose trainability ``value_and_grad`` read in the block (``parameters_read``), as
+    id -> parameter, nested blocks included: ``ud.function`` keys its graphs on their ``requires_grad`` flags."""
+
+    __slots__ = ("read", "_outer", "_token")
+
+    def __enter__(self) -> dict:
+        self._outer = _read_parameters.get()
+        self.read = {}
+        self._token = _read_parameters.set(self.read)
+        return self.read
+
+    def __exit__(self, *exc_info) -> None:
+        _read_parameters.reset(self._token)
+        if self._outer is not None:
+            for key, parameter in self.read.items():
+                self._outer.setdefault(key, parameter)
+
+
 class ModesReached:
     """The modules a compiled step's traces reach (called, or their ``training`` flag read) beyond those its key
     already holds (``keyed()``: its model's modules): a loss module, a second model called in the loss. A graph

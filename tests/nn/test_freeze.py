@@ -425,6 +425,42 @@ def test_requires_grad_reads_as_torchs_before_any_freeze(backend):
     ud.optim.Adam(trained, lr=0.1)
 
 
+def test_a_ud_function_follows_a_freeze_of_a_bare_parameter_made_after_its_first_call(backend):
+    """A parameter outside every module (a bare ``ud.nn.Parameter`` handed to ``value_and_grad`` and an optimizer)
+    frozen after a ``ud.function``'s first call stays as it is from then on, and trains again once unfrozen, as in
+    torch's eager loop: the function is keyed on the ``requires_grad`` of every parameter whose trainability its
+    trace read (tensorflow, keras and jax ran the graph of the first call, which went on moving it); a call with
+    nothing changed traces nothing."""
+    scale = ud.nn.Parameter(np.ones((3, 2), np.float32))
+    shift = ud.nn.Parameter(np.zeros((2,), np.float32))
+    optimizer = ud.optim.SGD([scale, shift], lr=0.1)
+
+    def train(x, y):
+        loss, grads = ud.value_and_grad(lambda: ud.ops.mean((ud.ops.matmul(x, scale) + shift - y) ** 2),
+                                        [scale, shift])()
+        optimizer.apply(grads)
+        return loss
+
+    step = ud.function(train)
+    x, y = ud.tensor(X), ud.tensor(Y)
+    step(x, y)
+    step(x, y)
+    counts = [step.trace_count]
+    scale.requires_grad = False
+    before = ud.to_numpy(scale).copy()
+    shift_before = ud.to_numpy(shift).copy()
+    step(x, y)
+    step(x, y)
+    counts.append(step.trace_count)
+    assert np.array_equal(before, ud.to_numpy(scale))
+    assert not np.array_equal(shift_before, ud.to_numpy(shift))
+    scale.requires_grad = True
+    step(x, y)
+    counts.append(step.trace_count)
+    assert not np.array_equal(before, ud.to_numpy(scale))
+    assert counts == [None] * 3 or counts == [counts[0], counts[0] + 1, counts[0] + 1], counts
+
+
 @pytest.mark.parametrize("how", ["module", "attribute"])
 def test_a_ud_function_follows_a_freeze_and_an_unfreeze_made_after_its_first_call(backend, how):
     """A ``ud.function`` step (``value_and_grad`` over the model's parameters, then ``optimizer.apply``) honours a
