@@ -37,26 +37,34 @@ def module_called(module) -> None:
         _watch_generators(watched, module)
 
 
-class recording_module_calls:  # noqa: N801  (used as a context manager, like contextlib's)
-    """Collect the modules called in the block, and those whose ``training`` flag it reads without calling them
-    (``ops.dropout(x, p, training=model.training)``, ``if self.head.training:``), as id -> module in the order
-    first met, nested blocks included: a graph bakes in each one's Python-level flag, so ``ud.function`` keys its
-    graphs on them. A class rather than a generator: ``ud.function`` enters it at every call, and this costs a
-    third as much."""
+class _Recording:
+    """A block that collects id -> object notes made to its ``ContextVar`` (``_notes``) in the order first met, nested
+    blocks included (an inner block's notes reach the outer one). A class rather than a generator: ``ud.function``
+    enters one at every call, and this costs a third as much."""
 
-    __slots__ = ("called", "_outer", "_token")
+    __slots__ = ("notes", "_outer", "_token")
+    _notes: contextvars.ContextVar
 
     def __enter__(self) -> dict:
-        self._outer = _called_modules.get()
-        self.called = {}
-        self._token = _called_modules.set(self.called)
-        return self.called
+        self._outer = self._notes.get()
+        self.notes = {}
+        self._token = self._notes.set(self.notes)
+        return self.notes
 
     def __exit__(self, *exc_info) -> None:
-        _called_modules.reset(self._token)
+        self._notes.reset(self._token)
         if self._outer is not None:
-            for key, module in self.called.items():
-                self._outer.setdefault(key, module)
+            for key, noted in self.notes.items():
+                self._outer.setdefault(key, noted)
+
+
+class recording_module_calls(_Recording):  # noqa: N801  (used as a context manager, like contextlib's)
+    """Collect the modules called in the block, and those whose ``training`` flag it reads without calling them
+    (``ops.dropout(x, p, training=model.training)``, ``if self.head.training:``), as id -> module: a graph bakes in
+    each one's Python-level flag, so ``ud.function`` keys its graphs on them."""
+
+    __slots__ = ()
+    _notes = _called_modules
 
 
 _read_parameters: contextvars.ContextVar = contextvars.ContextVar("unidl_read_parameters", default=None)
@@ -72,23 +80,12 @@ def parameters_read(parameters) -> None:
             read.setdefault(id(parameter), parameter)
 
 
-class recording_parameters_read:  # noqa: N801  (used as a context manager, like contextlib's)
+class recording_parameters_read(_Recording):  # noqa: N801  (used as a context manager, like contextlib's)
     """Collect the parameters whose trainability ``value_and_grad`` read in the block (``parameters_read``), as
-    id -> parameter, nested blocks included: ``ud.function`` keys its graphs on their ``requires_grad`` flags."""
+    id -> parameter: ``ud.function`` keys its graphs on their ``requires_grad`` flags."""
 
-    __slots__ = ("read", "_outer", "_token")
-
-    def __enter__(self) -> dict:
-        self._outer = _read_parameters.get()
-        self.read = {}
-        self._token = _read_parameters.set(self.read)
-        return self.read
-
-    def __exit__(self, *exc_info) -> None:
-        _read_parameters.reset(self._token)
-        if self._outer is not None:
-            for key, parameter in self.read.items():
-                self._outer.setdefault(key, parameter)
+    __slots__ = ()
+    _notes = _read_parameters
 
 
 class ModesReached:
