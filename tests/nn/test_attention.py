@@ -111,13 +111,25 @@ OPS = {
 }
 
 
+# float64's encoder: one case for the float32 table's two (each case is a graph's gradients to trace), on the inputs
+# of the float64 attention case: an encoder of a pre-norm GELU layer (GELU's constants are where float64 lost digits)
+# with a final norm, both masks
+FLOAT64_ENCODER = {"TransformerEncoder-pre-norm-gelu-final-norm-masks": layer_case(
+    lambda nn: nn.TransformerEncoder(nn.TransformerEncoderLayer(6, 3, 8, dropout=0.0, activation="gelu",
+                                                                batch_first=True, norm_first=True),
+                                     1, norm=nn.LayerNorm(6), enable_nested_tensor=False),
+    lambda layer, x, padding, mask: layer(x, mask=mask, src_key_padding_mask=padding), BATCH_FIRST, PADDING, BLOCKED)}
+
+
 @pytest.mark.parametrize("dtype, modes", RUNS)
 def test_attention_layers_match_torch(backend, dtype, modes):
-    """float32 for every case; float64 for attention with both masks (the table's cost is mostly eager JAX compiling
-    each op); each eagerly and inside ud.function (``RUNS``)."""
+    """float32 for every case; float64 for attention with both masks and ``FLOAT64_ENCODER`` (the table's cost is
+    mostly eager JAX compiling each op, and TensorFlow tracing each case's gradients); each eagerly and inside
+    ud.function (``RUNS``)."""
     cases = {**LAYERS, **OPS}
     if dtype == "float64":
         cases = {name: case for name, case in cases.items() if name.startswith("MultiheadAttention-batch-first")}
+        cases.update(FLOAT64_ENCODER)
     assert compare_table(cases, backend, dtype, modes) == []
 
 

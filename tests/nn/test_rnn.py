@@ -208,17 +208,27 @@ RNN_CASES = {
         "RNN", dict(bidirectional=True, batch_first=True), BATCH_FIRST, LENGTHS, lengths=True),
 }
 RECURRENT.update(RNN_CASES)
+# LSTM and GRU over ``lengths`` in float64 too, as small as shows them: two steps, two sequences of lengths 2 and 1
+# (the second's last step masked: its final state the first step's, its output there 0), one layer, one direction
+# (the reverse direction's masking is the plain RNN's, ``RNN_CASES``); each step is ops to run and differentiate
+SHORT_SEQUENCE, SHORT_LENGTHS = SEQUENCE[:2, :2], np.array([2, 1])
+FLOAT64_LENGTHS_CASES = {
+    "LSTM-lengths": recurrent("LSTM", {}, SHORT_SEQUENCE, SHORT_LENGTHS, lengths=True),
+    "GRU-lengths": recurrent("GRU", {}, SHORT_SEQUENCE, SHORT_LENGTHS, lengths=True),
+}
 
 
 @pytest.mark.parametrize("dtype, modes", RUNS)
 def test_recurrent_layers_match_torch(backend, dtype, modes):
     """Outputs, final states, and gradients w.r.t. inputs, initial states and every weight, as torch.nn's
     (``lengths`` as ``pack_padded_sequence`` + ``pad_packed_sequence``), eagerly and in a graph: float32 for every
-    case, float64 for two (unbatched input; two layers of projected LSTM, whose float32 gradients drift past 1e-5)
-    and the plain RNN's (``RNN_CASES``: 2 layers, bidirectional, tanh and relu, ``lengths``)."""
+    case, float64 for two (unbatched input; two layers of projected LSTM, whose float32 gradients drift past 1e-5),
+    the plain RNN's (``RNN_CASES``: 2 layers, bidirectional, tanh and relu, ``lengths``) and LSTM's and GRU's over
+    ``lengths`` (``FLOAT64_LENGTHS_CASES``)."""
     cases = RECURRENT if dtype == "float32" else {
         "GRU": recurrent("GRU", dict(bidirectional=True), SEQUENCE[:, 0]),
-        "LSTM-proj-size-2-layers": recurrent("LSTM", dict(num_layers=2, proj_size=2), SEQUENCE), **RNN_CASES}
+        "LSTM-proj-size-2-layers": recurrent("LSTM", dict(num_layers=2, proj_size=2), SEQUENCE), **RNN_CASES,
+        **FLOAT64_LENGTHS_CASES}
     assert compare_table(cases, backend, dtype, modes) == []
 
 

@@ -1,8 +1,8 @@
 """Conv1d, Conv2d's dilation/groups/padding modes, ConvTranspose2d, pooling's ceil_mode/count_include_pad,
 AdaptiveAvgPool2d, AdaptiveMaxPool2d, GroupNorm and Upsample/interpolate against plain ``torch.nn`` and
 ``torch.nn.functional``: output and input/weight gradients, float32 (2e-6 / 1e-5) inside ``ud.function`` (every
-size unknown to TensorFlow's graph) and, for the layers of ``FLOAT64_CASES``, float64 (1e-12) eagerly, on every
-backend (see ``torch_oracle``)."""
+size unknown to TensorFlow's graph) and, for the layers of ``FLOAT64_CASES``, float64 (1e-12) eagerly and inside
+``ud.function`` (``RUNS``), on every backend (see ``torch_oracle``)."""
 
 import importlib.util
 
@@ -122,11 +122,13 @@ OPS = {
 
 
 # float64 (eagerly and inside ud.function: ``RUNS``) on the cases whose arithmetic depends on the dtype
-# (normalisation, resampling weights, divisors, the transposed and grouped kernels): eager JAX dispatches every op on
-# its own, and the suite's time is tight
+# (normalisation, resampling weights, divisors, the transposed and grouped kernels) and on one case of each layer or
+# option issue 15 names (Conv1d, circular padding's wrap, ceil_mode's partial window, nearest Upsample), inside the
+# table's one run (one graph per mode): eager JAX dispatches every op on its own, and the suite's time is tight
 FLOAT64_CASES = ("Conv2d-depthwise-same-dilation", "ConvTranspose2d-groups-dilation",
                  "AvgPool2d-ceil-exclude-pad", "AdaptiveAvgPool2d", "GroupNorm", "Upsample-bilinear-align-corners",
-                 "Upsample-linear", "Upsample-bilinear-nan-inf", "AdaptiveAvgPool2d-nan-inf")
+                 "Upsample-linear", "Upsample-bilinear-nan-inf", "AdaptiveAvgPool2d-nan-inf",
+                 "Conv1d-reflect-groups-dilation", "Conv2d-circular", "MaxPool2d-ceil", "Upsample-nearest")
 
 
 @pytest.mark.parametrize("dtype, modes", RUNS)
