@@ -161,6 +161,9 @@ class Function:
         args = [_as_argument(backend, a) for a in args]
         with tracing.recording_module_calls() as called, tracing.recording_parameters_read() as read:
             result = compiled(*args)
+        # inside an enclosing function's trace, its graph bakes in this one's frozen set too, which a call that did
+        # not trace again does not read: told to the enclosing recording (module parameters: ``_key`` reads them)
+        tracing.parameters_read(self._bare.get(backend.name, ()))
         known = self._known.setdefault(backend.name, set())  # (one object: another thread may drop the entry)
         new_modules = called and not called.keys() <= known
         bare_ids = self._bare_ids.setdefault(backend.name, set())

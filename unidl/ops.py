@@ -1880,9 +1880,9 @@ def _cross_entropy_loss(logits, target, weight, ignore_index, reduction, label_s
     label_smoothing = label_smoothing if _smoothing(label_smoothing) else None
     if len(target.shape) == len(logits.shape):  # class probabilities: PyTorch promotes the three dtypes
         if ignore_index >= 0:
-            raise ValueError(f"cross_entropy_loss: ignore_index={ignore_index} applies to integer labels, not to "
+            raise ValueError(f"{owner}: ignore_index={ignore_index} applies to integer labels, not to "
                              f"class probabilities (PyTorch refuses it); leave it at its default, -100")
-        target = input_checks.as_floating("cross_entropy_loss", "target", target)
+        target = input_checks.as_floating(owner, "target", target)
         return _soft_cross_entropy_core(logits, target, weight, reduction, label_smoothing)
     weight = input_checks.class_weight("CrossEntropyLoss", weight, logits, "logits")
     target = input_checks.check_labels(owner, "CrossEntropyLoss", target, ignore_index)

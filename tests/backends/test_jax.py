@@ -3,6 +3,7 @@ errors for Python control flow on traced values, and the install hint."""
 
 import functools
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -408,25 +409,25 @@ class _ValueBranchingSGD(ud.optim.SGD):
         return 2 * lr * grad, {}
 
 
-def test_a_users_rule_that_reads_a_value_in_python_runs_op_by_op():
-    """A user's ``update()`` with an ``if`` on a tensor's value runs op by op, with ``ud.function``'s one warning,
-    through ``apply`` and an eager step, where the update is otherwise one compiled program (``apply`` raised
-    JAX's ``ConcretizationTypeError``); its branches give their own steps, NumPy the oracle."""
+def test_a_users_rule_runs_op_by_op_in_an_eager_step():
+    """A user's ``update()`` (``builtin_rule()`` None) runs op by op, its Python at every step, through ``apply`` and
+    an eager step, as on torch and TensorFlow: an ``if`` on a tensor's value works, without a warning (compiled, as
+    built-in rules are, ``apply`` raised JAX's ``ConcretizationTypeError``); its branches give their own steps, NumPy
+    the oracle."""
     grads = [np.full((2, 3), 1.0, np.float32), np.full((2,), -1.0, np.float32)]
-    with ud.use_backend("jax"):
+    with ud.use_backend("jax"), warnings.catch_warnings():
+        warnings.simplefilter("error", RetraceWarning)
         model = ud.nn.Linear(3, 2)
         start = [ud.to_numpy(p).copy() for p in model.parameters()]
         optimizer = _ValueBranchingSGD(model.parameters(), lr=0.1)
-        with pytest.warns(RetraceWarning, match="runs eagerly"):
-            optimizer.apply([ud.tensor(g) for g in grads])
-        optimizer.apply([ud.tensor(g) for g in grads])  # (op by op from now on: no second warning, nor error)
+        optimizer.apply([ud.tensor(g) for g in grads])
+        optimizer.apply([ud.tensor(g) for g in grads])
         for before, after, g, rate in zip(start, model.parameters(), grads, (0.1, 0.2)):
             np.testing.assert_allclose(ud.to_numpy(after), before - 2 * rate * g, rtol=1e-6)
         x = np.ones((4, 3), np.float32)
         step = ud.train_step(model, GradientTimes(), _ValueBranchingSGD(model.parameters(), lr=0.1), eager=True)
         before = [ud.to_numpy(p).copy() for p in model.parameters()]
-        with pytest.warns(RetraceWarning, match="runs eagerly"):
-            step(x, np.ones((4, 2), np.float32))
+        step(x, np.ones((4, 2), np.float32))
         # the loss sum(output * y): the weight's gradient y^T x (4 > 0, lr), the bias's the column sums of y (4 > 0)
         np.testing.assert_allclose(ud.to_numpy(model.weight), before[0] - 0.1 * 4.0, rtol=1e-6)
         np.testing.assert_allclose(ud.to_numpy(model.bias), before[1] - 0.1 * 4.0, rtol=1e-6)

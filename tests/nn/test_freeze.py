@@ -461,6 +461,38 @@ def test_a_ud_function_follows_a_freeze_of_a_bare_parameter_made_after_its_first
     assert counts == [None] * 3 or counts == [counts[0], counts[0] + 1, counts[0] + 1], counts
 
 
+def test_a_bare_parameter_frozen_is_followed_by_a_function_calling_another_that_traced_it(backend):
+    """An outer ``ud.function`` that calls an inner one (already traced over a bare parameter's ``value_and_grad``)
+    is keyed on that parameter's flag too: frozen after both ran, it stays as it is through either (the inner call
+    inside the outer's trace does not run its Python again, so the outer graph baked in the trained parameter and
+    moved it on tensorflow and keras)."""
+    w = ud.nn.Parameter(np.ones(3, np.float32))
+    optimizer = ud.optim.SGD([w], lr=0.1)
+    x = ud.tensor(np.ones(3, np.float32))
+
+    @ud.function
+    def inner(x):
+        loss, grads = ud.value_and_grad(lambda: ud.ops.sum(w * x), [w])()
+        optimizer.apply(grads)
+        return loss
+
+    @ud.function
+    def outer(x):
+        return inner(x) * 1.0
+
+    inner(x)
+    outer(x)
+    trained = ud.to_numpy(w).copy()
+    assert not np.allclose(trained, 1.0)
+    w.requires_grad_(False)
+    inner(x)
+    outer(x)
+    np.testing.assert_array_equal(ud.to_numpy(w), trained)
+    w.requires_grad_(True)
+    outer(x)
+    assert not np.array_equal(ud.to_numpy(w), trained)
+
+
 @pytest.mark.parametrize("how", ["module", "attribute"])
 def test_a_ud_function_follows_a_freeze_and_an_unfreeze_made_after_its_first_call(backend, how):
     """A ``ud.function`` step (``value_and_grad`` over the model's parameters, then ``optimizer.apply``) honours a

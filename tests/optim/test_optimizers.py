@@ -180,6 +180,35 @@ class GradientAsTarget(ud.nn.Module):
         return ud.ops.sum(output * y)
 
 
+class _ScaledSGD(ud.optim.SGD):
+    """A user's rule that reads its own Python attribute at every update."""
+
+    factor = 1.0
+
+    def update(self, param, grad, slots, lr, step, ops):
+        return self.factor * lr * grad, {}
+
+
+def test_a_users_rule_reads_its_own_attribute_at_every_eager_step(backend):
+    """``train_step(eager=True)`` runs a user's ``update()`` at every step on every backend, as torch's loop runs
+    its optimizer's Python: an attribute set to 0 between steps stops the updates (jax's eager step, compiled once
+    for a user's rule, kept the value of its first step and moved the weight again)."""
+    model = ud.nn.Linear(3, 2)
+    model.load_state_dict({"weight": np.full((2, 3), 0.5, np.float32), "bias": np.zeros(2, np.float32)})
+    optimizer = _ScaledSGD(model.parameters(), lr=0.1)
+    step = ud.train_step(model, ud.nn.MSELoss(), optimizer, eager=True)
+    x, y = np.ones((4, 3), np.float32), np.zeros((4, 2), np.float32)
+    step(x, y)
+    moved = ud.to_numpy(model.weight).copy()
+    assert not np.allclose(moved, 0.5)
+    optimizer.factor = 0.0
+    step(x, y)
+    np.testing.assert_array_equal(ud.to_numpy(model.weight), moved)
+    optimizer.factor = 2.0
+    step(x, y)
+    assert not np.array_equal(ud.to_numpy(model.weight), moved)
+
+
 def test_user_optimizer_subclass_runs_its_own_rule_on_every_backend(backend):
     """A user's ``update()`` is the rule on every backend (torch included: no torch.optim stands in), through
     ``apply()``, a compiled ``train_step``, ``fit`` and an eager ``train_step``."""

@@ -26,10 +26,12 @@ def run(backend, build, inputs, weights_from=None, train=True, seed=0):
             return ud.ops.sum(layer(*args) * r)
 
         grads = {}
-        if float_args or params:  # (one forward and backward for both)
-            input_grads, param_grads = ud.grad(objective, float_args, params=params)(*tensors)
+        if float_args:
+            _, input_grads = ud.value_and_grad(objective, float_args)(*tensors)
             grads.update({f"input{i}": ud.to_numpy(g) for i, g in zip(float_args, input_grads)})
-            names = [n for n, _ in layer.named_parameters()] if params else []
+        if params:
+            _, param_grads = ud.value_and_grad(lambda: objective(*tensors), params)()
+            names = [n for n, _ in layer.named_parameters()]
             grads.update({n: ud.to_numpy(g) for n, g in zip(names, param_grads)})
         state = layer.state_dict() if isinstance(layer, ud.nn.Module) else {}
         return ud.to_numpy(output), grads, state

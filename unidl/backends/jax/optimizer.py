@@ -26,6 +26,7 @@ class JaxOptimizer:
 
     def __init__(self, optimizer, ops):
         self._spec, self._ops = optimizer, ops
+        self._compiles_eagerly = optimizer.builtin_rule() is not None  # (``guarded_apply``)
         dtype = optimizer.params[0].dtype
         # one learning rate per param group (the first is ``learning_rate``)
         self.learning_rates = [JaxVariable(host_constant(group["lr"], dtype), trainable=False)
@@ -96,8 +97,10 @@ class JaxOptimizer:
 
     def guarded_apply(self, grads, loss=None, accumulate: int = 1, present=None, passed=None) -> None:
         """``guarded_update`` inside a trace (a compiled step's, a ``ud.function``'s); called eagerly, the same as one
-        compiled program (``_eager_update``)."""
-        if passed is None and not recording() and not _traced((loss, grads, present)):
+        compiled program (``_eager_update``) for unidl's built-in rules, whose options the program reads as variables;
+        a user's own rule runs op by op, as torch's and TensorFlow's eager steps run it, so that its Python (an
+        attribute it reads, a print) runs at every step."""
+        if passed is None and self._compiles_eagerly and not recording() and not _traced((loss, grads, present)):
             self._eager_update(grads, loss, accumulate, present)
         else:
             self.guarded_update(grads, loss, accumulate, present, passed)
