@@ -356,8 +356,9 @@ def test_an_eager_steps_optimizer_update_is_one_compiled_program(caplog):
     the gradient's, its later steps none, a new learning rate none (a variable the program reads), an option's
     first change one (bound from then on, as in a compiled step) and its later changes none. Each element-wise op
     of the rule compiled on its own for each parameter shape before (35 programs for Adam's first step here; 59
-    of the 74 of a two-layer Adam step in a fresh process). The weights follow those of the compiled step (one program for the
-    whole step) to float32's rounding (XLA fuses a multiply and a subtract into one FMA in either program)."""
+    of the 74 of a two-layer Adam step in a fresh process). The weights follow those of the compiled step (one
+    program for the whole step) to float32's rounding (XLA fuses a multiply and a subtract into one FMA in either
+    program)."""
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((8, 37)).astype(np.float32), rng.standard_normal((8, 11)).astype(np.float32)
     with ud.use_backend("jax"):

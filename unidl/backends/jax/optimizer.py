@@ -110,10 +110,10 @@ class JaxOptimizer:
         XLA program per structure of the arguments (the shapes and dtypes, which gradients are None,
         ``accumulate``) and frozen set, where each element-wise op of the rule compiled, and ran, on its own for
         each parameter shape (59 of the 74 programs a two-layer net's first eager Adam step compiled in a fresh
-        process, each a real cost where JAX's compilation cache is empty). The learning rates, bound options and counts are variables, read by
-        the program: a schedule's new rate runs it again, untraced; an option's first change retraces once, as in
-        a compiled step. A rule that needs a traced value in Python (a user's ``update()`` with an ``if`` on a
-        tensor) runs op by op from then on, as it did, with ``ud.function``'s one warning."""
+        process, each a real cost where JAX's compilation cache is empty). The learning rates, bound options and
+        counts are variables, read by the program: a schedule's new rate runs it again, untraced; an option's first
+        change retraces once, as in a compiled step. Built-in rules only (``guarded_apply``); should one need a
+        traced value in Python it runs op by op from then on, with ``ud.function``'s one warning."""
         compiled = self.__dict__.get("_compiled_update")
         if compiled is None:
             mask = trainable_mask_cached(self._spec.params)  # (``window_micro_step`` reads it while traced)
