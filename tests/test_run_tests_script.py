@@ -49,7 +49,8 @@ def _run_tests_script(tmp_path, *args, **env):
 PARITY = "tests/parity"
 OTHERS = ("tests/nn/test_freeze.py tests/test_dynamic_forward.py tests/test_precision.py "
           "tests/test_export_inputs_outputs.py tests/backends/test_keras_jax_step_checks.py "
-          "tests/backends/test_traced_functions.py tests/test_scan_value_checks.py tests/nn/test_sparse.py")
+          "tests/backends/test_traced_functions.py tests/test_scan_value_checks.py tests/nn/test_sparse.py "
+          "tests/test_autograd.py")
 MAIN = "-m pytest -n 2 --dist loadfile --no-loadscope-reorder"
 NO_CACHE = "-p no:cacheprovider"  # (the Keras runs' results must not overwrite the main run's last-failed list)
 

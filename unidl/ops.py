@@ -454,8 +454,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         like = dtype_kinds.dtype_name(next((t for t in (running_mean, running_var, weight) if t is not None), x).dtype)
         channels = (shape(x)[1],)
         y, new_mean, new_var = batch_norm(
-            x, zeros(channels, like) if running_mean is None else running_mean,
-            ones(channels, like) if running_var is None else running_var, weight, bias, True, momentum, eps)
+            x, zeros(channels, dtype=like) if running_mean is None else running_mean,
+            ones(channels, dtype=like) if running_var is None else running_var, weight, bias, True, momentum, eps)
         return y, None if running_mean is None else new_mean, None if running_var is None else new_var
     if training:
         x = input_checks.check_batch_statistics("batch_norm", x)
