@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import pickle
-import re
 
 import numpy as np
 
 from unidl import arguments
 from unidl.errors import CorruptFileError, StateDictError, UnknownModelError, UnsafeFormatError
 from unidl.io.safetensors import SafetensorsFile, check_readable_file, is_safetensors, load_file, save_file
+from unidl.io.torch_checkpoint import read_torch_state_dict
 from unidl.nn import loading
 from unidl.nn.incompatible_keys import IncompatibleKeys
 from unidl.nn.rollback import restored_on_failure
@@ -182,8 +181,6 @@ _PICKLE_PREFIXES = tuple(b"\x80" + bytes([protocol]) for protocol in range(2, 6)
 #: what a legacy (non-zip) torch.save file begins with: a pickled magic number, 0x1950a86a20f9469cfc6c
 _TORCH_LEGACY_PREFIX = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 _ZIP_PREFIX = b"PK\x03\x04"
-#: a terminal's escape codes (torch puts bold text in its weights_only refusal), left out of unidl's messages
-_ANSI_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def _refuse_pickle(path: str, kind: str) -> UnsafeFormatError:
@@ -262,86 +259,6 @@ def _refuse_npz(path: str) -> None:
             f"{path!r} is a NumPy .npz archive ({len(names)} arrays), not a weights file that ud.load_weights reads: "
             f"load it with model.load_state_dict(dict(np.load(path, allow_pickle=False))), or save weights with "
             f"ud.save(model, path) (safetensors)")
-
-
-def read_torch_state_dict(path) -> dict[str, np.ndarray]:
-    """A PyTorch state dict written by ``torch.save`` (a ``.pth``/``.pt`` zip archive), as NumPy arrays.
-
-    Read with ``torch.load(weights_only=True)``, PyTorch's restricted unpickler that builds tensors and plain
-    containers only and never runs code named in the file, so that a torchvision or a user's PyTorch checkpoint
-    loads into a unidl model on any backend. Needs torch installed (it is only the file's reader here)."""
-    try:
-        import torch
-    except ImportError:
-        raise CorruptFileError(
-            f"{path!r} is a torch.save archive; reading it safely needs torch (torch.load(weights_only=True)). "
-            f"Install torch, or convert the file to safetensors where torch is installed") from None
-    _check_stored_archive(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch's own refusal (e.g. a pickled object other than tensors) or a damaged archive
-        # (torch's text, without the terminal's bold codes it puts in it)
-        raise CorruptFileError(f"{path!r}: torch.load(weights_only=True) refused it: {_ANSI_CODES.sub('', str(error))}"
-                               f" (a whole module saved with torch.save(model)? save model.state_dict() instead)"
-                               ) from None
-
-    def is_state_dict(value):
-        return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                               for k, v in value.items())
-
-    if isinstance(state, dict) and is_state_dict(state.get("state_dict")):
-        state = state["state_dict"]  # a training checkpoint ({"state_dict": ..., "epoch": n}), as a pickle's is read
-    if not is_state_dict(state):
-        nested = [key for key, value in state.items() if is_state_dict(value)] if isinstance(state, dict) else []
-        hint = (f"; pass the one it holds, model.load_state_dict(torch.load(path, weights_only=True)[{nested[0]!r}])"
-                if nested else "")
-        raise CorruptFileError(f"{path!r} does not hold a plain state dict (parameter names -> tensors); it holds "
-                               f"{type(state).__name__}" + (f" with keys {list(state)[:5]}" if isinstance(state, dict)
-                                                            else "") + hint)
-    converted, widened = {}, 0
-    for key, value in state.items():
-        if value.layout != torch.strided or value.device.type == "meta":
-            raise CorruptFileError(f"{path!r}: tensor {key!r} is {value.layout} on {value.device.type}, not a dense "
-                                   f"tensor of values; save the state dict of a dense model")
-        stored, needed = value.untyped_storage().nbytes(), value.numel() * max(value.element_size(), 4)
-        widened += max(needed - stored, 0)  # (summed over the file's views: many keys of 64 MiB each add up)
-        if needed > stored and widened > max(2 ** 26, 16 * os.path.getsize(path)):  # (a zero-stride view of a few
-            # stored values: widened or copied, a 1.5 KB file made a 1 GB tensor before any shape was checked; a
-            # small broadcast buffer, torch.ones(1).expand(4), loads)
-            raise CorruptFileError(f"{path!r}: tensor {key!r} of shape {tuple(value.shape)} holds far more values "
-                                   f"than the {stored} bytes stored for it (a view with strides {value.stride()}): "
-                                   f"{needed} bytes from a file of {os.path.getsize(path)}, which no model's state "
-                                   f"dict needs: a crafted file")
-        if value.dtype == torch.bfloat16 or "float8" in str(value.dtype):  # (NumPy has neither: float32 holds both)
-            value = value.float()
-        try:
-            converted[key] = value.detach().numpy()
-        except (TypeError, RuntimeError) as error:
-            raise CorruptFileError(f"{path!r}: tensor {key!r} of dtype {value.dtype} has no NumPy dtype ({error})")
-    return converted
-
-
-def _check_stored_archive(path) -> None:
-    """``CorruptFileError`` for a zip archive that ``torch.save`` did not write as it is: compressed entries (it
-    writes none), or entries that together inflate past the file's own size (300 KB made 300 MB in memory)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            entries = archive.infolist()
-    except (zipfile.BadZipFile, OSError) as error:
-        raise CorruptFileError(f"{path!r} is not a readable zip archive ({error})") from None
-    inside = {entry.filename.split("/", 1)[-1] for entry in entries}  # (the paths under the archive's root folder)
-    if {"archive_format", "models/model.json"} <= inside:  # (torch.load said "internal miniz error")
-        raise CorruptFileError(f"{path!r} is a torch.export program (a .pt2 archive, as ud.export's 'torch_export' "
-                               f"writes), not a weights file: run it with torch.export.load(path).module()(x); load "
-                               f"weights from a file that ud.save, save_weights or torch.save wrote")
-    compressed = [entry.filename for entry in entries if entry.compress_type != zipfile.ZIP_STORED]
-    if compressed:
-        raise CorruptFileError(f"{path!r}: compressed entries {compressed[:3]} in a torch.save archive, which "
-                               f"stores its entries uncompressed: a re-packed or hostile file")
-    if sum(entry.file_size for entry in entries) > os.path.getsize(path):
-        raise CorruptFileError(f"{path!r}: its entries hold more bytes than the file: not a torch.save archive")
 
 
 def open_weights(path) -> tuple[SafetensorsFile, dict | None, dict[str, str]]:

@@ -178,8 +178,13 @@ def test_keras_backend_value_names_the_valid_frameworks(monkeypatch):
 #: a front-end file -> (the framework names it may use, why): each an interop with a framework's own objects or files,
 #: which every backend accepts alike, or a text that is an example of a syntax; never a branch on the backend in use
 FRONT_END_ALLOWED = {
-    "unidl/serialization.py": (("torch",), "reads PyTorch's torch.save files with torch.load where torch is installed, "
-                                           "on any backend (PyTorch's file format, not the torch backend)"),
+    "unidl/serialization.py": (("torch",), "reads a native variable's dtype from its name, torch's ('torch.float32') "
+                                           "included"),
+    "unidl/io/torch_checkpoint.py": (("torch",), "reads PyTorch's torch.save files with torch.load where torch is "
+                                                 "installed, on any backend (PyTorch's file format, not the torch "
+                                                 "backend)"),
+    "unidl/io/torch_archive.py": (("torch",), "reads the same files without torch: its pickle names torch's "
+                                              "storage, dtype and rebuild functions, which it maps to NumPy"),
     "unidl/data/worker.py": (("torch",), "seeds torch's global generator in loader workers where the process has "
                                          "imported torch, as torch's DataLoader does, on any backend"),
     "unidl/data/dataset.py": (("torch",), "recognises torch.utils.data.Dataset's placeholder __getitem__ by name, "

@@ -51,6 +51,14 @@ _METADATA_KEY = "__metadata__"
 _ALIGNMENT = 8
 
 
+def widen_bfloat16(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 values, given as the unsigned integers of their bits, as float32 (exact: a bfloat16 is the upper
+    half of a float32). A uint32 array is widened in place; the result is a view of it."""
+    upper = bits if bits.dtype == np.uint32 else bits.astype(np.uint32)
+    np.left_shift(upper, 16, out=upper)
+    return upper.view(np.float32)
+
+
 # ---- integrity -----------------------------------------------------------
 
 #: ``__metadata__`` key holding ``{tensor name: crc32 of its bytes}`` as JSON (covered by the header checksum)
@@ -402,8 +410,7 @@ class SafetensorsFile:
         if dtype_name == "BF16":
             upper = buffer.view("<u2").astype(np.uint32)
             del buffer  # (the bytes freed before the float32 array is made: one widened copy at a time)
-            np.left_shift(upper, 16, out=upper)
-            return upper.view(np.float32).reshape(shape)
+            return widen_bfloat16(upper).reshape(shape)
         array = buffer.view(DTYPES[dtype_name]).reshape(shape)
         return array.astype(array.dtype.newbyteorder("="), copy=False)
 

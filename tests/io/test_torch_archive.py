@@ -1,0 +1,197 @@
+"""unidl's reader of ``torch.save`` archives without torch (``unidl.io.torch_archive``): what
+``torch.load(weights_only=True)`` gives, bit for bit; every global but a state dict's refused before it runs; and a
+PyTorch state dict loaded with ``ud.load_weights`` where torch cannot be imported."""
+
+import collections
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+import unidl as ud
+from tests.helpers import last_json_line, run_python
+from unidl.io.torch_archive import read_torch_archive
+from unidl.io.torch_checkpoint import read_with_torch, read_without_torch
+
+
+def _state_dict() -> dict:
+    """Every dtype a model's state dict holds, a transposed view, two keys of one storage, a scalar count, a
+    Parameter and a conjugated complex view."""
+    torch.manual_seed(0)
+    shared = torch.randn(12)
+    return collections.OrderedDict(
+        weight=torch.randn(3, 4), double=torch.randn(2, 3, dtype=torch.float64),
+        half=torch.randn(5).half(), brain=torch.randn(2, 3).to(torch.bfloat16),
+        float8=torch.randn(4).to(torch.float8_e4m3fn), index=torch.tensor([-(2 ** 40), 7]),
+        mask=torch.tensor([True, False, True]), small=torch.tensor([0, 255], dtype=torch.uint8),
+        transposed=torch.randn(3, 5).t(), head=shared[2:6], tail=shared.view(3, 4)[:, 1:],
+        num_batches_tracked=torch.tensor(12), parameter=torch.nn.Parameter(torch.randn(2, 2)),
+        conjugated=torch.randn(3, dtype=torch.complex64).conj(), empty=torch.zeros(0, 3))
+
+
+def _as_read(tensor: torch.Tensor) -> np.ndarray:
+    """What both readers give for ``tensor``: its values, bfloat16 and float8 widened to float32 (NumPy has
+    neither), a complex view's conjugate bit applied."""
+    tensor = tensor.detach().resolve_conj()
+    if tensor.dtype == torch.bfloat16 or "float8" in str(tensor.dtype):
+        tensor = tensor.float()
+    return tensor.numpy()
+
+
+def _assert_same(found: dict, expected: dict) -> None:
+    assert list(found) == list(expected)
+    for key, value in expected.items():
+        reference = _as_read(value)
+        assert found[key].dtype == reference.dtype and found[key].shape == reference.shape, key
+        assert np.ascontiguousarray(found[key]).tobytes() == np.ascontiguousarray(reference).tobytes(), key
+
+
+def _rewritten(source, target, replaced: dict) -> None:
+    """``source``'s archive with the entries ``replaced`` names (under its root folder) given new bytes, stored."""
+    with zipfile.ZipFile(source) as archive, zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as out:
+        root = archive.namelist()[0].split("/")[0]
+        for entry in archive.infolist():
+            inside = entry.filename.split("/", 1)[1]
+            out.writestr(entry.filename, replaced.get(inside, archive.read(entry)))
+        assert {f"{root}/{name}" for name in replaced} <= set(archive.namelist())
+
+
+def test_the_reader_without_torch_gives_what_torch_load_gives(tmp_path):
+    """Each tensor's dtype, shape and bytes as ``torch.load(weights_only=True)`` gives them (the reader with torch
+    too), from a state dict and from a training checkpoint holding one; the two keys of one storage share the bytes
+    read once; the tensors' dtypes are torch's."""
+    state = _state_dict()
+    torch.save(state, tmp_path / "state.pth")
+    torch.save({"state_dict": state, "epoch": 3, "optimizer": {"lr": 0.1}}, tmp_path / "checkpoint.pth")
+    for path in (tmp_path / "state.pth", tmp_path / "checkpoint.pth"):
+        loaded = torch.load(path, weights_only=True)
+        loaded = loaded.get("state_dict", loaded)
+        _assert_same(read_without_torch(str(path)), loaded)
+        _assert_same(read_with_torch(str(path)), loaded)
+    stored = read_torch_archive(str(tmp_path / "state.pth"))
+    assert {key: tensor.dtype for key, tensor in stored.items()} == {
+        key: str(value.dtype).removeprefix("torch.") for key, value in state.items()}
+    assert stored["head"].storage.data.obj is stored["tail"].storage.data.obj
+    assert stored["weight"].storage.data.obj is not stored["head"].storage.data.obj
+
+
+def test_a_big_endian_archive_is_read_in_its_byte_order(tmp_path):
+    """An archive whose ``byteorder`` entry says big: its storages' bytes are read big-endian, as ``torch.load``
+    reads them (the same file with ``little`` gives other values)."""
+    state = {"weight": torch.randn(2, 3), "index": torch.arange(4), "brain": torch.randn(3).to(torch.bfloat16)}
+    torch.save(state, tmp_path / "little.pth")
+    swapped = {f"data/{key}": (value.view(torch.int16) if value.dtype == torch.bfloat16 else value).numpy()
+               .byteswap().tobytes() for key, value in enumerate(state.values())}  # (torch.save's keys: 0, 1, ...)
+    _rewritten(tmp_path / "little.pth", tmp_path / "big.pth", {"byteorder": b"big", **swapped})
+    _assert_same(read_without_torch(str(tmp_path / "big.pth")), torch.load(tmp_path / "big.pth", weights_only=True))
+    _assert_same(read_without_torch(str(tmp_path / "big.pth")), state)
+    _rewritten(tmp_path / "big.pth", tmp_path / "wrong.pth", {"byteorder": b"little"})
+    assert not np.array_equal(read_without_torch(str(tmp_path / "wrong.pth"))["weight"], state["weight"].numpy())
+
+
+class RunsACommand:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+class _Rebuilt:
+    """Pickles as ``torch._utils._rebuild_tensor_v2`` of ``tensor``'s storage with the view and state given."""
+
+    def __init__(self, tensor, offset, size, stride, state=None):
+        self.tensor, self.view, self.state = tensor, (offset, size, stride), state
+
+    def __reduce_ex__(self, protocol):
+        storage = torch.storage.TypedStorage(wrap_storage=self.tensor.untyped_storage(), dtype=self.tensor.dtype,
+                                             _internal=True)
+        arguments = (storage, *self.view, False, collections.OrderedDict())
+        return (torch._utils._rebuild_tensor_v2, arguments) + ((self.state,) if self.state else ())
+
+
+def test_a_pickle_that_runs_code_or_reads_past_its_storage_is_refused(tmp_path):
+    """A ``data.pkl`` whose object's ``__reduce__`` calls ``os.system``, put in a ``torch.save`` archive, is refused
+    naming the global, and the command never runs (as ``torch.load(weights_only=True)`` refuses it); a view that
+    reaches past its storage's bytes, and a tensor whose attributes the pickle sets after it is built, are refused
+    before any value is read."""
+    marker = tmp_path / "ran"
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "plain.pth")
+    _rewritten(tmp_path / "plain.pth", tmp_path / "hostile.pth",
+               {"data.pkl": pickle.dumps({"weight": RunsACommand(f"touch {marker}")}, protocol=2)})
+    with pytest.raises(ud.CorruptFileError, match=r"hostile.pth': its pickle names the global (posix|os|nt)\.system,"
+                                                  r" which a state dict of tensors does not hold"):
+        read_without_torch(str(tmp_path / "hostile.pth"))
+    with ud.use_backend("torch"), pytest.raises(ud.CorruptFileError, match=r"weights_only=True\) refused it"):
+        ud.load_weights(ud.nn.Linear(1, 2, bias=False), str(tmp_path / "hostile.pth"))
+    assert not marker.exists()
+
+    values = torch.arange(6.0)
+    for view, match in (((4, (3,), (1,)), r"reaches element 6 of a storage of 6"),
+                        ((0, (2, 4), (4, 1)), r"size \(2, 4\) and stride \(4, 1\) from offset 0 reaches element 7"),
+                        ((0, (3,), (-1,)), r"stride \(-1,\)")):
+        torch.save({"weight": _Rebuilt(values, *view)}, tmp_path / "past.pth")
+        with pytest.raises(ud.CorruptFileError, match=match):
+            read_without_torch(str(tmp_path / "past.pth"))
+    torch.save({"weight": _Rebuilt(values, 0, (2,), (1,), state={"shape": (10 ** 6,)})}, tmp_path / "state.pth")
+    with pytest.raises(ud.CorruptFileError, match=r"state.pth': its pickle sets the state of a StoredTensor"):
+        read_without_torch(str(tmp_path / "state.pth"))
+
+
+@pytest.mark.parametrize("reader", [read_with_torch, read_without_torch], ids=["torch", "without_torch"])
+def test_both_readers_refuse_what_no_model_state_dict_holds(reader, tmp_path):
+    """The checks after reading are one code for both readers: a sparse or meta tensor named by key, a state dict
+    under a key other than ``state_dict`` named with the key to pass, a zero-stride view of far more values than
+    stored refused before it is widened."""
+    path = str(tmp_path / "w.pth")
+    for state, match in (({"weight": torch.eye(2).to_sparse()}, r"tensor 'weight' is torch.sparse_coo on cpu, not a "
+                                                                r"dense tensor"),
+                         ({"weight": torch.empty(2, device="meta")}, r"tensor 'weight' is torch.strided on meta"),
+                         ({"model": {"weight": torch.zeros(2)}}, r"holds dict with keys \['model'\]; pass the one it "
+                                                                 r"holds.*\['model'\]"),
+                         ({"view": torch.zeros(1, dtype=torch.bfloat16).expand(16000, 16000)},
+                          r"tensor 'view' of shape \(16000, 16000\) holds far more values than the 2 bytes stored")):
+        torch.save(state, path)
+        with pytest.raises(ud.CorruptFileError, match=match):
+            reader(path)
+
+
+def test_a_pytorch_state_dict_loads_where_torch_cannot_be_imported(tmp_path):
+    """A small PyTorch model's state dict (convolution, batch norm with its count, linear), saved by torch, loads with
+    ``ud.load_weights`` in a process where ``import torch`` fails (a TensorFlow or JAX user's), on tensorflow and
+    jax, and gives the PyTorch model's outputs. Before, reading a ``.pth`` needed torch."""
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                    torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 3))
+    reference(torch.randn(8, 3, 5, 5))  # (running statistics and a count other than their defaults)
+    reference.eval()
+    torch.save(reference.state_dict(), tmp_path / "model.pth")
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "expected.npy", reference(torch.from_numpy(x)).detach().numpy())
+    code = f"""
+import json, sys
+sys.modules["torch"] = None  # (import torch raises ImportError, as where it is not installed)
+import numpy as np
+import unidl as ud
+from unidl.testing import max_relative_difference
+
+x, expected = np.load({str(tmp_path / "x.npy")!r}), np.load({str(tmp_path / "expected.npy")!r})
+differences = {{}}
+for backend in ("tensorflow", "jax"):
+    with ud.use_backend(backend):
+        model = ud.nn.Sequential(ud.nn.Conv2d(3, 4, 3, padding=1), ud.nn.BatchNorm2d(4), ud.nn.ReLU(),
+                                 ud.nn.Flatten(), ud.nn.Linear(4 * 5 * 5, 3)).eval()
+        ud.load_weights(model, {str(tmp_path / "model.pth")!r})
+        differences[backend] = [max_relative_difference(ud.to_numpy(model(ud.tensor(x))), expected),
+                                int(ud.to_numpy(model[1].num_batches_tracked))]
+assert sys.modules["torch"] is None
+print(json.dumps(differences))
+"""
+    differences = last_json_line(run_python(code).stdout)
+    assert set(differences) == {"tensorflow", "jax"}
+    for backend, (difference, count) in differences.items():
+        assert difference < 2e-6 and count == 1, (backend, difference, count)

@@ -1,0 +1,130 @@
+"""A PyTorch state dict from a ``torch.save`` file (``.pth``/``.pt``), as NumPy arrays, on any backend.
+
+Read with ``torch.load(weights_only=True)`` where torch is installed, and with unidl's own restricted reader of the
+archive (``unidl.io.torch_archive``) where it is not; both refuse anything but tensors and plain containers without
+running code named in the file, and one set of checks (``state_dict_arrays``) reads what either gives.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from unidl.errors import CorruptFileError
+from unidl.io.torch_archive import StoredTensor, check_stored_archive, read_torch_archive
+
+#: a terminal's escape codes (torch puts bold text in its weights_only refusal), left out of unidl's messages
+_ANSI_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def read_torch_state_dict(path) -> dict[str, np.ndarray]:
+    """A PyTorch state dict written by ``torch.save`` (a zip archive), as NumPy arrays, so that a torchvision or a
+    user's PyTorch checkpoint loads into a unidl model on any backend: read by ``torch.load(weights_only=True)``,
+    PyTorch's restricted unpickler, where torch is installed, else by ``read_without_torch``."""
+    try:
+        import torch  # noqa: F401 (only whether it is installed)
+    except ImportError:
+        return read_without_torch(path)
+    return read_with_torch(path)
+
+
+def read_with_torch(path) -> dict[str, np.ndarray]:
+    """``read_torch_state_dict`` by ``torch.load(weights_only=True)``, which builds tensors and plain containers
+    only and never runs code named in the file."""
+    import torch
+
+    check_stored_archive(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch's own refusal (e.g. a pickled object other than tensors) or a damaged archive
+        # (torch's text, without the terminal's bold codes it puts in it)
+        raise CorruptFileError(f"{path!r}: torch.load(weights_only=True) refused it: {_ANSI_CODES.sub('', str(error))}"
+                               f" (a whole module saved with torch.save(model)? save model.state_dict() instead)"
+                               ) from None
+    return state_dict_arrays(path, state, lambda value: isinstance(value, torch.Tensor), _TorchTensor)
+
+
+def read_without_torch(path) -> dict[str, np.ndarray]:
+    """``read_torch_state_dict`` by unidl's reader of the archive (``read_torch_archive``), which refuses every
+    global its pickle names but those of tensors, storages, dtypes and ``OrderedDict``: what torch's gives."""
+    state = read_torch_archive(path)
+    return state_dict_arrays(path, state, lambda value: isinstance(value, StoredTensor), lambda value: value)
+
+
+class _TorchTensor:
+    """A ``torch.Tensor`` seen through ``StoredTensor``'s attributes, which ``state_dict_arrays`` checks."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+        self.layout, self.device = str(tensor.layout), tensor.device.type
+        self.dtype = str(tensor.dtype).removeprefix("torch.")
+
+    @property
+    def shape(self):
+        return tuple(self.tensor.shape)
+
+    @property
+    def stride(self):
+        return self.tensor.stride()
+
+    @property
+    def element_size(self) -> int:
+        return self.tensor.element_size()
+
+    @property
+    def stored_bytes(self) -> int:
+        return self.tensor.untyped_storage().nbytes()
+
+    def numel(self) -> int:
+        return self.tensor.numel()
+
+    def numpy(self) -> np.ndarray:
+        value = self.tensor.detach().resolve_conj().resolve_neg()  # (a complex view's bits, which .numpy() refused)
+        if self.dtype == "bfloat16" or "float8" in self.dtype:  # (NumPy has neither: float32 holds both)
+            value = value.float()
+        try:
+            return value.numpy()
+        except (TypeError, RuntimeError) as error:
+            raise TypeError(str(error)) from None
+
+
+def state_dict_arrays(path, state, is_tensor, as_stored) -> dict[str, np.ndarray]:
+    """The state dict that ``state`` (what a reader unpickled) holds, checked and as NumPy arrays: ``state`` itself
+    or its ``"state_dict"`` entry (a training checkpoint); anything else, a sparse, meta or non-NumPy tensor, or a
+    view reaching far more values than stored, is a ``CorruptFileError``. ``is_tensor`` says whether a value is one
+    of the reader's tensors, which ``as_stored`` gives ``StoredTensor``'s attributes."""
+    def is_state_dict(value):
+        return isinstance(value, dict) and all(isinstance(k, str) and is_tensor(v) for k, v in value.items())
+
+    if isinstance(state, dict) and is_state_dict(state.get("state_dict")):
+        state = state["state_dict"]  # a training checkpoint ({"state_dict": ..., "epoch": n}), as a pickle's is read
+    if not is_state_dict(state):
+        nested = [key for key, value in state.items() if is_state_dict(value)] if isinstance(state, dict) else []
+        hint = (f"; pass the one it holds, model.load_state_dict(torch.load(path, weights_only=True)[{nested[0]!r}])"
+                if nested else "")
+        raise CorruptFileError(f"{path!r} does not hold a plain state dict (parameter names -> tensors); it holds "
+                               f"{type(state).__name__}" + (f" with keys {list(state)[:5]}" if isinstance(state, dict)
+                                                            else "") + hint)
+    converted, widened = {}, 0
+    for key, value in state.items():
+        value = as_stored(value)
+        if value.layout != "torch.strided" or value.device == "meta":
+            raise CorruptFileError(f"{path!r}: tensor {key!r} is {value.layout} on {value.device}, not a dense "
+                                   f"tensor of values; save the state dict of a dense model")
+        stored, needed = value.stored_bytes, value.numel() * max(value.element_size, 4)
+        widened += max(needed - stored, 0)  # (summed over the file's views: many keys of 64 MiB each add up)
+        if needed > stored and widened > max(2 ** 26, 16 * os.path.getsize(path)):  # (a zero-stride view of a few
+            # stored values: widened or copied, a 1.5 KB file made a 1 GB tensor before any shape was checked; a
+            # small broadcast buffer, torch.ones(1).expand(4), loads)
+            raise CorruptFileError(f"{path!r}: tensor {key!r} of shape {value.shape} holds far more values "
+                                   f"than the {stored} bytes stored for it (a view with strides {value.stride}): "
+                                   f"{needed} bytes from a file of {os.path.getsize(path)}, which no model's state "
+                                   f"dict needs: a crafted file")
+        try:
+            converted[key] = value.numpy()
+        except TypeError as error:
+            raise CorruptFileError(f"{path!r}: tensor {key!r} of dtype torch.{value.dtype} has no NumPy dtype "
+                                   f"({error})") from None
+    return converted
