@@ -8,7 +8,8 @@ The trained model is the lecture's CNN with the weights that ship with unidl (th
 is another one on the same images: is the digit odd? Only a few hundred labelled images are used, so the body's
 features do the work. ``--from-pth`` first writes those weights as a plain-PyTorch checkpoint (``torch.save`` of a
 state dict; needs torch) in a temporary directory and loads it with ``ud.load_weights``, as a checkpoint trained in
-PyTorch would be (``torch.load(weights_only=True)``: tensors only, never arbitrary pickle).
+PyTorch would be (tensors only, never arbitrary pickle: ``torch.load(weights_only=True)`` where torch is installed,
+unidl's restricted reader of the archive where it is not).
 """
 
 from __future__ import annotations
