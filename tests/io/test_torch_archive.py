@@ -18,11 +18,11 @@ from unidl.io.torch_checkpoint import read_with_torch, read_without_torch
 
 
 def _state_dict() -> dict:
-    """Every dtype a model's state dict holds, a transposed view, two keys of one storage, a scalar count, a
-    Parameter and a conjugated complex view."""
+    """Every dtype a model's state dict holds, a transposed view, two keys of one storage, one tensor under two
+    keys, a scalar count, a Parameter and a conjugated complex view."""
     torch.manual_seed(0)
     shared = torch.randn(12)
-    return collections.OrderedDict(
+    state = collections.OrderedDict(
         weight=torch.randn(3, 4), double=torch.randn(2, 3, dtype=torch.float64),
         half=torch.randn(5).half(), brain=torch.randn(2, 3).to(torch.bfloat16),
         float8=torch.randn(4).to(torch.float8_e4m3fn), index=torch.tensor([-(2 ** 40), 7]),
@@ -30,6 +30,8 @@ def _state_dict() -> dict:
         transposed=torch.randn(3, 5).t(), head=shared[2:6], tail=shared.view(3, 4)[:, 1:],
         num_batches_tracked=torch.tensor(12), parameter=torch.nn.Parameter(torch.randn(2, 2)),
         conjugated=torch.randn(3, dtype=torch.complex64).conj(), empty=torch.zeros(0, 3))
+    state["tied"] = state["weight"]  # (one object under two keys)
+    return state
 
 
 def _as_read(tensor: torch.Tensor) -> np.ndarray:
@@ -76,6 +78,8 @@ def test_the_reader_without_torch_gives_what_torch_load_gives(tmp_path):
         key: str(value.dtype).removeprefix("torch.") for key, value in state.items()}
     assert stored["head"].storage.data.obj is stored["tail"].storage.data.obj
     assert stored["weight"].storage.data.obj is not stored["head"].storage.data.obj
+    found = read_without_torch(str(tmp_path / "state.pth"))  # (each key its own array, though one tensor was saved)
+    assert found["tied"] is not found["weight"] and not np.shares_memory(found["tied"], found["weight"])
 
 
 def test_a_big_endian_archive_is_read_in_its_byte_order(tmp_path):
@@ -116,7 +120,7 @@ class _Rebuilt:
 def test_a_pickle_that_runs_code_or_reads_past_its_storage_is_refused(tmp_path):
     """A ``data.pkl`` whose object's ``__reduce__`` calls ``os.system``, put in a ``torch.save`` archive, is refused
     naming the global, and the command never runs (as ``torch.load(weights_only=True)`` refuses it); a view that
-    reaches past its storage's bytes, and a tensor whose attributes the pickle sets after it is built, are refused
+    reaches past its storage's bytes, and a tensor or a global whose attributes the pickle sets (BUILD) are refused
     before any value is read."""
     marker = tmp_path / "ran"
     torch.save({"weight": torch.zeros(2)}, tmp_path / "plain.pth")
@@ -132,13 +136,20 @@ def test_a_pickle_that_runs_code_or_reads_past_its_storage_is_refused(tmp_path):
     values = torch.arange(6.0)
     for view, match in (((4, (3,), (1,)), r"reaches element 6 of a storage of 6"),
                         ((0, (2, 4), (4, 1)), r"size \(2, 4\) and stride \(4, 1\) from offset 0 reaches element 7"),
-                        ((0, (3,), (-1,)), r"stride \(-1,\)")):
+                        ((0, (3,), (-1,)), r"stride \(-1,\)"),
+                        ((0, (0, 2 ** 62), (1, 1)), r"size \(0, 4611686018427387904\)")):  # (past NumPy's bytes)
         torch.save({"weight": _Rebuilt(values, *view)}, tmp_path / "past.pth")
         with pytest.raises(ud.CorruptFileError, match=match):
             read_without_torch(str(tmp_path / "past.pth"))
     torch.save({"weight": _Rebuilt(values, 0, (2,), (1,), state={"shape": (10 ** 6,)})}, tmp_path / "state.pth")
     with pytest.raises(ud.CorruptFileError, match=r"state.pth': its pickle sets the state of a StoredTensor"):
         read_without_torch(str(tmp_path / "state.pth"))
+    # (the global _rebuild_tensor_v2, then BUILD with the slot state {"__defaults__": (1,)}: the next file's defaults)
+    defaults = b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nN}X\x0c\x00\x00\x00__defaults__K\x01\x85s\x86b."
+    _rewritten(tmp_path / "plain.pth", tmp_path / "defaults.pth", {"data.pkl": defaults})
+    with pytest.raises(ud.CorruptFileError, match=r"defaults.pth': its pickle sets the state of a _Global"):
+        read_without_torch(str(tmp_path / "defaults.pth"))
+    _assert_same(read_without_torch(str(tmp_path / "plain.pth")), {"weight": torch.zeros(2)})
 
 
 @pytest.mark.parametrize("reader", [read_with_torch, read_without_torch], ids=["torch", "without_torch"])

@@ -9,6 +9,7 @@ is not installed, and checks its result as it checks ``torch.load(weights_only=T
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import sys
@@ -85,7 +86,7 @@ class Storage:
 
 class StoredTensor:
     """A tensor as the archive describes it: ``shape`` and ``stride`` (in elements) from ``storage_offset`` of a
-    storage, its values read only by ``numpy()``. A sparse or meta tensor (``layout``, ``device``) has no storage
+    storage, its values read only by ``take_values()``. A sparse or meta tensor (``layout``, ``device``) has no storage
     here: it is kept to be named in an error. ``unidl.io.torch_checkpoint`` checks these attributes, which a
     ``torch.Tensor`` is read through too."""
     __setstate__ = _refuse_build
@@ -107,17 +108,21 @@ class StoredTensor:
     def numel(self) -> int:
         return int(np.prod(self.shape, dtype=object))
 
-    def numpy(self) -> np.ndarray:
-        """The values as a new C-ordered array of native byte order (bfloat16 and float8 widened to float32)."""
+    def take_values(self) -> np.ndarray:
+        """The values as a new C-ordered array of native byte order (bfloat16 and float8 widened to float32). The
+        tensor then lets go of its storage, whose bytes are freed with the last tensor that views them: reading a
+        state dict holds its arrays and about one storage beyond them, not the file's bytes beside its arrays."""
         bits = WIDENED_BITS.get(self.dtype)
         stored = (bits or NUMPY_DTYPES[self.dtype]).newbyteorder("<" if self.storage.byteorder == "little" else ">")
         if self.numel() == 0:
             values = np.zeros(self.shape, stored.newbyteorder("="))
         else:
             base = np.frombuffer(self.storage.data, stored, count=self.storage.nbytes // stored.itemsize)
-            view = np.lib.stride_tricks.as_strided(base[self.storage_offset:], self.shape,
-                                                   [step * stored.itemsize for step in self.stride], writeable=False)
+            steps = [step * stored.itemsize if length > 1 else 0 for length, step in zip(self.shape, self.stride)]
+            # (a dimension of one value may have any stride: its step is never taken, and may not fit NumPy's intp)
+            view = np.lib.stride_tricks.as_strided(base[self.storage_offset:], self.shape, steps, writeable=False)
             values = np.array(view, stored.newbyteorder("="))  # (its own memory, not the file's bytes)
+        self.storage = None
         if bits is not None:
             values = _widened(values, self.dtype)
         if self.conjugate:
@@ -136,7 +141,8 @@ def _widened(bits: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def _is_index(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    """A size, stride, offset or element count as torch keeps one (an int64 of at least 0)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2 ** 63
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, dtype=None) -> StoredTensor:
@@ -146,7 +152,8 @@ def _rebuild_tensor(storage, storage_offset, size, stride, dtype=None) -> Stored
     if not isinstance(storage, Storage) or not isinstance(dtype, str) or dtype not in _DTYPE_NAMES:
         raise CorruptFileError(f"a tensor of dtype {dtype!r} over a {type(storage).__name__}")
     size, stride = tuple(size), tuple(stride)
-    if not (_is_index(storage_offset) and len(size) == len(stride) and all(map(_is_index, size + stride))):
+    if not (_is_index(storage_offset) and len(size) == len(stride) and all(map(_is_index, size + stride))
+            and _is_index(math.prod(length for length in size if length) * _itemsize(dtype))):  # (NumPy's bound)
         raise CorruptFileError(f"a tensor of size {size}, stride {stride} and storage offset {storage_offset!r}")
     elements = storage.nbytes // _itemsize(dtype)
     last = storage_offset + sum((length - 1) * step for length, step in zip(size, stride))

@@ -80,7 +80,7 @@ class _TorchTensor:
     def numel(self) -> int:
         return self.tensor.numel()
 
-    def numpy(self) -> np.ndarray:
+    def take_values(self) -> np.ndarray:
         value = self.tensor.detach().resolve_conj().resolve_neg()  # (a complex view's bits, which .numpy() refused)
         if self.dtype == "bfloat16" or "float8" in self.dtype:  # (NumPy has neither: float32 holds both)
             value = value.float()
@@ -107,9 +107,9 @@ def state_dict_arrays(path, state, is_tensor, as_stored) -> dict[str, np.ndarray
         raise CorruptFileError(f"{path!r} does not hold a plain state dict (parameter names -> tensors); it holds "
                                f"{type(state).__name__}" + (f" with keys {list(state)[:5]}" if isinstance(state, dict)
                                                             else "") + hint)
-    converted, widened = {}, 0
-    for key, value in state.items():
-        value = as_stored(value)
+    converted, widened, taken = {}, 0, {}
+    for key, tensor in state.items():
+        value = as_stored(tensor)
         if value.layout != "torch.strided" or value.device == "meta":
             raise CorruptFileError(f"{path!r}: tensor {key!r} is {value.layout} on {value.device}, not a dense "
                                    f"tensor of values; save the state dict of a dense model")
@@ -122,8 +122,12 @@ def state_dict_arrays(path, state, is_tensor, as_stored) -> dict[str, np.ndarray
                                    f"than the {stored} bytes stored for it (a view with strides {value.stride}): "
                                    f"{needed} bytes from a file of {os.path.getsize(path)}, which no model's state "
                                    f"dict needs: a crafted file")
+        if id(tensor) in taken:  # (one tensor saved under two keys, which its pickle gives as one object: a copy)
+            converted[key] = converted[taken[id(tensor)]].copy()
+            continue
+        taken[id(tensor)] = key
         try:
-            converted[key] = value.numpy()
+            converted[key] = value.take_values()
         except TypeError as error:
             raise CorruptFileError(f"{path!r}: tensor {key!r} of dtype torch.{value.dtype} has no NumPy dtype "
                                    f"({error})") from None
