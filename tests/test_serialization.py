@@ -119,8 +119,9 @@ def test_planted_pickle_is_refused_and_never_run(tmp_path, backend, protocol):
 
 
 def test_damaged_torch_zip_file_is_refused(tmp_path):
-    """A torch.save archive is read only by torch.load(weights_only=True) (tests/io/test_torch_checkpoint.py);
-    a damaged one is a CorruptFileError, never an unpickling."""
+    """A torch.save archive is read only by torch.load(weights_only=True) (tests/io/test_torch_checkpoint.py) or,
+    without torch, unidl's restricted reader (tests/io/test_torch_archive.py); a damaged one is a CorruptFileError,
+    never an unpickling."""
     path = tmp_path / "model.pt"
     path.write_bytes(b"PK\x03\x04" + bytes(100))
     with pytest.raises(ud.CorruptFileError, match=r"model.pt' is not a readable zip archive"):

@@ -56,6 +56,7 @@ class _Name(str):
 
 
 class _StorageType(_Name):
+    """A storage-class global (``torch.FloatStorage``), told apart from a dtype: only it names a storage's type."""
     __slots__ = ()
 
 
