@@ -102,6 +102,42 @@ def test_optimizer_parity(case):
                     (name, n, slot)
 
 
+def _compiled_steps_fuse_multiply_adds() -> bool:
+    """Whether the current backend's compiled functions round ``a + w * (b - a)`` once, as a fused multiply-add
+    (XLA contracts it: jax, Keras-on-JAX; TensorFlow's graphs round the product and the sum apart)."""
+    a, b = START.ravel(), GRADS[-1].ravel()
+    got = ud.to_numpy(ud.function(lambda a, b: a + 0.1 * (b - a))(ud.tensor(a), ud.tensor(b)))
+    # (the product of two float32 numbers is exact in float64: only the sum rounds, to float64 then float32)
+    fused = (a.astype(np.float64) + float(np.float32(0.1)) * (b - a).astype(np.float64)).astype(np.float32)
+    return np.array_equal(got, fused)
+
+
+def test_adams_moments_round_as_torch_optims(backend):
+    """Adam's ``exp_avg`` and ``exp_avg_sq`` after 10 steps of ``GRADS`` in a compiled function, against plain
+    ``torch.optim.Adam``'s: torch's kernels round each moment once (``lerp_`` and ``addcmul_`` are fused
+    multiply-adds), so a backend whose compiled steps fuse a multiply and an add gives them bit for bit (jax fused
+    the other product of ``exp_avg_sq``'s sum: one rounding off torch's in 16-22% of the elements from the second
+    step); one that rounds twice (TensorFlow) within one rounding of the largest element."""
+    import torch
+
+    param = torch.nn.Parameter(torch.tensor(START))
+    reference = torch.optim.Adam([param], lr=1e-2)
+    holder = Holder()
+    optimizer = ud.optim.Adam(holder.parameters(), lr=1e-2)
+    step = ud.function(lambda g: optimizer.apply([g]))
+    for g in GRADS:
+        param.grad = torch.tensor(g)
+        reference.step()
+        step(ud.tensor(g))
+    fused = _compiled_steps_fuse_multiply_adds()
+    for name, slot in optimizer.state_dict()["slots"][0].items():
+        expected = reference.state[param][name].numpy()
+        if fused:
+            assert np.array_equal(slot, expected), (name, int((slot != expected).sum()))
+        else:
+            assert np.abs(slot - expected).max() <= np.spacing(np.abs(expected).max()), name
+
+
 def test_sgd_rule_against_numpy():
     weights, _ = _steps("torch", ud.optim.SGD, dict(lr=0.1, momentum=0.9), 3)
     p, b = START.astype(np.float64), np.zeros_like(START, dtype=np.float64)
