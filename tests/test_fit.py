@@ -473,3 +473,51 @@ def test_evaluate_computes_each_loss_it_is_given(backend, rng):
         values.append(ud.evaluate(model, (x, y), batch_size=10, loss=loss)["loss"])
         assert values[-1] == pytest.approx(float(loss(outputs, target)), rel=1e-5), type(loss).__name__
     assert len({round(value, 6) for value in values}) == 5, values  # (the first and third alike, the others apart)
+
+
+def _tensorflow_fit_graph_calls(monkeypatch, precision) -> tuple:
+    """``(history, graph calls, metric graph traces)`` of a 2-epoch tensorflow ``fit`` of a fresh two-layer net on 40
+    samples in batches of 16 (16, 16 and a last of 8) with 2 training metrics: every ``GraphFunction`` call counted."""
+    from unidl.backends.tensorflow.function import GraphFunction
+    from unidl.metrics.accumulator import MetricAccumulator
+
+    calls, accumulators = [], []
+    run, make = GraphFunction.__call__, MetricAccumulator.__init__
+
+    def counted(self, *args):
+        calls.append(self.__name__)
+        return run(self, *args)
+
+    def kept(self, *args, **kwargs):
+        make(self, *args, **kwargs)
+        accumulators.append(self)
+
+    monkeypatch.setattr(GraphFunction, "__call__", counted)
+    monkeypatch.setattr(MetricAccumulator, "__init__", kept)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((40, 8)).astype(np.float32), rng.integers(0, 3, 40)
+    ud.manual_seed(0)
+    model = ud.models.TwoLayerNet(8, 16, 3)
+    history = ud.fit(model, (x, y), batch_size=16, epochs=2, loss=ud.nn.CrossEntropyLoss(), precision=precision,
+                     optimizer=ud.optim.Adam(model.parameters(), lr=1e-2), metrics=["accuracy", "f1"], verbose=0)
+    monkeypatch.undo()
+    return history.history, calls, sum(accumulator._function.trace_count or 0 for accumulator in accumulators)
+
+
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
+def test_tensorflow_fit_computes_its_training_metrics_inside_the_step_graph(monkeypatch, precision):
+    """``fit``'s training metrics on tensorflow are computed in the train step's graph (``Backend.summary_in_step``):
+    one graph call a batch (6 for 2 epochs of 3 batches), where the metrics' statistics were a graph of their own
+    called after each step (12 calls, the metrics' graph traced); the values are those of the statistics computed
+    apart from the step's outputs."""
+    with ud.use_backend("tensorflow"):
+        in_step, calls, metric_traces = _tensorflow_fit_graph_calls(monkeypatch, precision)
+        monkeypatch.setattr(type(ud.config.backend()), "summary_in_step", False)
+        apart, calls_apart, metric_traces_apart = _tensorflow_fit_graph_calls(monkeypatch, precision)
+    assert calls == ["train_step of TwoLayerNet"] * 6, calls
+    assert metric_traces == 0
+    assert sorted(set(calls_apart)) == ["metric statistics", "train_step of TwoLayerNet"], calls_apart
+    assert len(calls_apart) == 12 and metric_traces_apart >= 1, (calls_apart, metric_traces_apart)
+    assert in_step["accuracy"] == apart["accuracy"] and in_step["f1"] == apart["f1"], (in_step, apart)
+    np.testing.assert_allclose(in_step["loss"], apart["loss"], rtol=1e-6)
+    assert 0.0 < in_step["accuracy"][-1] and 0.0 < in_step["f1"][-1]

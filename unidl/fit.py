@@ -603,8 +603,9 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
             start_epoch = epochs
     step = None
     # the training metrics' statistics traced into the compiled step where every compiled function is a program per
-    # batch shape (JAX: computed apart, one more program per batch size); not in an eager step, whose ops would each
-    # compile apart where the accumulator's own compiled function is one program
+    # batch shape (JAX: computed apart, one more program per batch size) or a graph call a dispatch (TensorFlow: a
+    # second call a batch); not in an eager step, whose ops would each compile apart where the accumulator's own
+    # compiled function is one program
     summary = (train_metrics.statistics if train_metrics is not None and backend.summary_in_step and not eager
                else None)
     for epoch in range(start_epoch, epochs):

@@ -89,7 +89,8 @@ print(json.dumps({"place": place, "outputs": [ud.to_numpy(outputs).tolist(), bef
                   "replica_1_ops": sum(n.startswith("replica_1/") for n in names),
                   "one": {k: listed(v) for k, v in one.items() if k != "cnn"}, "one_cnn": listed(one["cnn"][0]),
                   "two": {k: listed(v) for k, v in two.items() if k != "cnn"}, "two_cnn": listed(two["cnn"][0]),
-                  "one_loss": one["cnn"][1]["loss"], "two_loss": two["cnn"][1]["loss"]}))
+                  "one_loss": one["cnn"][1]["loss"], "two_loss": two["cnn"][1]["loss"],
+                  "one_history": one["cnn"][1], "two_history": two["cnn"][1]}))
 """
 
 # the keras backend on Keras-on-TensorFlow: Keras's own train step in each replica, the update once (the same checks
@@ -189,6 +190,13 @@ def test_two_devices_of_one_process_train_the_weights_of_one_device_with_the_sam
     _agree(trained["two_layer64"], as_arrays["two_layer64"], 1e-12)  # Adam, global batch 4 split 2 + 2
     _agree(trained["cnn"], as_arrays["cnn"], 1e-6)  # float32, fit with SGD + momentum, batches 8, 8, 4
     np.testing.assert_allclose(found["two_loss"], found["one_loss"], rtol=1e-6)  # the logs: whole-batch means
+    # fit's training metrics, computed in the step's graph (Backend.summary_in_step) from the whole batch's outputs
+    # once the replicas' are combined: one device's (a replica's own statistics averaged or concatenated were not)
+    one_history, two_history = found["one_history"], found["two_history"]
+    assert set(two_history) == set(one_history) == {"loss", "accuracy", "f1", "precision_micro", "auc", "lr"}
+    for name in ("accuracy", "f1", "precision_micro"):
+        assert two_history[name] == one_history[name], (name, two_history[name], one_history[name])
+    np.testing.assert_allclose(two_history["auc"], one_history["auc"], rtol=1e-6)
     assert "fewer samples than replicas" in found["too_small"] and "drop_last=True" in found["too_small"]
     # batch norm's running statistics: the first replica's share's, counted once (each replica wrote them in turn,
     # chaining two updates and counting the batch twice), as torch DDP keeps rank 0's buffers

@@ -62,8 +62,9 @@ class Backend(abc.ABC):
     #: True where ``train_step`` and ``mixed_precision_train_step`` take ``with_outputs`` as a function
     #: ``summary(outputs, y) -> tuple of tensors`` too, computed inside the compiled step and returned in place of
     #: the outputs: ``fit``'s training metrics (``MetricAccumulator.statistics``) where each function a backend
-    #: compiles is one program per batch shape (JAX), so that they are no program of their own beside the step;
-    #: elsewhere ``fit`` computes them after the step from its outputs
+    #: compiles is one program per batch shape (JAX), so that they are no program of their own beside the step, or
+    #: where each graph call costs a dispatch of its own (TensorFlow: one graph call a batch, not two); elsewhere
+    #: ``fit`` computes them after the step from its outputs (torch's eager step: the same ops either way)
     summary_in_step: bool = False
 
     def __new__(cls, *args, **kwargs):

@@ -63,6 +63,8 @@ class Backend(BackendInterface):
     native_layout = "NHWC"
     compiles_keras_train_step = True
     keras_writes_saved_model = True
+    # fit's training metrics inside the step's graph: computed apart they were a second graph call a batch
+    summary_in_step = True
     # Keras on TensorFlow: keras.ops' portable spellings cost time on TensorFlow's kernels (a transposed copy of
     # every Linear weight each step, for ``matmul(x, transpose(w))``; transposes around every conv and pool).
     # These ops take Keras's tensors and variables as they are, multiply by the transposed weight inside the
@@ -318,6 +320,7 @@ class Backend(BackendInterface):
 
         # in a process group: run in the strategy's replica context, rank 0's weights on every rank
         train_step = tf_distributed.data_parallel(train_step, tf_distributed.module_state(model))
+        train_step = tf_function.with_summary(train_step, with_outputs, flagged=True)  # (fit's metrics in the graph)
 
         if eager:
             device = self.current_device_name()

@@ -129,6 +129,25 @@ def to_graph_input(value):
     return tf.convert_to_tensor(array, dtype)
 
 
+def with_summary(step, summary, flagged: bool = False):
+    """``step`` (which returns ``(loss, outputs)``, or ``((loss, outputs), finite)`` where ``flagged``) returning
+    ``summary(outputs, y)`` in place of the outputs (``Backend.summary_in_step``: ``fit``'s training metrics in the
+    step's graph, where computed apart they were a second graph call a batch). Wraps the step after the replicas'
+    results are combined (``data_parallel``), so that the summary is the whole batch's, as ``fit`` computed it from
+    the step's outputs; ``step`` itself where ``summary`` is no function (``with_outputs`` True or False)."""
+    if not callable(summary):
+        return step
+
+    def summarised(x, y, *inputs):
+        result = step(x, y, *inputs)
+        (loss, outputs), finite = result if flagged else (result, None)
+        pair = (loss, summary(outputs, y))
+        return (pair, finite) if flagged else pair
+
+    summarised.__name__ = getattr(step, "__name__", "train_step")
+    return summarised
+
+
 class PerModeGraphs:
     """One ``GraphFunction`` per train/eval modes of ``model``'s modules, each of them (``training_modes``: a
     ``model.bn.eval()`` while the model trains counts), of the modules outside the model its traces reached (a

@@ -12,7 +12,7 @@ from unidl.precision import BACKOFF_FACTOR, GROWTH_FACTOR, autocast_modules, mod
 from unidl.backends.tensorflow import ops as tf_ops
 from unidl.backends.tensorflow.distributed import (accumulates_locally, average_gradients, data_parallel,
                                                    module_state, reduce_in_step, update_once)
-from unidl.backends.tensorflow.function import PerModeGraphs, to_graph_input
+from unidl.backends.tensorflow.function import PerModeGraphs, to_graph_input, with_summary
 from unidl.backends.tensorflow.control_flow import gradient_conditions
 from unidl.backends.tensorflow.optimizer import assign_numpy, finite_marker, read_numpy
 from unidl.training import loss_scale_storage
@@ -211,6 +211,7 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
         return tf.cond(count >= accumulate, lambda: update(*window.take(mask, grads, reads)), wait)
 
     step = data_parallel(step, module_state(model))  # in a process group: the strategy's replica context
+    step = with_summary(step, with_outputs)  # fit's training metrics in the graph (Backend.summary_in_step)
     if eager:
         def run(*args):
             with tf.device(device):
