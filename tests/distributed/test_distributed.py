@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import pickle
 import socket
+import sys
 
 import numpy as np
 import pytest
@@ -132,8 +133,18 @@ def _job(backend, launches, tmp_path_factory):
                     "TensorFlow (the error elsewhere: test_a_backend_without_an_engine_says_so_...)")
     backends = tuple(name for name in LAUNCHES[backend] if name != "keras" or _keras_on_tensorflow())
     if backends not in launches:
-        launches[backends] = _launch(backends, tmp_path_factory.mktemp(f"distributed-{backends[0]}"))
-    return launches[backends][backend]
+        try:
+            launches[backends] = _launch(backends, tmp_path_factory.mktemp(f"distributed-{backends[0]}"))
+        except Exception as error:
+            # kept: every other test of this launch fails with it at once, where each launched the job again and
+            # waited up to FAILURE_BOUND for it (a job past its timeout cost minutes per test)
+            launches[backends] = error
+            raise
+    launched = launches[backends]
+    if isinstance(launched, Exception):
+        raise AssertionError(f"the 2-rank job on {backends[0]}'s engine failed in an earlier test (launched once): "
+                             f"{launched}") from launched
+    return launched[backend]
 
 
 @pytest.fixture(scope="module", params=ENGINES)
@@ -640,6 +651,26 @@ def test_a_micro_step_non_finite_on_one_rank_skips_the_window_on_every_rank(guar
 
 
 # ---- bad input: clear errors, before anything starts ---------------------------------------------------------
+
+def test_a_failed_launch_fails_the_tests_that_read_it_without_launching_again(monkeypatch, tmp_path_factory):
+    """A job that failed (past its timeout, a rank that died early) fails every test that reads its results, naming
+    the first failure, from one launch: each test launched it again, and waited up to ``FAILURE_BOUND`` for it."""
+    calls = []
+
+    def failing_launch(backends, directory):
+        calls.append(backends)
+        raise AssertionError("the job failed before its planted failure: (planted by this test)")
+
+    monkeypatch.setattr(sys.modules[__name__], "_launch", failing_launch)
+    launches = {}
+    with pytest.raises(AssertionError, match=r"^the job failed before its planted failure"):
+        _job("torch", launches, tmp_path_factory)
+    for _ in range(2):
+        with pytest.raises(AssertionError, match=r"^the 2-rank job on torch's engine failed in an earlier test "
+                                                 r"\(launched once\): the job failed before its planted failure"):
+            _job("torch", launches, tmp_path_factory)
+    assert calls == [("torch",)]
+
 
 def test_bad_launch_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="nprocs must be a positive integer"):
