@@ -1213,7 +1213,7 @@ def _report_test_batch(listeners, index: int, loss, total: float, seen: int, met
         callback.on_test_batch_end(index, running)
 
 
-#: train steps a model keeps for later fits (``_fit_step``): a few optimizers, losses and option sets, the oldest dropped
+#: train steps a model keeps for later fits (``_fit_step``): a few optimizers, losses and option sets, oldest dropped
 _TRAIN_STEPS_KEPT = 4
 
 
