@@ -3,7 +3,10 @@
 native step, and the native step with unidl's non-finite guard added by hand (the check of ``all_finite``, every
 update selected by its flag, the flag read on the host as ``TrainStep`` reads it), so that the guard's cost and the
 rest (Python, dispatch) are told apart, and the same guard with the update under one ``lax.cond`` on the flag; and
-the arguments each compiled program is called with and keeps after ``jax.jit``'s pruning (``lower``).
+the arguments each compiled program is called with and keeps after ``jax.jit``'s pruning (``lower``). Two sides
+split unidl's own step: the same step traced with the guard's check replaced by True (XLA then drops the check and
+every select: what the guard costs inside unidl's program), and unidl's compiled program called bare (its arrays in,
+its outputs written back, the flag read: no ``TrainStep``/``StatefulJit`` Python, what that Python costs).
 Information for benchmarks/RESULTS.md; no target."""
 
 from __future__ import annotations
@@ -53,6 +56,45 @@ def _guarded_native(module, as_cond: bool = False):
         return *kept, loss, finite
 
     return jax.jit(step, donate_argnums=(0, 1)), params, transform.init(params)
+
+
+def _unguarded_step(x, y):
+    """A second ``ud.train_step`` of the two-layer net, traced (at its first call) with the guard's check
+    ``all_finite`` replaced by a constant True: the step without the check and the selects."""
+    import jax.numpy as jnp
+
+    import unidl as ud
+    from unidl.backends.jax import optimizer as jax_optimizer
+
+    module, loss_fn, optimizer = unidl_model("two_layer")
+    step = ud.train_step(module, loss_fn, optimizer)
+    checked = jax_optimizer.all_finite
+    jax_optimizer.all_finite = lambda values: jnp.asarray(True)
+    try:
+        step(x, y)
+    finally:
+        jax_optimizer.all_finite = checked
+    return step
+
+
+def _bare_program(step, optimizer, x, y):
+    """unidl's compiled program of ``step`` called without its Python: the variables' arrays in, the written values
+    stored back (``_write_back``), the guard's flag read as ``TrainStep`` reads it."""
+    import numpy as np
+
+    from unidl.backends.jax.function import _write_back
+
+    step(x, y)  # (compiled at its first call)
+    stateful = step._run._compiled
+    (entry,) = stateful._compiled.values()
+    variables, function, finite = stateful._variables(), entry[1], optimizer.native.finite
+
+    def run():
+        outputs = function([v._value for v in entry[3]], [v._value for v in entry[4]], (x, y))
+        _write_back(outputs, variables)
+        return bool(np.asarray(finite._value))
+
+    return run
 
 
 def _argument_counts(step, native, native_args) -> dict:
@@ -110,7 +152,9 @@ def main(argv=None) -> int:
                 raise FloatingPointError("the guarded native step met a non-finite value")
             return jax.block_until_ready(loss)
 
-        sides = {"unidl": unidl_step, "native": native_step,
+        unguarded, bare = _unguarded_step(x, y), _bare_program(step, optimizer, x, y)
+        sides = {"unidl": unidl_step, "unidl, guard traced out": lambda: jax.block_until_ready(unguarded(x, y)),
+                 "unidl's program, bare": bare, "native": native_step,
                  **{name: functools.partial(guarded_step, name) for name in box if name != "native"}}
         for side in sides.values():
             for _ in range(20):
@@ -133,8 +177,10 @@ def main(argv=None) -> int:
         ratios = [a / b for a, b in zip(times[name], times["native"])]
         quartiles = statistics.quantiles(ratios, n=4)
         print(f"{name}/native: {statistics.median(ratios):.3f} (block quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f})")
-    ratios = [a / b for a, b in zip(times["unidl"], times["native + guard"])]
-    print(f"unidl/(native + guard): {statistics.median(ratios):.3f}")
+    for name, base in (("unidl", "native + guard"), ("unidl", "unidl, guard traced out"),
+                       ("unidl", "unidl's program, bare")):
+        ratios = [a / b for a, b in zip(times[name], times[base])]
+        print(f"{name}/({base}): {statistics.median(ratios):.3f}")
     return 0
 
 

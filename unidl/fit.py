@@ -672,9 +672,8 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
                                          precision=precision, accumulate=accumulate, totals=loop_totals,
                                          step_inputs=inputs_of, before_batch=before_batch)
                 if logs is None:
-                    step = step or TrainStep(model, loss, optimizer, with_outputs=summary or True, eager=eager,
-                                             check_finite=False, precision=precision, accumulate=accumulate,
-                                             check_trainable=False)  # (before_batch checks it)
+                    step = step or _fit_step(model, loss, optimizer, summary, train_metrics, eager, precision,
+                                             accumulate)
                     logs = _run_epoch_with_steps(step, batches, epoch, on_batch, train_metrics, trainer, loop_totals,
                                                  inputs_of, before_batch, step_statistics=summary is not None)
             if ctrl_c:  # swallowed after the epoch's last batch
@@ -1213,6 +1212,44 @@ def _report_test_batch(listeners, index: int, loss, total: float, seen: int, met
                    **(metrics.results() if metrics is not None else {}))
     for callback in listeners:
         callback.on_test_batch_end(index, running)
+
+
+#: train steps a model keeps for later fits (``_fit_step``): a few optimizers, losses and option sets, oldest dropped
+_TRAIN_STEPS_KEPT = 4
+
+
+def _fit_step(model, loss, optimizer, summary, metrics, eager: bool, precision, accumulate: int) -> TrainStep:
+    """``fit``'s ``TrainStep`` (its metrics' statistics inside it where ``summary`` is their function). Where the
+    backend allows it (``Backend.reuses_train_steps``), the backend's step is kept in the model's structure cache
+    and a later fit of the same model and optimizer, with a loss that computes alike (``_computes_alike``, with the
+    settings it has now), the same metrics (``MetricAccumulator.key``), ``eager``, precision, ``accumulate``, dtype
+    and device in force, builds its ``TrainStep`` over it: a second fit on jax compiled every batch shape's
+    program again. What the step keys its traces on itself (train/eval modes, the frozen set, input shapes and
+    dtypes, an optimizer option its traces hold as a constant) retraces it as within one fit, and a changed
+    structure (a layer replaced, a hook) empties the cache. Not in a data-parallel job, whose step broadcasts rank
+    0's weights when it is built."""
+    options = dict(with_outputs=summary or True, eager=eager, check_finite=False, precision=precision,
+                   accumulate=accumulate, check_trainable=False)  # (before_batch checks it)
+    backend = model._backend
+    if not backend.reuses_train_steps or process_group.job_of_step() is not None:
+        return TrainStep(model, loss, optimizer, **options)
+    kept = model.structure_cache().setdefault("train_steps", [])
+    key = (None if summary is None else metrics.key, eager, precision, accumulate, config.get_dtype(),
+           config.resolve_device(config._requested_device(), backend), _settings_now(loss))
+    for entry in kept:
+        if entry[0] is optimizer and entry[2] == key and _computes_alike(entry[1], loss):
+            return TrainStep(model, loss, optimizer, run=entry[3], **options)
+    step = TrainStep(model, loss, optimizer, **options)
+    kept[:] = [*kept[1 - _TRAIN_STEPS_KEPT:], (optimizer, loss, key, step._run)]
+    return step
+
+
+def _settings_now(loss) -> tuple:
+    """The public attributes of ``loss`` as they are now (a plain value as itself, another by identity): a setting
+    changed since a kept step was traced with the same loss object (``label_smoothing``) is a step of its own."""
+    plain = (bool, int, float, str, type(None))
+    return tuple(sorted((name, value if type(value) in plain else id(value))
+                        for name, value in vars(loss).items() if not name.startswith("_")))
 
 
 #: compiled evaluations a model keeps (``_evaluation_function``): a few losses and metric sets, the oldest dropped

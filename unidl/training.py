@@ -595,10 +595,13 @@ def loss_scale_storage(optimizer, precision, create):
 class TrainStep:
     """``step(x, y) -> loss`` for a model, loss and optimizer; see ``train_step``. ``check_trainable=False``: the
     caller makes ``require_trainable``'s check before each call itself, in its own words (``fit``'s ``before_batch``:
-    "fit at epoch E, step S: ..."), so the step does not check a second time ("train_step call N: ...")."""
+    "fit at epoch E, step S: ..."), so the step does not check a second time ("train_step call N: ...").
+    ``run``: the backend's step that an earlier ``TrainStep`` of the same model, optimizer and options built
+    (``fit``'s kept step, ``Backend.reuses_train_steps``), called instead of building one again (whose programs
+    would compile again); every check of a new step is made all the same."""
 
     def __init__(self, model, loss_fn, optimizer, with_outputs: bool = False, eager: bool = False, precision=None,
-                 check_finite: bool = True, accumulate: int = 1, check_trainable: bool = True):
+                 check_finite: bool = True, accumulate: int = 1, check_trainable: bool = True, run=None):
         check_finite = arguments.boolean("train_step", "check_finite", check_finite)
         check_trainable = arguments.boolean("train_step", "check_trainable", check_trainable)
         self.accumulate = check_accumulate(accumulate)
@@ -628,7 +631,9 @@ class TrainStep:
             _SCALER.check_pending(optimizer, self.precision.growth_interval)
             check_loss_scale_settings(optimizer, self.precision)
         expect_precision(optimizer, self.precision)
-        if self.precision.mixed:
+        if run is not None:
+            self._run = run
+        elif self.precision.mixed:
             self._run = self._backend.mixed_precision_train_step(model, loss_fn, optimizer, self.precision,
                                                                  with_outputs, self.eager, accumulate=self.accumulate)
         elif self.accumulate > 1:

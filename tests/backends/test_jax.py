@@ -803,3 +803,55 @@ def test_fit_checks_a_batchs_targets_for_its_metrics_after_a_step_that_computed_
                          epochs=1, loss=ud.nn.BCEWithLogitsLoss(), verbose=0,
                          optimizer=ud.optim.SGD(model.parameters(), lr=0.1), metrics=["accuracy"])
     assert 0.0 <= history.history["accuracy"][0] <= 1.0
+
+
+def _fits_in_turn(caplog) -> tuple:
+    """``(programs each fit compiled, histories, final weights)`` of a sequence of 1-epoch jax fits of one two-layer
+    net (40 samples in batches of 16: 16, 16 and 8) with one SGD: the same fit again, then after a freeze, after a
+    momentum changed, with a new optimizer, with a loss setting changed, and the first one's settings once more."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((40, 8)).astype(np.float32), rng.integers(0, 3, 40)
+    ud.manual_seed(0)
+    model = ud.models.TwoLayerNet(8, 16, 3)
+    optimizer = ud.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
+    loss = ud.nn.CrossEntropyLoss()
+    programs, histories = [], []
+
+    def fit(optimizer=optimizer, loss_given=None):
+        run = lambda: histories.append(ud.fit(model, (x, y), batch_size=16, epochs=1, loss=loss_given or loss,
+                                              optimizer=optimizer, metrics=["accuracy"], shuffle=False,
+                                              verbose=0).history)
+        programs.append(len(_compiled_programs(caplog, run)))
+
+    fit()
+    fit()  # the same model, loss, optimizer, metrics and options: the same programs
+    fit(loss_given="cross_entropy")  # a loss made again from its name computes alike
+    model.linear1.requires_grad_(False)
+    fit()  # a frozen layer: a program without its update
+    model.linear1.requires_grad_(True)
+    optimizer.param_groups[0]["momentum"] = 0.5
+    fit()  # an option the program held as a constant: traced again once
+    fit(optimizer=ud.optim.SGD(model.parameters(), lr=1e-2))  # a new optimizer: a step of its own
+    loss.label_smoothing = 0.1
+    fit()  # a setting the loss's trace read
+    loss.label_smoothing = 0.0
+    fit()
+    return programs, histories, {k: np.asarray(v) for k, v in model.state_dict().items()}
+
+
+def test_a_second_fit_reuses_the_compiled_step_and_a_change_compiles_again(caplog, monkeypatch):
+    """A jax ``fit`` keeps its train step in the model (``Backend.reuses_train_steps``): a second fit of the same
+    model, loss, optimizer, metrics and options compiles no program (each compiled its 2 batch shapes again), while a
+    freeze, a changed optimizer option, a new optimizer or a changed loss setting still compiles what it needs; the
+    losses, metrics and weights are bit for bit those of fits that each build their step afresh."""
+    with ud.use_backend("jax"):
+        programs, histories, weights = _fits_in_turn(caplog)
+        monkeypatch.setattr(type(ud.config.backend()), "reuses_train_steps", False, raising=False)
+        programs_afresh, histories_afresh, weights_afresh = _fits_in_turn(caplog)
+    assert programs_afresh == [2] * 8, programs_afresh
+    # the same fit twice, and with its loss made again: nothing compiled; a freeze, a momentum changed, a new
+    # optimizer, a loss setting changed: the 2 batch shapes compiled again; the first settings once more: nothing
+    assert programs == [2, 0, 0, 2, 2, 2, 2, 0], programs
+    assert histories == histories_afresh
+    for name, value in weights.items():
+        np.testing.assert_array_equal(value, weights_afresh[name], err_msg=name)

@@ -66,6 +66,12 @@ class Backend(abc.ABC):
     #: where each graph call costs a dispatch of its own (TensorFlow: one graph call a batch, not two); elsewhere
     #: ``fit`` computes them after the step from its outputs (torch's eager step: the same ops either way)
     summary_in_step: bool = False
+    #: True where ``fit`` may keep the step that ``train_step``/``mixed_precision_train_step`` built (in the model's
+    #: ``structure_cache``) and call it again in a later ``fit`` of the same model, loss, optimizer, metrics and
+    #: options, as a user calls one ``ud.train_step`` in several loops: where building it again means compiling it
+    #: again (JAX: an XLA program per batch shape, 0.1-1 s each); the step must key its traces on what changes
+    #: between fits (train/eval modes, the frozen set, input shapes and dtypes, options its traces hold)
+    reuses_train_steps: bool = False
 
     def __new__(cls, *args, **kwargs):
         missing = sorted(getattr(cls, "__abstractmethods__", ()))

@@ -175,6 +175,7 @@ class Backend(BackendInterface):
     # a differentiated step)
     keras_native_ops = ("max_pool2d", "scan")
     summary_in_step = True  # (fit's training metrics inside the step: each function compiled is a program per shape)
+    reuses_train_steps = True  # (a second fit's step is the first's: its programs are not compiled again)
 
     def __init__(self):
         self._generator = KeyStream(unidl_random.initial_seed(), self.current_device)
