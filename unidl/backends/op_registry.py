@@ -27,10 +27,24 @@ class OpSpec:
     declaration: Callable
     optional: bool
     public: bool
+    torch_names: tuple | None = None
 
     @property
     def signature(self) -> inspect.Signature:
-        return inspect.signature(self.declaration)
+        """The public signature: the declaration's, with its ``torch_names`` (``public_signature``)."""
+        return public_signature(inspect.signature(self.declaration), self.torch_names)
+
+
+def public_signature(signature: inspect.Signature, torch_names: tuple | None) -> inspect.Signature:
+    """``signature`` with ``torch_names`` (``(renamed, fixed)``, ``unidl.torch_names``): each renamed parameter under
+    torch's name, and torch's ``fixed`` options keyword-only, with torch's defaults, before a ``**`` parameter."""
+    if not torch_names:
+        return signature
+    renamed, fixed = torch_names
+    shown = [p.replace(name=renamed.get(p.name, p.name)) for p in signature.parameters.values()]
+    variadic = [p for p in shown if p.kind is p.VAR_KEYWORD]
+    options = [inspect.Parameter(o, inspect.Parameter.KEYWORD_ONLY, default=v) for o, v in fixed.items()]
+    return signature.replace(parameters=[p for p in shown if p.kind is not p.VAR_KEYWORD] + options + variadic)
 
 
 REGISTRY: dict[str, OpSpec] = {}
@@ -42,7 +56,7 @@ CONVERTED = (np.ndarray, np.generic, list, tuple, int, float)
 
 def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs: dict | None = None,
                 arrays: dict | None = None, dispatch: bool = True, dims: dict | None = None,
-                tensors: tuple = ()) -> Callable:
+                tensors: tuple = (), torch_names: tuple | None = None) -> Callable:
     """A function with ``declaration``'s exact signature whose body is ``resolve_ops().<name>(...)`` (without
     ``dispatch``: ``declaration(...)``, the front end's own body): compiled once, so a call costs what a
     hand-written forwarding function costs. ``inputs`` maps parameter names to a check
@@ -54,31 +68,15 @@ def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs:
     that tensor's rank). ``tensors``: the parameters that take tensors, whose values of a type not yet seen to pass
     on the backend in force (``unidl.native_tensors``: a set lookup, tens of nanoseconds) go through
     ``native_tensors.admitted`` first, which refuses another framework's tensor and converts a ``CONVERTED`` value
-    as ``arrays`` says, in place of ``arrays``' own test."""
+    as ``arrays`` says, in place of ``arrays``' own test. ``torch_names``: ``(renamed, fixed)``, the op's entry of
+    ``unidl.torch_names.TORCH_NAMES``: the public signature takes torch's names (``_public_parameters``)."""
     inputs, arrays, dims = inputs or {}, arrays or {}, dims or {}
     signature = inspect.signature(declaration)
     unknown = (set(inputs) | set(arrays) | set(dims) | {t for t, _ in dims.values()} | set(tensors)) - \
         set(signature.parameters)
     if unknown:
         raise BackendInterfaceError(f"op {name!r} checks inputs {sorted(unknown)} it does not declare")
-    params, forwarded, seen_star = [], [], False
-    for p in signature.parameters.values():
-        if p.kind is p.VAR_POSITIONAL:
-            params.append(f"*{p.name}")
-            forwarded.append(f"*{p.name}")
-            seen_star = True
-        elif p.kind is p.VAR_KEYWORD:
-            params.append(f"**{p.name}")
-            forwarded.append(f"**{p.name}")
-        elif p.kind is p.KEYWORD_ONLY:
-            if not seen_star:
-                params.append("*")
-                seen_star = True
-            params.append(p.name)
-            forwarded.append(f"{p.name}={p.name}")
-        else:
-            params.append(p.name)
-            forwarded.append(p.name)
+    params, forwarded, prologue, defaults, kwdefaults, public = _public_parameters(name, signature, torch_names)
     converted = "".join(f"    if isinstance({p}, _CONVERTED): {p} = _array_{p}({name!r}, {p!r}, {p})\n"
                         for p in arrays if p not in tensors)
     if tensors:  # (the backend's set read once a call: the backend in force, else the default, else found anew)
@@ -92,8 +90,9 @@ def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs:
     checks = "".join(f"    {p} = _check_{p}({name!r}, {p!r}, {p})\n" for p in inputs)
     checks += "".join(f"    _dims_{p}({name!r}, {p!r}, {p}, {tensor})\n" for p, (tensor, _) in dims.items())
     target = f"_resolve_ops().{name}" if dispatch else "_declaration"
-    source = f"def {name}({', '.join(params)}):\n{converted}{checks}    return {target}({', '.join(forwarded)})\n"
-    namespace = {"_resolve_ops": resolve_ops, "_declaration": declaration, "_CONVERTED": CONVERTED,
+    source = (f"def {name}({', '.join(params)}):\n{prologue}{converted}{checks}"
+              f"    return {target}({', '.join(forwarded)})\n")
+    namespace = {"_resolve_ops": resolve_ops, "_declaration": declaration, "_CONVERTED": CONVERTED, **public,
                  **{f"_check_{p}": check for p, check in inputs.items()},
                  **{f"_array_{p}": convert for p, convert in arrays.items()},
                  **{f"_dims_{p}": check for p, (_, check) in dims.items()}}
@@ -104,18 +103,88 @@ def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs:
                          _passing_types=native_tensors.passing_types, _admitted=native_tensors.admitted)
     exec(compile(source, f"<unidl.ops.{name}>", "exec"), namespace)
     function = namespace[name]
-    function.__defaults__ = declaration.__defaults__
-    function.__kwdefaults__ = declaration.__kwdefaults__
+    function.__defaults__ = defaults
+    function.__kwdefaults__ = kwdefaults
     function.__doc__ = declaration.__doc__
     function.__module__ = declaration.__module__
     function.__qualname__ = name
     function.__wrapped__ = declaration
+    if torch_names:
+        function.__signature__ = public["_signature"]
     return function
+
+
+# the default of a parameter whose argument may come under either of two names (``_public_parameters``)
+_REQUIRED = object()
+
+
+def _public_parameters(name: str, signature: inspect.Signature, torch_names: tuple | None):
+    """The generated dispatcher's parameters and their forwarding to the declaration (by the declaration's names),
+    its defaults, and, with ``torch_names`` (``(renamed, fixed)``, ``unidl.torch_names``): the prologue that takes
+    each renamed argument under torch's name or, by keyword, the declared one (never both), refuses a ``fixed``
+    option's other values (``unidl.torch_names.refuse``), and the public signature (``_signature``, with the other
+    names the prologue reads). A renamed parameter, and a required one after it, default to ``_REQUIRED``: checked
+    by the prologue (a few identity tests), so that either name may give the argument."""
+    renamed, fixed = torch_names or ({}, {})
+    declared = signature.parameters
+    unknown = set(renamed) - set(declared)
+    public_names = [renamed.get(p, p) for p in declared] + list(fixed)
+    clashes = {n for n in public_names if public_names.count(n) > 1} | (set(renamed) & set(public_names))
+    if unknown or clashes:
+        raise BackendInterfaceError(f"op {name!r}'s torch names rename {sorted(unknown)} it does not declare or "
+                                    f"give one name twice: {sorted(clashes)}")
+    params, keyword_only, forwarded, prologue = [], [], [], ""
+    defaults, kwdefaults, seen_default = [], {}, False
+    for p in declared.values():
+        public = renamed.get(p.name, p.name)
+        if p.kind is p.VAR_POSITIONAL:
+            params.append(f"*{p.name}")
+            forwarded.append(f"*{p.name}")
+        elif p.kind is p.VAR_KEYWORD:
+            forwarded.append(f"**{p.name}")
+        elif p.kind is p.KEYWORD_ONLY:
+            keyword_only.append(public)
+            forwarded.append(f"{p.name}={p.name}")
+            if p.default is not p.empty or p.name in renamed:
+                kwdefaults[public] = _REQUIRED if p.name in renamed else p.default
+        else:
+            params.append(public)
+            forwarded.append(p.name)
+            seen_default = seen_default or p.default is not p.empty or p.name in renamed
+            if seen_default:
+                defaults.append(_REQUIRED if p.name in renamed or p.default is p.empty else p.default)
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.name in renamed:  # (the declared name, by keyword: the local the body reads)
+            prologue += (f"    if {p.name} is _REQUIRED: {p.name} = {public}\n"
+                         f"    elif {public} is not _REQUIRED: raise _both_given({name!r}, {public!r}, {p.name!r})\n")
+        if p.name in renamed or (seen_default and p.default is p.empty and p.kind is not p.KEYWORD_ONLY):
+            prologue += (f"    if {p.name} is _REQUIRED: " + (f"raise _missing({name!r}, {public!r})\n"
+                         if p.default is p.empty else f"{p.name} = _default_{p.name}\n"))
+    for option, value in fixed.items():
+        keyword_only.append(option)
+        kwdefaults[option] = value
+        test = "is not" if value is None or isinstance(value, bool) else "!="
+        prologue += f"    if {option} {test} _fixed_{option}: _refuse({name!r}, {option!r}, {option}, _fixed_{option})\n"
+    keyword_only += list(renamed)
+    kwdefaults.update((old, _REQUIRED) for old in renamed)
+    if keyword_only:
+        params += ([] if any(p.startswith("*") for p in params) else ["*"]) + keyword_only
+    params += [f"**{p.name}" for p in declared.values() if p.kind is p.VAR_KEYWORD]
+    namespace = {}
+    if torch_names:
+        from unidl import torch_names as names
+
+        namespace = {"_REQUIRED": _REQUIRED, "_both_given": names.both_given, "_missing": names.missing,
+                     "_refuse": names.refuse, "_signature": public_signature(signature, torch_names),
+                     **{f"_default_{p.name}": p.default for p in declared.values() if p.default is not p.empty},
+                     **{f"_fixed_{o}": v for o, v in fixed.items()}}
+    return params, forwarded, prologue, tuple(defaults) or None, kwdefaults or None, namespace
 
 
 def declare(resolve_ops: Callable, *, name: str | None = None, optional: bool = False, public: bool = True,
             dispatch: bool = True, inputs: dict | None = None, arrays: dict | None = None, dims: dict | None = None,
-            tensors: tuple = ()):
+            tensors: tuple = (), torch_names: tuple | None = None):
     """Decorator for the declarations in ``unidl/ops.py``: register the op and return its dispatcher
     (or the declared function itself with ``dispatch=False``, when the front end adds behaviour of
     its own before calling the backend, e.g. drawing dropout's generator). ``inputs``: per parameter name, a
@@ -124,25 +193,27 @@ def declare(resolve_ops: Callable, *, name: str | None = None, optional: bool = 
     (with ``dispatch=False`` too: the declared function is then called through a forwarding function that does
     it). ``dims``: the parameters that take axes of a tensor parameter, and their range checks (``_dispatcher``).
     ``tensors``: the parameters that take tensors, where another framework's tensor is a ``BackendMismatchError``
-    (``_dispatcher``)."""
+    (``_dispatcher``). ``torch_names``: the public signature's torch names (``_dispatcher``)."""
 
     def register(declaration: Callable) -> Callable:
         op_name = name or declaration.__name__
         if op_name in REGISTRY:
             raise BackendInterfaceError(f"op {op_name!r} is declared twice")
-        REGISTRY[op_name] = OpSpec(op_name, declaration, optional, public)
-        if not dispatch and not arrays and not dims and not inputs and not tensors:
+        REGISTRY[op_name] = OpSpec(op_name, declaration, optional, public, torch_names)
+        if not dispatch and not arrays and not dims and not inputs and not tensors and not torch_names:
             return declaration  # (with checks of its inputs: the dispatcher applies them, then calls it)
-        return _dispatcher(op_name, declaration, resolve_ops, inputs, arrays, dispatch, dims, tensors)
+        return _dispatcher(op_name, declaration, resolve_ops, inputs, arrays, dispatch, dims, tensors, torch_names)
 
     return register
 
 
-def composed(resolve_ops: Callable, function: Callable, tensors: tuple, arrays: dict | None = None) -> Callable:
+def composed(resolve_ops: Callable, function: Callable, tensors: tuple, arrays: dict | None = None,
+             torch_names: tuple | None = None) -> Callable:
     """``function``, a public function composed of declared ops (not one a backend provides, so not registered),
     called through a dispatcher that checks its ``tensors`` parameters, and converts its ``arrays`` ones, as a
-    declared op's (``_dispatcher``)."""
-    return _dispatcher(function.__name__, function, resolve_ops, arrays=arrays, dispatch=False, tensors=tensors)
+    declared op's, its public signature with ``torch_names`` (``_dispatcher``)."""
+    return _dispatcher(function.__name__, function, resolve_ops, arrays=arrays, dispatch=False, tensors=tensors,
+                       torch_names=torch_names)
 
 
 def _load_declarations() -> None:
@@ -190,7 +261,7 @@ def check_backend_ops(backend_name: str, ops) -> None:
         if any(p.kind is p.VAR_POSITIONAL for p in implemented):
             continue
         positional = [p for p in implemented if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        declared = [p for p in spec.signature.parameters.values()
+        declared = [p for p in inspect.signature(spec.declaration).parameters.values()  # (the names it passes)
                     if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         if len(positional) < len(declared):
             problems.append(f"{name} (takes {len(positional)} positional parameters, the declaration "
