@@ -17,7 +17,7 @@ _INPUT = {"x": "input"}
 _INPLACE = {"inplace": False}
 _OUT = {"out": None}
 _LEGACY = {"size_average": None, "reduce": None}
-_CREATION = {"out": None, "layout": None, "requires_grad": False, "pin_memory": False}
+_CREATION = {"out": None, "layout": None, "requires_grad": False}
 
 # op: (renamed {declared name: torch's name}, fixed {torch's option: the one value unidl takes})
 TORCH_NAMES: dict[str, tuple[dict, dict]] = {
@@ -67,7 +67,7 @@ TORCH_NAMES: dict[str, tuple[dict, dict]] = {
     "adaptive_max_pool2d": (_INPUT, {"return_indices": False}),
     "interpolate": (_INPUT, {"antialias": False}),
     "embedding": ({"indices": "input"}, {"scale_grad_by_freq": False, "sparse": False}),
-    "one_hot": ({"labels": "tensor"}, {}),
+    "one_hot": ({"labels": "input"}, {}),
     # losses (torch.nn.functional.X)
     "cross_entropy": ({"logits": "input", "labels": "target"}, {}),
     "nll_loss": ({"log_probabilities": "input", "labels": "target"}, _LEGACY),
@@ -91,7 +91,6 @@ _WHY = {
     "memory_format": "unidl's tensors have one layout",
     "device": "the result is on the input's device",
     "requires_grad": "unidl differentiates with ud.grad / ud.value_and_grad, not a tensor's flag",
-    "pin_memory": "unidl's loaders place the batches (ud.data.DataLoader)",
     "sparse_grad": "unidl's gradients are dense",
     "sparse": "unidl's gradients are dense",
     "scale_grad_by_freq": "not implemented: scale the gradient yourself",
@@ -100,8 +99,9 @@ _WHY = {
     "return_indices": "not implemented for 2-D adaptive max pooling",
     "antialias": "not implemented",
 }
-# values of an option that mean torch's default though they are not ``fixed``'s (torch's own objects, by name)
-_DEFAULT_NAMES = {"layout": {"torch.strided"}, "memory_format": {"torch.preserve_format"}}
+# values of an option that mean torch's default though they are not ``fixed``'s (the framework's own objects, by the
+# name after their module's: ``strided`` for torch's dense layout)
+_DEFAULT_NAMES = {"layout": {"strided"}, "memory_format": {"preserve_format"}}
 
 
 def refuse(owner: str, name: str, value, default) -> None:
@@ -109,7 +109,7 @@ def refuse(owner: str, name: str, value, default) -> None:
     deprecated ``size_average``/``reduce`` the ``ValueError`` naming ``reduction=`` (as every loss of unidl's), any
     other an ``UnsupportedOptionError`` naming the option, the value, why, and what to do. A value that is torch's
     default by another spelling (``layout=torch.strided``) is taken."""
-    if str(value) in _DEFAULT_NAMES.get(name, ()):
+    if value is not None and str(value).rpartition(".")[2] in _DEFAULT_NAMES.get(name, ()):
         return
     if name in ("size_average", "reduce"):
         from unidl.loss_ops import refuse_legacy_reduction
