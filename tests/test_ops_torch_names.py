@@ -229,3 +229,12 @@ def test_zeros_and_ones_take_torchs_size_and_device_keywords():
         assert tuple(ud.ops.zeros(2, layout=torch.strided).shape) == (2,)  # (torch's default, by its own object)
         with pytest.raises(TypeError, match="not both"):
             ud.ops.zeros(2, size=(2,))
+
+
+def test_dropouts_p_defaults_to_torchs():
+    """``F.dropout(x)`` drops half: ``ud.ops.dropout(input=x)`` too (p was required)."""
+    with ud.use_backend("torch"):
+        kept = ud.to_numpy(ud.ops.dropout(input=ud.tensor(np.ones((100, 100))))) != 0
+        assert 0.45 < kept.mean() < 0.55
+        assert inspect.signature(ud.ops.dropout).parameters["p"].default == inspect.signature(F.dropout).parameters[
+            "p"].default

@@ -408,8 +408,9 @@ def _avg_pool2d(x, kernel_size, stride, padding, ceil_mode=False, count_include_
 
 
 @op(dispatch=False)
-def dropout(x, p, training=True, generator=None):
-    """Zero elements with probability ``p`` and scale the rest by 1/(1-p) when ``training``.
+def dropout(x, p=0.5, training=True, generator=None):
+    """Zero elements with probability ``p`` (0.5 by default, as ``torch.nn.functional.dropout``'s) and scale the
+    rest by 1/(1-p) when ``training``.
 
     The mask is drawn from ``generator``: the backend's own generator (``Backend.generator()``,
     seeded by ``ud.manual_seed``) when None, or one of the framework's generators passed explicitly."""

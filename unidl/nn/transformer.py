@@ -162,7 +162,7 @@ class TransformerEncoder(Module):
         padding_mask = self.layers[0].self_attn._as_tensor(padding_mask)
         is_bool = "bool" in str(padding_mask.dtype)
         padded = padding_mask if is_bool else padding_mask != 0
-        empty_row = ops.sum(ops.cast_like(~padded, src), 1, keepdim=True) == 0
+        empty_row = ops.sum(ops.cast_like(~padded, src), 1, keepdims=True) == 0
         nested = padded & ~empty_row
         if not is_bool:
             blocked = ops.zeros_like(padding_mask) - math.inf

@@ -67,5 +67,5 @@ def clip_gradients(grads: list, options: dict, ops) -> list:
     if not present:
         return grads
     total = ops.sqrt(ops.sum(ops.stack([ops.cast_like(ops.sum(ops.square(g)), present[0]) for g in present])))
-    coefficient = ops.clip(max_norm / (total + NORM_EPSILON), max=1.0)
+    coefficient = ops.clip(max_norm / (total + NORM_EPSILON), maximum=1.0)
     return [None if g is None else g * ops.cast_like(coefficient, g) for g in grads]
