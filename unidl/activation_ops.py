@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from unidl import arguments, dtype_kinds, input_checks, ops
+from unidl import arguments, dtype_kinds, input_checks, ops, torch_names
 from unidl.errors import ShapeMismatchError
 from unidl.composites import composite
 
@@ -239,7 +239,10 @@ def rrelu(x, lower=1.0 / 8, upper=1.0 / 3, training=False, inplace=False, genera
     of x <= 0 draws its own slope a uniformly from [lower, upper] (``generator``: the backend's own, seeded by
     ``ud.manual_seed``, when None; a fresh draw at every call, inside compiled steps too), its gradient a; out of
     training a = (lower + upper) / 2 (``leaky_relu``, its gradient at 0 the slope, as PyTorch's). ``inplace``:
-    PyTorch's signature (unidl never writes its input). Not a composite: it draws from the generator."""
+    PyTorch's signature; True is ``UnsupportedOptionError`` (unidl never writes its input: use the result), as every
+    op's ``inplace``. Not a composite: it draws from the generator."""
+    if inplace:
+        torch_names.refuse("rrelu", "inplace", inplace, False)
     lower, upper = rrelu_bounds("rrelu", lower, upper)
     x = _floats("rrelu", x)
     if not training:

@@ -217,9 +217,9 @@ def _gradient_shaped_as_input(forward_fn, index: int, grad, x):
         return grad
     lead = len(found) - len(expected)
     if lead >= 0 and all(e in (1, f) for e, f in zip(expected, found[lead:])):
-        grad = ops.sum(grad, axis=tuple(range(lead))) if lead else grad
+        grad = ops.sum(grad, dim=tuple(range(lead))) if lead else grad
         ones = tuple(i for i, (e, f) in enumerate(zip(expected, found[lead:])) if e == 1 and f != 1)
-        return ops.sum(grad, axis=ones, keepdims=True) if ones else grad
+        return ops.sum(grad, dim=ones, keepdim=True) if ones else grad
     raise ShapeMismatchError(f"the backward of custom_gradient {getattr(forward_fn, '__name__', forward_fn)!r} "
                              f"returned a gradient of shape {found} for input {index}, of shape {expected}: return "
                              f"each input's gradient in that input's shape")

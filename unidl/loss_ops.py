@@ -487,7 +487,7 @@ def _multilabel_hinge_sums(scores, labels, read, others):
         z = 1 - target + fixed
         kept = (z > 0) & others & ops.unsqueeze(counted, 1)
         terms = ops.cast_like(kept, z)
-        passes = ops.sum(terms, 1, keepdims=True)
+        passes = ops.sum(terms, 1, keepdim=True)
         drawn = drawn + passes * ops.cast_like(positions == ops.unsqueeze(label, 1), z)
         total = total + ops.sum(ops.where(kept, z, ops.zeros_like(z)), 1)
         return (counts + terms, drawn, total), ()

@@ -25,6 +25,7 @@ from unidl.errors import DtypeMismatchError, ShapeMismatchError
 from unidl.backends import op_registry
 from unidl.backends.op_registry import CONVERTED, declare, optional_op
 from unidl.precision import active_ops
+from unidl.torch_names import TORCH_NAMES
 
 
 def _ops():
@@ -88,7 +89,7 @@ def op(declaration=None, **options):
                                            if p in _TENSOR_PARAMETERS and p not in indices]
         converters = {p: input_checks.value_as_tensor for p in names}
         return declare(_ops, arrays=converters, tensors=_tensor_arguments(declaration) if public else (),
-                       **options)(declaration)
+                       torch_names=TORCH_NAMES.get(declaration.__name__) if public else None, **options)(declaration)
 
     return register if declaration is None else register(declaration)
 
@@ -105,7 +106,8 @@ def _composed(function=None, *, arrays=()):
     if function is None:
         return lambda function: _composed(function, arrays=arrays)
     converters = {p: input_checks.value_as_tensor for p in arrays} or None
-    return op_registry.composed(_ops, function, _tensor_arguments(function), converters)
+    return op_registry.composed(_ops, function, _tensor_arguments(function), converters,
+                                TORCH_NAMES.get(function.__name__))
 
 
 @op(dispatch=False)
@@ -406,8 +408,9 @@ def _avg_pool2d(x, kernel_size, stride, padding, ceil_mode=False, count_include_
 
 
 @op(dispatch=False)
-def dropout(x, p, training=True, generator=None):
-    """Zero elements with probability ``p`` and scale the rest by 1/(1-p) when ``training``.
+def dropout(x, p=0.5, training=True, generator=None):
+    """Zero elements with probability ``p`` (0.5 by default, as ``torch.nn.functional.dropout``'s) and scale the
+    rest by 1/(1-p) when ``training``.
 
     The mask is drawn from ``generator``: the backend's own generator (``Backend.generator()``,
     seeded by ``ud.manual_seed``) when None, or one of the framework's generators passed explicitly."""
@@ -1237,27 +1240,39 @@ def cast(x, dtype):
 
 
 @op(dispatch=False)
-def zeros(*size, dtype=None):
-    """A tensor of zeros of the sizes ``size`` and ``dtype`` (unidl's current float dtype by default), on the
-    current device, as ``torch.zeros``: the sizes as arguments (``zeros(2, 3)``, ``zeros(3)``) or one sequence of
-    them (``zeros((2, 3))``, ``zeros([2, 3])``, ``zeros(())`` a scalar); each an int, or a size ``ud.ops.shape``
-    gives inside a graph. A dtype given among the sizes (``zeros(2, 'float64')``) is a ``TypeError`` naming
-    ``dtype=``, as PyTorch's. Each backend's ``zeros(shape, dtype)`` takes the sizes as one tuple and the dtype's
-    name."""
-    return _created("zeros", _sizes("zeros", size), dtype)
+def zeros(*sizes, size=None, dtype=None, device=None):
+    """A tensor of zeros of the sizes ``sizes`` and ``dtype`` (unidl's current float dtype by default), on
+    ``device`` (the current device by default), as ``torch.zeros``: the sizes as arguments (``zeros(2, 3)``,
+    ``zeros(3)``), one sequence of them (``zeros((2, 3))``, ``zeros([2, 3])``, ``zeros(())`` a scalar) or that
+    sequence as torch's keyword ``size=`` (``zeros(size=(2, 3))``); each an int, or a size ``ud.ops.shape`` gives
+    inside a graph. A dtype given among the sizes (``zeros(2, 'float64')``) is a ``TypeError`` naming ``dtype=``, as
+    PyTorch's. Each backend's ``zeros(shape, dtype)`` takes the sizes as one tuple and the dtype's name."""
+    return _created("zeros", _sizes("zeros", _given_sizes("zeros", sizes, size)), dtype, device)
 
 
 @op(dispatch=False)
-def ones(*size, dtype=None):
-    """A tensor of ones of the sizes ``size`` and ``dtype`` (unidl's current float dtype by default), on the current
-    device, as ``torch.ones``: the sizes as ``zeros`` takes them (``ones(2, 3)``, ``ones((2, 3))``)."""
-    return _created("ones", _sizes("ones", size), dtype)
+def ones(*sizes, size=None, dtype=None, device=None):
+    """A tensor of ones of the sizes ``sizes`` and ``dtype`` (unidl's current float dtype by default), on ``device``
+    (the current device by default), as ``torch.ones``: the sizes as ``zeros`` takes them (``ones(2, 3)``,
+    ``ones((2, 3))``, ``ones(size=(2, 3))``)."""
+    return _created("ones", _sizes("ones", _given_sizes("ones", sizes, size)), dtype, device)
+
+
+def _given_sizes(owner, sizes, size) -> tuple:
+    """``zeros``/``ones``' sizes, given as arguments or as torch's keyword ``size=`` (one sequence), not both."""
+    if size is None:
+        return sizes
+    if sizes:
+        raise TypeError(f"{owner} takes the sizes as arguments or as size=, not both: got {sizes!r} and "
+                        f"size={size!r}")
+    return (size,)
 
 
 @op(dispatch=False)
-def arange(start, end=None, step=1, dtype=None):
+def arange(start, end=None, step=1, dtype=None, *, device=None):
     """``start, start + step, ...`` below ``end`` (``arange(n)`` is 0 .. n-1), as in ``torch.arange``: int64
-    when every argument is an int, else unidl's current float dtype, unless ``dtype`` says otherwise."""
+    when every argument is an int, else unidl's current float dtype, unless ``dtype`` says otherwise; on ``device``
+    (the current device by default)."""
     if end is None:
         start, end = 0, start
     if dtype is None:
@@ -1273,7 +1288,7 @@ def arange(start, end=None, step=1, dtype=None):
             and not all(isinstance(v, numbers.Integral) for v in (start, end, step))):
         start, end, step = _integral_range(start, end, step, _dtype_name(dtype))
     backend = config.backend()
-    with backend.device_scope(config.resolve_device(config._requested_device(), backend)):
+    with backend.device_scope(_device(device, backend)):
         return backend.ops.arange(start, end, step, _dtype_name(dtype))
 
 
@@ -1453,11 +1468,17 @@ def _dtype_name(dtype) -> str:
     return name
 
 
-def _created(kind, shape, dtype):
+def _created(kind, shape, dtype, device=None):
     backend = config.backend()
     shape = tuple(_size(kind, size, backend) for size in shape)
-    with backend.device_scope(config.resolve_device(config._requested_device(), backend)):
+    with backend.device_scope(_device(device, backend)):
         return getattr(backend.ops, kind)(shape, _dtype_name(dtype or config.get_dtype()))
+
+
+def _device(device, backend) -> str:
+    """The device a created tensor goes to: ``device`` (a name, or torch's ``torch.device``, by its name) resolved as
+    ``ud.use_device`` resolves one (a GPU the backend cannot see is its error), else the current device."""
+    return config.resolve_device(config._requested_device() if device is None else str(device), backend)
 
 
 def _sizes(owner, size) -> tuple:
@@ -2128,3 +2149,16 @@ from unidl.loss_ops import (cosine_embedding_loss, gaussian_nll_loss, hinge_embe
                             triplet_margin_with_distance_loss)
 # the CTC loss, its alpha recursion a scan over the registry's ops (its own module: unidl/ctc.py)
 from unidl.ctc import ctc_loss  # noqa: E402
+
+
+def _with_torch_names(namespace: dict) -> None:
+    """Give the public functions of ``TORCH_NAMES`` that no declaration's dispatcher took it for (the composites,
+    ``cat``, ``transpose``, ``relu6``) torch's names: a forwarding function of their own (``op_registry.composed``
+    without checks: the function checks its arguments itself)."""
+    for name, entry in TORCH_NAMES.items():
+        function = namespace[name]
+        if getattr(function, "__signature__", None) is None:
+            namespace[name] = op_registry.composed(_ops, function, (), None, entry)
+
+
+_with_torch_names(globals())

@@ -421,7 +421,7 @@ def _bin_mean(x, size, bins):
     """The mean of each adaptive-pooling bin along the last axis of ``x``: (..., size) -> (..., bins), the sum of
     its own inputs alone over its length, as PyTorch's kernel (a NaN or an infinity reaches the bins holding it)."""
     masked, _, lengths = _binned(x, size, bins, 0.0)
-    return ops.squeeze(ops.sum(masked, -1, keepdims=True) / lengths, -1)
+    return ops.squeeze(ops.sum(masked, -1, keepdim=True) / lengths, -1)
 
 
 def _bin_maximum(x, size, bins):

@@ -27,10 +27,24 @@ class OpSpec:
     declaration: Callable
     optional: bool
     public: bool
+    torch_names: tuple | None = None
 
     @property
     def signature(self) -> inspect.Signature:
-        return inspect.signature(self.declaration)
+        """The public signature: the declaration's, with its ``torch_names`` (``public_signature``)."""
+        return public_signature(inspect.signature(self.declaration), self.torch_names)
+
+
+def public_signature(signature: inspect.Signature, torch_names: tuple | None) -> inspect.Signature:
+    """``signature`` with ``torch_names`` (``(renamed, fixed)``, ``unidl.torch_names``): each renamed parameter under
+    torch's name, and torch's ``fixed`` options keyword-only, with torch's defaults, before a ``**`` parameter."""
+    if not torch_names:
+        return signature
+    renamed, fixed = torch_names
+    shown = [p.replace(name=renamed.get(p.name, p.name)) for p in signature.parameters.values()]
+    variadic = [p for p in shown if p.kind is p.VAR_KEYWORD]
+    options = [inspect.Parameter(o, inspect.Parameter.KEYWORD_ONLY, default=v) for o, v in fixed.items()]
+    return signature.replace(parameters=[p for p in shown if p.kind is not p.VAR_KEYWORD] + options + variadic)
 
 
 REGISTRY: dict[str, OpSpec] = {}
@@ -42,7 +56,7 @@ CONVERTED = (np.ndarray, np.generic, list, tuple, int, float)
 
 def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs: dict | None = None,
                 arrays: dict | None = None, dispatch: bool = True, dims: dict | None = None,
-                tensors: tuple = ()) -> Callable:
+                tensors: tuple = (), torch_names: tuple | None = None) -> Callable:
     """A function with ``declaration``'s exact signature whose body is ``resolve_ops().<name>(...)`` (without
     ``dispatch``: ``declaration(...)``, the front end's own body): compiled once, so a call costs what a
     hand-written forwarding function costs. ``inputs`` maps parameter names to a check
@@ -54,31 +68,15 @@ def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs:
     that tensor's rank). ``tensors``: the parameters that take tensors, whose values of a type not yet seen to pass
     on the backend in force (``unidl.native_tensors``: a set lookup, tens of nanoseconds) go through
     ``native_tensors.admitted`` first, which refuses another framework's tensor and converts a ``CONVERTED`` value
-    as ``arrays`` says, in place of ``arrays``' own test."""
+    as ``arrays`` says, in place of ``arrays``' own test. ``torch_names``: ``(renamed, fixed)``, the op's entry of
+    ``unidl.torch_names.TORCH_NAMES``: the public signature takes torch's names (``_public_parameters``)."""
     inputs, arrays, dims = inputs or {}, arrays or {}, dims or {}
     signature = inspect.signature(declaration)
     unknown = (set(inputs) | set(arrays) | set(dims) | {t for t, _ in dims.values()} | set(tensors)) - \
         set(signature.parameters)
     if unknown:
         raise BackendInterfaceError(f"op {name!r} checks inputs {sorted(unknown)} it does not declare")
-    params, forwarded, seen_star = [], [], False
-    for p in signature.parameters.values():
-        if p.kind is p.VAR_POSITIONAL:
-            params.append(f"*{p.name}")
-            forwarded.append(f"*{p.name}")
-            seen_star = True
-        elif p.kind is p.VAR_KEYWORD:
-            params.append(f"**{p.name}")
-            forwarded.append(f"**{p.name}")
-        elif p.kind is p.KEYWORD_ONLY:
-            if not seen_star:
-                params.append("*")
-                seen_star = True
-            params.append(p.name)
-            forwarded.append(f"{p.name}={p.name}")
-        else:
-            params.append(p.name)
-            forwarded.append(p.name)
+    params, forwarded, prologue, defaults, kwdefaults, public = _public_parameters(name, signature, torch_names)
     converted = "".join(f"    if isinstance({p}, _CONVERTED): {p} = _array_{p}({name!r}, {p!r}, {p})\n"
                         for p in arrays if p not in tensors)
     if tensors:  # (the backend's set read once a call: the backend in force, else the default, else found anew)
@@ -92,8 +90,9 @@ def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs:
     checks = "".join(f"    {p} = _check_{p}({name!r}, {p!r}, {p})\n" for p in inputs)
     checks += "".join(f"    _dims_{p}({name!r}, {p!r}, {p}, {tensor})\n" for p, (tensor, _) in dims.items())
     target = f"_resolve_ops().{name}" if dispatch else "_declaration"
-    source = f"def {name}({', '.join(params)}):\n{converted}{checks}    return {target}({', '.join(forwarded)})\n"
-    namespace = {"_resolve_ops": resolve_ops, "_declaration": declaration, "_CONVERTED": CONVERTED,
+    source = (f"def {name}({', '.join(params)}):\n{prologue}{converted}{checks}"
+              f"    return {target}({', '.join(forwarded)})\n")
+    namespace = {"_resolve_ops": resolve_ops, "_declaration": declaration, "_CONVERTED": CONVERTED, **public,
                  **{f"_check_{p}": check for p, check in inputs.items()},
                  **{f"_array_{p}": convert for p, convert in arrays.items()},
                  **{f"_dims_{p}": check for p, (_, check) in dims.items()}}
@@ -104,18 +103,131 @@ def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs:
                          _passing_types=native_tensors.passing_types, _admitted=native_tensors.admitted)
     exec(compile(source, f"<unidl.ops.{name}>", "exec"), namespace)
     function = namespace[name]
-    function.__defaults__ = declaration.__defaults__
-    function.__kwdefaults__ = declaration.__kwdefaults__
+    function.__defaults__ = defaults
+    function.__kwdefaults__ = kwdefaults
     function.__doc__ = declaration.__doc__
     function.__module__ = declaration.__module__
     function.__qualname__ = name
     function.__wrapped__ = declaration
+    if torch_names:
+        function.__signature__ = public["_signature"]
     return function
+
+
+# the default of a parameter whose argument may come under either of two names (``_public_parameters``)
+_REQUIRED = object()
+
+
+def _public_parameters(name: str, signature: inspect.Signature, torch_names: tuple | None):
+    """The generated dispatcher's parameters and their forwarding to the declaration (by the declaration's names),
+    its defaults, and, with ``torch_names`` (``(renamed, fixed)``, ``unidl.torch_names``): the prologue that takes
+    each renamed argument under torch's name or, by keyword, the declared one (never both), refuses a ``fixed``
+    option's other values (``unidl.torch_names.refuse``), and the public signature (``_signature``, with the other
+    names the prologue reads). A renamed required parameter, and a required one after it, default to
+    ``_REQUIRED``, checked by the prologue, so that either name may give the argument. The prologue's common path
+    (no former name, no option) is one identity test per name: a call costs tens of nanoseconds more."""
+    renamed, fixed = torch_names or ({}, {})
+    declared = signature.parameters
+    unknown = set(renamed) - set(declared)
+    public_names = [renamed.get(p, p) for p in declared] + list(fixed)
+    clashes = {n for n in public_names if public_names.count(n) > 1} | (set(renamed) & set(public_names))
+    if unknown or clashes:
+        raise BackendInterfaceError(f"op {name!r}'s torch names rename {sorted(unknown)} it does not declare or "
+                                    f"give one name twice: {sorted(clashes)}")
+    params, keyword_only, forwarded, required = [], [], [], []
+    defaults, kwdefaults, seen_default, public_defaults = [], {}, False, {}
+    for p in declared.values():
+        public = renamed.get(p.name, p.name)
+        # (a renamed required parameter, and a positional one after a default, may come by keyword alone)
+        default = p.default if p.default is not p.empty else _REQUIRED
+        if p.kind is p.VAR_POSITIONAL:
+            params.append(f"*{p.name}")
+            forwarded.append(f"*{p.name}")
+        elif p.kind is p.VAR_KEYWORD:
+            forwarded.append(f"**{p.name}")
+        elif p.kind is p.KEYWORD_ONLY:
+            keyword_only.append(public)
+            forwarded.append(f"{p.name}={p.name}")
+            if p.default is not p.empty or p.name in renamed:
+                kwdefaults[public] = default
+                required += [(public, p.name)] if default is _REQUIRED else []
+        else:
+            params.append(public)
+            forwarded.append(p.name)
+            seen_default = seen_default or p.default is not p.empty or p.name in renamed
+            if seen_default:
+                defaults.append(default)
+                required += [(public, p.name)] if default is _REQUIRED else []
+        public_defaults[p.name] = default
+    prologue = ""
+    if renamed:  # (the declared names, by keyword, are the locals the body reads)
+        olds = tuple(renamed)
+        prologue += (f"    if {' and '.join(f'{old} is _REQUIRED' for old in olds)}:\n"
+                     f"        {', '.join(olds)}, = {', '.join(renamed[old] for old in olds)},\n"
+                     f"    else:\n        {', '.join(olds)}, = _either_name({name!r}, ("
+                     + "".join(f"({renamed[old]!r}, {renamed[old]}, {old!r}, {old}, _public_default_{old}), "
+                               for old in olds) + "))\n")
+    if required:
+        pairs = "".join(f"({public!r}, {local}), " for public, local in required)
+        prologue += (f"    if {' or '.join(f'{local} is _REQUIRED' for _, local in required)}:\n"
+                     f"        _missing_one({name!r}, ({pairs}))\n")
+    if fixed:
+        tests = [f"{o} {'is not' if v is None or isinstance(v, bool) else '!='} _fixed_{o}" for o, v in fixed.items()]
+        prologue += (f"    if {' or '.join(tests)}:\n"
+                     f"        _refuse_one({name!r}, ({''.join(f'({o!r}, {o}, _fixed_{o}), ' for o in fixed)}))\n")
+    for option, value in fixed.items():
+        keyword_only.append(option)
+        kwdefaults[option] = value
+    keyword_only += list(renamed)
+    kwdefaults.update((old, _REQUIRED) for old in renamed)
+    if keyword_only:
+        params += ([] if any(p.startswith("*") for p in params) else ["*"]) + keyword_only
+    params += [f"**{p.name}" for p in declared.values() if p.kind is p.VAR_KEYWORD]
+    namespace = {}
+    if torch_names:
+        namespace = {"_REQUIRED": _REQUIRED, "_either_name": _either_name, "_missing_one": _missing_one,
+                     "_refuse_one": _refuse_one, "_signature": public_signature(signature, torch_names),
+                     **{f"_public_default_{old}": public_defaults[old] for old in renamed},
+                     **{f"_fixed_{o}": v for o, v in fixed.items()}}
+    return params, forwarded, prologue, tuple(defaults) or None, kwdefaults or None, namespace
+
+
+def _either_name(owner: str, arguments: tuple) -> tuple:
+    """Each renamed argument, from ``(torch's name, its value, the former name, its value, torch's name's default)``:
+    the former name's value where it was given (and torch's name was left at its default), else torch's; both
+    given is a ``TypeError``."""
+    from unidl import torch_names
+
+    taken = []
+    for public, value, old, old_value, default in arguments:
+        if old_value is _REQUIRED:
+            taken.append(value)
+        elif value is not default:
+            raise torch_names.both_given(owner, public, old)
+        else:
+            taken.append(old_value)
+    return tuple(taken)
+
+
+def _missing_one(owner: str, arguments: tuple) -> None:
+    """Python's missing-argument ``TypeError`` for the first of ``(name, value)`` left at ``_REQUIRED``."""
+    from unidl import torch_names
+
+    raise torch_names.missing(owner, next(public for public, value in arguments if value is _REQUIRED))
+
+
+def _refuse_one(owner: str, options: tuple) -> None:
+    """``unidl.torch_names.refuse`` for each of ``(option, value, the one value taken)`` given another value."""
+    from unidl import torch_names
+
+    for option, value, default in options:
+        if value is not default and (default is None or isinstance(default, bool) or value != default):
+            torch_names.refuse(owner, option, value, default)
 
 
 def declare(resolve_ops: Callable, *, name: str | None = None, optional: bool = False, public: bool = True,
             dispatch: bool = True, inputs: dict | None = None, arrays: dict | None = None, dims: dict | None = None,
-            tensors: tuple = ()):
+            tensors: tuple = (), torch_names: tuple | None = None):
     """Decorator for the declarations in ``unidl/ops.py``: register the op and return its dispatcher
     (or the declared function itself with ``dispatch=False``, when the front end adds behaviour of
     its own before calling the backend, e.g. drawing dropout's generator). ``inputs``: per parameter name, a
@@ -124,25 +236,27 @@ def declare(resolve_ops: Callable, *, name: str | None = None, optional: bool = 
     (with ``dispatch=False`` too: the declared function is then called through a forwarding function that does
     it). ``dims``: the parameters that take axes of a tensor parameter, and their range checks (``_dispatcher``).
     ``tensors``: the parameters that take tensors, where another framework's tensor is a ``BackendMismatchError``
-    (``_dispatcher``)."""
+    (``_dispatcher``). ``torch_names``: the public signature's torch names (``_dispatcher``)."""
 
     def register(declaration: Callable) -> Callable:
         op_name = name or declaration.__name__
         if op_name in REGISTRY:
             raise BackendInterfaceError(f"op {op_name!r} is declared twice")
-        REGISTRY[op_name] = OpSpec(op_name, declaration, optional, public)
-        if not dispatch and not arrays and not dims and not inputs and not tensors:
+        REGISTRY[op_name] = OpSpec(op_name, declaration, optional, public, torch_names)
+        if not dispatch and not arrays and not dims and not inputs and not tensors and not torch_names:
             return declaration  # (with checks of its inputs: the dispatcher applies them, then calls it)
-        return _dispatcher(op_name, declaration, resolve_ops, inputs, arrays, dispatch, dims, tensors)
+        return _dispatcher(op_name, declaration, resolve_ops, inputs, arrays, dispatch, dims, tensors, torch_names)
 
     return register
 
 
-def composed(resolve_ops: Callable, function: Callable, tensors: tuple, arrays: dict | None = None) -> Callable:
+def composed(resolve_ops: Callable, function: Callable, tensors: tuple, arrays: dict | None = None,
+             torch_names: tuple | None = None) -> Callable:
     """``function``, a public function composed of declared ops (not one a backend provides, so not registered),
     called through a dispatcher that checks its ``tensors`` parameters, and converts its ``arrays`` ones, as a
-    declared op's (``_dispatcher``)."""
-    return _dispatcher(function.__name__, function, resolve_ops, arrays=arrays, dispatch=False, tensors=tensors)
+    declared op's, its public signature with ``torch_names`` (``_dispatcher``)."""
+    return _dispatcher(function.__name__, function, resolve_ops, arrays=arrays, dispatch=False, tensors=tensors,
+                       torch_names=torch_names)
 
 
 def _load_declarations() -> None:
@@ -190,7 +304,7 @@ def check_backend_ops(backend_name: str, ops) -> None:
         if any(p.kind is p.VAR_POSITIONAL for p in implemented):
             continue
         positional = [p for p in implemented if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        declared = [p for p in spec.signature.parameters.values()
+        declared = [p for p in inspect.signature(spec.declaration).parameters.values()  # (the names it passes)
                     if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         if len(positional) < len(declared):
             problems.append(f"{name} (takes {len(positional)} positional parameters, the declaration "

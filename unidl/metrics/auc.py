@@ -81,7 +81,7 @@ class AUC(Metric):
             positive = ops.clip(as_float(target), 0.0, 1.0)
             return scores, positive, 1.0 - positive
         positive = as_float(ops.one_hot(ops.reshape(target, (-1,)), self.layout.num_outputs))
-        negative = ops.sum(positive, -1, keepdims=True) - positive  # (a row of zeros for a label of no class)
+        negative = ops.sum(positive, -1, keepdim=True) - positive  # (a row of zeros for a label of no class)
         if self.num_areas == 1:  # two scores against labels: class 1 is the positive class
             return scores[:, 1:], positive[:, 1:], negative[:, 1:]
         return scores, positive, negative

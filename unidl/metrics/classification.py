@@ -153,7 +153,7 @@ class TopKAccuracy(_Fraction, _Classification):
     def statistics(self, outputs, target, sample_weight=None):
         scores = as_float(outputs)
         _, true = self._labels(outputs, target)
-        true_score = ops.sum(scores * self._one_hot(true), -1, keepdims=True)
+        true_score = ops.sum(scores * self._one_hot(true), -1, keepdim=True)
         higher = ops.sum(greater(scores, true_score), -1)  # classes scoring strictly above the true one
         finite = ops.sum(scores - scores, -1) == 0  # (a NaN or infinite score in a row: a miss, as TF's in_top_k)
         known = ops.sum(self._one_hot(true), -1)  # (0 for a label outside [0, C): a miss, not a true score of 0)

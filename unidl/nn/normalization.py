@@ -86,7 +86,7 @@ class RMSNorm(Module):
             weight = None if weight is None else ops.cast(weight, "float32")
         eps = self.eps if self.eps is not None else float(np.finfo(input_checks.dtype_name(x.dtype)).eps)
         axes = tuple(range(-len(self.normalized_shape), 0))
-        y = x / ops.sqrt(functional.mean(ops.square(x), axes, keepdims=True) + eps)
+        y = x / ops.sqrt(functional.mean(ops.square(x), axes, keepdim=True) + eps)
         if weight is not None:
             y = y * weight
         return y if x is given else ops.cast_like(y, given)

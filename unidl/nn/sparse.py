@@ -90,7 +90,7 @@ class Embedding(Module):
         if not self.scale_grad_by_freq:
             return rows
         same = functional.unsqueeze(indices, -1) == functional.reshape(indices, (-1,))  # (*indices.shape, ids)
-        counts = functional.sum(functional.cast_like(same, rows), -1, keepdims=True)
+        counts = functional.sum(functional.cast_like(same, rows), -1, keepdim=True)
         return _gradient_scaled(rows, 1 / counts)
 
     def extra_repr(self):
