@@ -142,10 +142,19 @@ def test_an_input_of_another_rank_names_its_shape_in_a_graph_too(mode):
 
 @pytest.mark.parametrize("pool", ["max_pool2d", "avg_pool2d"])
 def test_pool_padding_over_half_the_kernel(mode, pool):
-    raises_exactly(ValueError, f"{pool} padding 2 must be non-negative and at most half the kernel size (2, 2)",
-                   run, mode, lambda x: getattr(ud.ops, pool)(x, 2, 2, 2), X)
-    raises_exactly(ValueError, "MaxPool2d padding 2 must be non-negative and at most half the kernel size (2, 2)",
-                   lambda: ud.nn.MaxPool2d(2, 2, 2))
+    """unidl's ``PoolPaddingError`` (a ``ValueError`` and PyTorch's ``RuntimeError``), not a built-in error, from the
+    2-d and 1-d ops and layers alike."""
+    raises_exactly(ud.PoolPaddingError, f"{pool} padding 2 must be non-negative and at most half the kernel size "
+                   "(2, 2)", run, mode, lambda x: getattr(ud.ops, pool)(x, 2, 2, 2), X)
+    pool1d = pool.replace("2d", "1d")
+    raises_exactly(ud.PoolPaddingError, f"{pool1d} padding 2 must be non-negative and at most half the kernel size "
+                   "(3,)", run, mode, lambda x: getattr(ud.ops, pool1d)(x[0], 3, 1, 2), X)
+    raises_exactly(ud.PoolPaddingError, "MaxPool2d padding 2 must be non-negative and at most half the kernel size "
+                   "(2, 2)", lambda: ud.nn.MaxPool2d(2, 2, 2))
+    raises_exactly(ud.PoolPaddingError, "AvgPool1d padding 2 must be non-negative and at most half the kernel size "
+                   "(3,)", lambda: ud.nn.AvgPool1d(3, 1, 2))
+    with pytest.raises(RuntimeError):  # PyTorch's class, which unidl's error is as well
+        getattr(F, pool)(torch.tensor(X), 2, 2, 2)
 
 
 # ---- d. batch norm in training with one value per channel ---------------------------------------------------

@@ -19,7 +19,8 @@ from unidl.errors import (BackendMismatchError, NonFiniteLossError, BackendNotIn
                           UnsafeFormatError, ExportFormatError, ExportInputError)
 from unidl.devices import info, log_device_placement
 from unidl.errors import (AxisOutOfRangeError, DtypeMismatchError, GraphConstructError, IndexOutOfRangeError,
-                          ModelPlacementError, PaddingLengthError, RetraceWarning, ValueOutOfRangeError)
+                          ModelPlacementError, PaddingLengthError, PoolPaddingError, RetraceWarning,
+                          ValueOutOfRangeError)
 from unidl.function import function
 from unidl.random import manual_seed
 from unidl.export import export
@@ -45,7 +46,7 @@ def __getattr__(name):
 __all__ = [
     "nn", "ops", "optim", "models", "data", "datasets", "tensor", "to_numpy", "grad", "value_and_grad", "train_step", "Precision", "fit", "evaluate", "predict", "History", "summary", "plot_history", "callbacks", "metrics", "manual_seed",
     "distributed", "set_num_threads", "set_float32_precision", "get_float32_precision", "autograd", "custom_gradient", "function", "info", "log_device_placement", "GraphConstructError", "IndexOutOfRangeError", "DtypeMismatchError", "ModelPlacementError", "RetraceWarning", "AxisOutOfRangeError",
-    "ValueOutOfRangeError", "PaddingLengthError",
+    "ValueOutOfRangeError", "PaddingLengthError", "PoolPaddingError",
     "available_backends", "get_backend", "set_backend", "use_backend",
     "get_device", "set_device", "use_device", "get_dtype", "set_dtype", "use_dtype",
     "UnidlError", "UnknownBackendError", "BackendNotInstalledError", "BackendMismatchError",

@@ -70,6 +70,12 @@ class PaddingLengthError(UnidlError, ValueError, RuntimeError):
     ``ValueError`` too, as unidl's other argument errors."""
 
 
+class PoolPaddingError(UnidlError, ValueError, RuntimeError):
+    """A pooling padding over half the kernel (or negative), which PyTorch refuses with ``RuntimeError`` when the
+    pool runs (a window could then hold padding alone): raised by the layers' constructors and the ``ud.ops`` pools
+    alike, on every backend and mode; a ``ValueError`` too, as unidl's other argument errors."""
+
+
 class ModelPlacementError(UnidlError, RuntimeError):
     """A built module asked to move to another device or dtype (``module.to("cuda")``, ``module.double()``):
     unidl places and types a model's variables when it builds them, on every backend."""

@@ -21,7 +21,7 @@ import numpy as np
 
 from unidl import arguments, config, dtype_kinds, input_checks
 from unidl.composites import composite
-from unidl.errors import DtypeMismatchError, ShapeMismatchError
+from unidl.errors import DtypeMismatchError, PoolPaddingError, ShapeMismatchError
 from unidl.backends import op_registry
 from unidl.backends.op_registry import CONVERTED, declare, optional_op
 from unidl.precision import active_ops
@@ -283,7 +283,8 @@ def _checked_pool(name, x, kernel_size, padding, dilation=1):
     input_checks.check_poolable(name, x, average=name == "avg_pool2d")
     kernel, pads = _pair(kernel_size), _pair(padding)
     if len(pads) != 2 or any(not isinstance(p, int) or p < 0 or 2 * p > k for p, k in zip(pads, kernel)):
-        raise ValueError(f"{name} padding {padding!r} must be non-negative and at most half the kernel size {kernel}")
+        raise PoolPaddingError(f"{name} padding {padding!r} must be non-negative and at most half the kernel size "
+                               f"{kernel}")
     spans = tuple(d * (k - 1) + 1 for k, d in zip(kernel, _pair(dilation)))
     return input_checks.check_window_fits(name, x, spans, pads, "use a smaller kernel, more padding or a larger input")
 

@@ -7,17 +7,20 @@ callable such as ``layer.describe`` that gives it when a message is needed)."""
 from __future__ import annotations
 
 from unidl import arguments, input_checks, ops, spatial_ops
+from unidl.errors import PoolPaddingError
 
 
 def _window(owner: str, kernel_size, stride, padding) -> tuple:
     """``(kernel, stride, padding)`` as 1-tuples (stride the kernel where None or empty, as in PyTorch); a
-    ``ValueError`` naming ``owner`` for one that is not an int or one int, or a padding over half the kernel."""
+    ``ValueError`` naming ``owner`` for one that is not an int or one int, a ``PoolPaddingError`` for a padding over
+    half the kernel."""
     kernel = arguments.ints(owner, "kernel_size", kernel_size, 1)
     given = stride is not None and arguments.sequence(stride) != ()
     stride = arguments.ints(owner, "stride", stride, 1) if given else kernel
     pads = arguments.ints(owner, "padding", padding, 1, minimum=0)
     if 2 * pads[0] > kernel[0]:
-        raise ValueError(f"{owner} padding {padding!r} must be non-negative and at most half the kernel size {kernel}")
+        raise PoolPaddingError(f"{owner} padding {padding!r} must be non-negative and at most half the kernel size "
+                               f"{kernel}")
     return kernel, stride, pads
 
 

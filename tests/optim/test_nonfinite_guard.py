@@ -100,6 +100,32 @@ def test_a_finite_loss_with_an_infinite_gradient_is_caught_too(backend):
     assert optimizer.state_dict()["step"] == 1
 
 
+def test_a_finite_loss_with_an_infinite_gradient_stops_fit_before_the_update(backend):
+    """``fit``'s guard reads the gradients, not only the loss: a batch whose loss is finite and whose gradient is
+    infinite stops ``fit`` with ``NonFiniteLossError`` naming its epoch and step, before the update (the weights bit
+    for bit those after the clean batches, the optimizer's step count theirs), on every backend."""
+    x = np.ones((12, 2), np.float32)
+    x[9] = [1, -1]  # batch 3 (4 a batch, in order): w x = 0, a finite loss and an infinite gradient
+    y = np.full((12, 1), 2.0, np.float32)
+
+    def fit(samples):
+        model = _SqrtNet()
+        optimizer = ud.optim.Adam(model.parameters(), lr=0.05)
+        try:
+            ud.fit(model, (x[:samples], y[:samples]), loss=ud.nn.MSELoss(), optimizer=optimizer, epochs=1,
+                   batch_size=4, shuffle=False, verbose=0)
+        except ud.NonFiniteLossError as error:
+            return model, optimizer, str(error)
+        return model, optimizer, None
+
+    model, optimizer, error = fit(12)
+    assert error is not None and "at epoch 1, step 3" in error, error
+    clean, clean_optimizer, clean_error = fit(8)  # the two clean batches: the weights before batch 3
+    assert clean_error is None and not _same(_weights(clean), _weights(_SqrtNet()))
+    assert _same(_weights(model), _weights(clean)) and np.isfinite(_weights(model)["w"]).all()
+    assert optimizer.state_dict()["step"] == clean_optimizer.state_dict()["step"] == 2
+
+
 def test_check_finite_false_skips_the_step_silently_and_training_goes_on(backend):
     model = ud.models.TwoLayerNet(3, 4, 2)
     optimizer = ud.optim.Adam(model.parameters(), lr=0.1)
@@ -162,6 +188,35 @@ def test_apply_skips_non_finite_gradients_in_the_manual_loop(backend):
     optimizer.apply([ud.tensor(g) for g in grads])
     assert not optimizer.last_step_finite and _same(_weights(model), before)
     assert optimizer.state_dict()["step"] == state["step"] == 1
+
+
+def test_apply_skips_non_finite_gradients_inside_a_compiled_step(backend):
+    """The manual loop's rule (``test_apply_skips_non_finite_gradients_in_the_manual_loop``: a NaN or infinite
+    gradient skips the whole update, weights, momentum and step count as they were, ``last_step_finite`` False, no
+    error) inside ``ud.function`` too (a TensorFlow graph, a jit-compiled JAX or Keras step), for a finite loss
+    whose gradient is infinite, and the next finite step updates again."""
+    model = _SqrtNet()
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss_fn = ud.nn.MSELoss()
+
+    @ud.function
+    def step(x, y):
+        loss, grads = ud.value_and_grad(lambda: loss_fn(model(x), y), model.parameters())()
+        optimizer.apply(grads)
+        return loss
+
+    good, bad = np.ones((2, 2), np.float32), np.array([[1, 1], [1, -1]], np.float32)  # bad: w x = 0, finite loss
+    y = np.full((2, 1), 2.0, np.float32)
+    step(ud.tensor(good), ud.tensor(y))
+    before, state = _weights(model), optimizer.state_dict()
+    loss = step(ud.tensor(bad), ud.tensor(y))
+    assert np.isfinite(ud.to_numpy(loss)) and not optimizer.last_step_finite
+    after = optimizer.state_dict()
+    assert _same(_weights(model), before) and after["step"] == state["step"] == 1
+    assert np.array_equal(after["slots"][0]["momentum_buffer"], state["slots"][0]["momentum_buffer"])
+    step(ud.tensor(good), ud.tensor(y))
+    assert optimizer.last_step_finite and optimizer.state_dict()["step"] == 2
+    assert not _same(_weights(model), before)
 
 
 def test_checkpoint_keeps_the_newest_finite_checkpoint(backend, tmp_path):

@@ -988,6 +988,35 @@ def test_unused_parameters_are_left_alone_by_every_loop(backend, loop):
     assert not np.array_equal(before["used.weight"], after["used.weight"])
 
 
+def test_unused_parameters_are_left_alone_inside_a_compiled_step(backend):
+    """The eager loop's rule (``test_unused_parameters_are_left_alone_by_every_loop``) inside ``ud.function`` (a
+    TensorFlow graph, a jit-compiled JAX or Keras step): ``value_and_grad`` gives no gradient for the unused layer,
+    and ``apply`` neither moves it (Adam's weight decay would, fed a zero) nor counts a step or a moment for it."""
+    model = _HalfUsed()
+    optimizer = ud.optim.Adam(model.parameters(), lr=0.1, weight_decay=0.1)
+    loss_fn = ud.nn.MSELoss()
+    traced = []  # which gradients are None, as each trace (or torch's each call) saw them
+
+    @ud.function
+    def step(x, y):
+        loss, grads = ud.value_and_grad(lambda: loss_fn(model(x), y), model.parameters())()
+        traced.append([g is None for g in grads])
+        optimizer.apply(grads)
+        return loss
+
+    before = model.state_dict()
+    for _ in range(3):
+        step(ud.tensor(np.ones((4, 3), np.float32)), ud.tensor(np.zeros((4, 2), np.float32)))
+    after, state = model.state_dict(), optimizer.state_dict()
+    assert traced and all(seen == [False, False, True, True] for seen in traced), traced
+    for name in ("unused.weight", "unused.bias"):
+        assert np.array_equal(before[name], after[name]), name
+    assert not np.array_equal(before["used.weight"], after["used.weight"])
+    assert state["param_steps"] == [3, 3, 0, 0]
+    for slot in state["slots"][2:]:
+        assert all(not np.any(value) for value in slot.values()), slot
+
+
 def unused_layer_under_adam(fit: bool) -> dict:
     """``_HalfUsed`` trained 3 steps by Adam with weight decay (``train_step``, or ``fit`` with 3 batches): whether
     the unused layer kept its weights, whether the used one moved, and Adam's per-parameter step counts. Keras on

@@ -8,7 +8,7 @@ that ``MaxUnpool2d`` writes back to."""
 from __future__ import annotations
 
 from unidl import arguments, input_checks, ops as functional, spatial1d_ops, spatial_ops
-from unidl.errors import ShapeMismatchError
+from unidl.errors import PoolPaddingError, ShapeMismatchError
 from unidl.nn.conv import check_nchw, unbatched
 from unidl.nn.module import Module
 
@@ -41,8 +41,8 @@ class _Pool2d(Module):
         owner = type(self).__name__
         self.kernel_size, self.stride, self.padding = _window(owner, kernel_size, stride, padding, self.rank)
         if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
-            raise ValueError(f"{owner} padding {padding!r} must be non-negative and at most half the kernel size "
-                             f"{self.kernel_size}")
+            raise PoolPaddingError(f"{owner} padding {padding!r} must be non-negative and at most half the kernel "
+                                   f"size {self.kernel_size}")
         self.ceil_mode = bool(ceil_mode)
         # the arguments as given, as torch.nn's reprs print them (stride: the kernel size where None)
         self._given = dict(kernel_size=kernel_size, stride=kernel_size if stride is None else stride, padding=padding)
