@@ -1221,8 +1221,9 @@ _TRAIN_STEPS_KEPT = 4
 def _fit_step(model, loss, optimizer, summary, metrics, eager: bool, precision, accumulate: int) -> TrainStep:
     """``fit``'s ``TrainStep`` (its metrics' statistics inside it where ``summary`` is their function). Where the
     backend allows it (``Backend.reuses_train_steps``), the backend's step is kept in the model's structure cache
-    and a later fit of the same model and optimizer, with a loss that computes alike (``_computes_alike``, with the
-    settings it has now), the same metrics (``MetricAccumulator.key``), ``eager``, precision, ``accumulate``, dtype
+    and a later fit of the same model and optimizer, with every attribute of the model's modules as it was
+    (``_settings_now``: a value a trace read, ``Dropout.p``, ``temperature``), the same loss with every attribute as
+    it was or one that computes alike (``_computes_alike``), the same metrics (``MetricAccumulator.key``), ``eager``, precision, ``accumulate``, dtype
     and device in force, builds its ``TrainStep`` over it: a second fit on jax compiled every batch shape's
     program again. What the step keys its traces on itself (train/eval modes, the frozen set, input shapes and
     dtypes, an optimizer option its traces hold as a constant) retraces it as within one fit, and a changed
@@ -1235,21 +1236,63 @@ def _fit_step(model, loss, optimizer, summary, metrics, eager: bool, precision, 
         return TrainStep(model, loss, optimizer, **options)
     kept = model.structure_cache().setdefault("train_steps", [])
     key = (None if summary is None else metrics.key, eager, precision, accumulate, config.get_dtype(),
-           config.resolve_device(config._requested_device(), backend), _settings_now(loss))
-    for entry in kept:
-        if entry[0] is optimizer and entry[2] == key and _computes_alike(entry[1], loss):
+           config.resolve_device(config._requested_device(), backend), _settings_now(model))
+    loss_settings = _settings_now(loss)
+    for index, entry in enumerate(kept):
+        if entry[0] is optimizer and entry[2] == key and (
+                entry[4] == loss_settings if entry[1] is loss else _computes_alike(entry[1], loss)):
+            kept.append(kept.pop(index))  # (the most recently used last: the oldest unused is dropped first)
             return TrainStep(model, loss, optimizer, run=entry[3], **options)
     step = TrainStep(model, loss, optimizer, **options)
-    kept[:] = [*kept[1 - _TRAIN_STEPS_KEPT:], (optimizer, loss, key, step._run)]
+    kept[:] = [*kept[1 - _TRAIN_STEPS_KEPT:], (optimizer, loss, key, step._run, loss_settings)]
     return step
 
 
-def _settings_now(loss) -> tuple:
-    """The public attributes of ``loss`` as they are now (a plain value as itself, another by identity): a setting
-    changed since a kept step was traced with the same loss object (``label_smoothing``) is a step of its own."""
-    plain = (bool, int, float, str, type(None))
-    return tuple(sorted((name, value if type(value) in plain else id(value))
-                        for name, value in vars(loss).items() if not name.startswith("_")))
+def _settings_now(*roots) -> tuple:
+    """Every attribute of every module of ``roots`` (the model, the loss and their children), public and private,
+    as it is now: a plain value (a number, a string, None, a tuple of them) as itself, another object by identity,
+    held (``_Same``), so that its id cannot pass to a new object while the kept step lives. A step traced with a
+    value its forward read (a child's ``Dropout.p``, a loss's ``label_smoothing`` or ``_weight``, a model's
+    ``temperature``) is kept for that value only: a later fit with another builds its step again, as torch's and
+    TensorFlow's fits, which build theirs every time, see it."""
+    return tuple((id(module), name, _setting(value))
+                 for root in roots if root is not None
+                 for module in (root.modules() if hasattr(root, "modules") else (root,))
+                 for name, value in getattr(module, "__dict__", {}).items() if name not in _DERIVED_ATTRIBUTES)
+
+
+#: a module's caches of what it derives from its structure and modes, written by the steps (the step keys its traces
+#: on the modes itself)
+_DERIVED_ATTRIBUTES = frozenset({"_structure_cache", "_training_modes"})
+
+
+_PLAIN = (bool, int, float, complex, str, bytes, type(None))
+
+
+def _setting(value):
+    """``value`` as a part of a kept step's key: plain values (and tuples of them) compared by value, any other
+    object by identity."""
+    if type(value) in _PLAIN:
+        return value
+    if type(value) is tuple and all(type(item) in _PLAIN for item in value):
+        return value
+    return _Same(value)
+
+
+class _Same:
+    """An object in a kept step's key, equal to a key part holding the very same object (and holding it: an id
+    alone could be reused by a new object once the old one is freed)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __eq__(self, other):
+        return type(other) is _Same and other.value is self.value
+
+    def __hash__(self):
+        return id(self.value)
 
 
 #: compiled evaluations a model keeps (``_evaluation_function``): a few losses and metric sets, the oldest dropped

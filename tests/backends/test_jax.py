@@ -839,6 +839,79 @@ def _fits_in_turn(caplog) -> tuple:
     return programs, histories, {k: np.asarray(v) for k, v in model.state_dict().items()}
 
 
+class _Tempered(ud.nn.Module):
+    """A net whose forward reads a child's ``Dropout.p``, a plain attribute and an array attribute."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = ud.nn.Sequential(ud.nn.Linear(8, 16), ud.nn.Dropout(0.0), ud.nn.Linear(16, 3))
+        self.temperature = 1.0
+        self.scale = np.float32(1.0)
+
+    def forward(self, x):
+        return self.body(x) * self.scale / self.temperature
+
+
+class _WeightedLoss(ud.nn.Module):
+    """A loss whose forward reads a child loss's ``label_smoothing`` and a private weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.ce = ud.nn.CrossEntropyLoss()
+        self._weight = 1.0
+
+    def forward(self, outputs, y):
+        return self.ce(outputs, y) * self._weight
+
+
+def _fits_after_changes_read_when_traced(caplog) -> tuple:
+    """``(programs each fit compiled, histories)`` of 1-epoch jax fits of one ``_Tempered`` net with one SGD and one
+    ``_WeightedLoss``, each after a change of a value the step's trace read: a child's dropout rate, the net's
+    temperature, the loss's child's label smoothing, the loss's private weight, and an array attribute replaced
+    twice through None (the old array freed at once, its id free for the new one, unless the kept step holds it)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((32, 8)).astype(np.float32), rng.integers(0, 3, 32)
+    ud.manual_seed(0)
+    model, loss = _Tempered(), _WeightedLoss()
+    optimizer = ud.optim.SGD(model.parameters(), lr=1e-2)
+    programs, histories = [], []
+
+    def fit():
+        run = lambda: histories.append(ud.fit(model, (x, y), batch_size=16, epochs=1, loss=loss, optimizer=optimizer,
+                                              shuffle=False, verbose=0).history)
+        programs.append(len(_compiled_programs(caplog, run)))
+
+    fit()
+    fit()
+    model.body[1].p = 0.5
+    fit()
+    model.temperature = 0.5
+    fit()
+    loss.ce.label_smoothing = 0.2
+    fit()
+    loss._weight = 3.0
+    fit()
+    for value in (2.0, 4.0):
+        model.scale = None
+        model.scale = np.float32(value) * np.ones((), np.float32)
+        fit()
+    return programs, histories
+
+
+def test_a_kept_fit_step_is_not_reused_after_a_change_of_a_value_its_trace_read(caplog, monkeypatch):
+    """A jax fit's kept step is keyed on every attribute of every module of the model and the loss, private ones
+    and children's included, another object than a plain value by identity and held: a changed child ``Dropout.p``,
+    model attribute, child loss setting or private loss weight, or an array attribute replaced by another (at the
+    freed one's id), builds the step again, so every fit's history is that of a fit whose step is built afresh, as
+    torch's and TensorFlow's fits are (the kept step ran with the values of its first trace)."""
+    with ud.use_backend("jax"):
+        programs, histories = _fits_after_changes_read_when_traced(caplog)
+        monkeypatch.setattr(type(ud.config.backend()), "reuses_train_steps", False, raising=False)
+        _, histories_afresh = _fits_after_changes_read_when_traced(caplog)
+    assert histories == histories_afresh
+    assert programs[1] == 0 and all(count > 0 for count in programs[2:]), programs
+
+
 def test_a_second_fit_reuses_the_compiled_step_and_a_change_compiles_again(caplog, monkeypatch):
     """A jax ``fit`` keeps its train step in the model (``Backend.reuses_train_steps``): a second fit of the same
     model, loss, optimizer, metrics and options compiles no program (each compiled its 2 batch shapes again), while a

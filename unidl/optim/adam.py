@@ -33,8 +33,9 @@ def moments(slots, grad, betas, ops):
     exp_avg)`` and ``fma((1 - beta2) * grad, grad, beta2 * exp_avg_sq)``. The sum is written with the product torch
     fuses first, because XLA (jax, Keras-on-JAX) fuses a sum's first operand where it is a product: written the other
     way round, jax's ``exp_avg_sq`` was ``fma(beta2, exp_avg_sq, ...)``, one rounding off torch's in 16-22% of the
-    elements from the second step on; now bit for bit. TensorFlow fuses nothing: two roundings each, one unit in
-    the last place off torch's in 29% (``exp_avg``) and 16% (``exp_avg_sq``) of the elements."""
+    elements from the second step on; now bit for bit. TensorFlow's graphs fuse nothing: two roundings each, one unit
+    in the last place off torch's in 29% (``exp_avg``) and 16% (``exp_avg_sq``) of the elements; its XLA graphs
+    (``ud.function(jit_compile=True)``) fuse as jax's do."""
     beta1, beta2 = betas
     exp_avg = lerp(slots["exp_avg"], grad, 1 - beta1, ops)
     exp_avg_sq = scalar_like(1 - beta2, grad, ops) * grad * grad + scalar_like(beta2, grad, ops) * slots["exp_avg_sq"]
