@@ -243,6 +243,28 @@ def test_a_value_the_file_chose_is_named_in_a_bounded_form(via, match, tmp_path)
         _get_layout("strided")
 
 
+@pytest.mark.parametrize("opcodes", [
+    b"\x80\x02}" + _shared_tuples(40) + b"K\x01s.", b"\x80\x02}(" + _shared_tuples(40) + b"K\x01u.",
+    b"\x80\x04(" + _shared_tuples(40) + b"\x91.", b"\x80\x04\x8f(" + _shared_tuples(40) + b"\x90."],
+    ids=["setitem", "setitems", "frozenset", "additems"])
+def test_a_dict_key_or_set_item_the_file_chose_is_checked_before_it_is_hashed(opcodes, tmp_path):
+    """The tuples of depth 40 that share their halves as a dict's key or a set's item: hashing one hashes 2**40
+    strings (a 700-byte file took hours in pickle's own ``dict[key] = value``); refused before, as is an
+    ``OrderedDict`` given items to hash (torch.save calls it with none). A checkpoint's int keys and flat tuple keys
+    still load."""
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "plain.pth")
+    ordered = b"\x80\x02ccollections\nOrderedDict\n" + _shared_tuples(40) + b"\x85R."
+    for pickled, match in ((opcodes, r"a dict key or set item \(\(\(\("), (ordered, r"an OrderedDict built from")):
+        _rewritten(tmp_path / "plain.pth", tmp_path / "bomb.pth", {"data.pkl": pickled})
+        with pytest.raises(ud.CorruptFileError, match=match) as refused:
+            read_torch_archive(str(tmp_path / "bomb.pth"))
+        assert len(str(refused.value)) < 500
+    torch.save({"state_dict": {"weight": torch.ones(2)}, "optimizer": {"state": {0: {"step": 3}}},
+                "best": {(1, "a"): 2}}, tmp_path / "checkpoint.pth")
+    read = read_torch_archive(str(tmp_path / "checkpoint.pth"))
+    assert read["optimizer"] == {"state": {0: {"step": 3}}} and read["best"] == {(1, "a"): 2}
+
+
 def test_an_error_raised_on_the_files_own_objects_is_named_in_a_bounded_form():
     """An exception that holds an object of the file (a ``KeyError`` of a key) is named by ``shown``, not ``str``;
     one that holds a text (pickle's, zipfile's) by its text."""

@@ -247,10 +247,31 @@ def _rebuild_meta_tensor_no_storage(dtype, size, stride, requires_grad=False):
     return StorageView(str(dtype), tuple(size), tuple(stride), device="meta")
 
 
+def _ordered_dict(*items):
+    """``collections.OrderedDict`` as ``torch.save`` calls it, with no arguments (its items come after, each key
+    checked by ``_StateDictUnpickler``): given items, it would hash keys unchecked."""
+    if items:
+        raise CorruptFileError(f"an OrderedDict built from {shown(items)} (torch.save gives none)")
+    return OrderedDict()
+
+
+#: the types of a dict's key or a set's item whose hash costs no more than the key's own bytes in the pickle (a
+#: tuple of tuples that share their halves hashes 2**depth strings: 700 bytes made hours of ``dict[key] = value``)
+_FLAT_KEYS = (str, int, float, bool, type(None), bytes)
+
+
+def _checked_keys(keys) -> None:
+    """``CorruptFileError`` unless each of ``keys`` is a flat key (one of ``_FLAT_KEYS``, or a tuple of them)."""
+    for key in keys:
+        if type(key) not in _FLAT_KEYS and not (type(key) is tuple and all(type(item) in _FLAT_KEYS for item in key)):
+            raise CorruptFileError(f"a dict key or set item {shown(key)}, which a state dict or a checkpoint's "
+                                   f"entries do not hold")
+
+
 _DTYPE_NAMES = set(NUMPY_DTYPES) | set(WIDENED_BITS) | set(NO_NUMPY_DTYPES)
 #: every global the pickle of a state dict (or of a dict holding one) names -> what it is read as
 _ALLOWED = {
-    ("collections", "OrderedDict"): OrderedDict,
+    ("collections", "OrderedDict"): _Global(_ordered_dict),
     ("torch", "Size"): tuple,
     ("torch.serialization", "_get_layout"): _Global(_get_layout),  # (a sparse tensor's layout, by its name)
     ("torch.storage", "UntypedStorage"): _StorageType("uint8"),  # (its size counts bytes)
@@ -264,9 +285,31 @@ _ALLOWED = {
 }
 
 
-class _StateDictUnpickler(pickle.Unpickler):
-    """``pickle.Unpickler`` that resolves only ``_ALLOWED``'s globals and reads a storage's bytes from the archive
-    when the pickle first refers to it (once per key: two views of one storage share its bytes)."""
+class _StateDictUnpickler(pickle._Unpickler):
+    """``pickle.Unpickler`` that resolves only ``_ALLOWED``'s globals, reads a storage's bytes from the archive when
+    the pickle first refers to it (once per key: two views of one storage share its bytes), and checks each dict key
+    and set item before it is hashed (``_checked_keys``). It is pickle's Python unpickler, whose opcodes can be
+    checked one by one (the C one's cannot): a state dict's pickle is a few bytes a tensor, its storages apart."""
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def _load_setitem(self):
+        _checked_keys(self.stack[-2:-1])
+        pickle._Unpickler.load_setitem(self)
+
+    def _load_setitems(self):
+        _checked_keys(self.stack[0::2])  # (the items since the mark, which pickle's Python unpickler keeps as stack)
+        pickle._Unpickler.load_setitems(self)
+
+    def _load_additems(self):
+        _checked_keys(self.stack)
+        pickle._Unpickler.load_additems(self)
+
+    def _load_frozenset(self):
+        _checked_keys(self.stack)
+        pickle._Unpickler.load_frozenset(self)
+
+    dispatch.update({pickle.SETITEM[0]: _load_setitem, pickle.SETITEMS[0]: _load_setitems,
+                     pickle.ADDITEMS[0]: _load_additems, pickle.FROZENSET[0]: _load_frozenset})
 
     def __init__(self, archive: zipfile.ZipFile, root: str, byteorder: str):
         super().__init__(archive.open(f"{root}/data.pkl"))
