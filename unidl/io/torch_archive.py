@@ -51,6 +51,7 @@ def _itemsize(dtype: str) -> int:
 
 
 def _bounded_repr() -> reprlib.Repr:
+    """``reprlib.Repr`` that writes at most 4 items a container and 3 levels deep: a few hundred characters."""
     shown = reprlib.Repr()
     shown.maxlevel, shown.maxstring, shown.maxother = 3, 60, 60
     shown.maxtuple = shown.maxlist = shown.maxdict = shown.maxset = shown.maxfrozenset = 4
@@ -62,8 +63,8 @@ _SHOWN = _bounded_repr()
 
 def shown(value) -> str:
     """``repr(value)`` cut to a few levels and items: a value the file chose, named in an error. Its full text can
-    be exponentially longer than the file (a tuple of two references to one tuple of two references to ...: 600
-    bytes made minutes of CPU and gigabytes of text), this one is at most a few hundred characters."""
+    be exponentially longer than the file (a tuple of two references to one tuple of two references to ...: 700
+    bytes made hours of CPU and terabytes of text), this one is at most a few hundred characters."""
     return _SHOWN.repr(value)
 
 
@@ -72,7 +73,7 @@ def shown_error(error: BaseException) -> str:
     zipfile holds a text, one raised on the file's own objects (a ``KeyError``) may hold one of them."""
     if all(isinstance(argument, (str, int)) for argument in error.args):
         return str(error)[:300]
-    return f"{', '.join(shown(argument) for argument in error.args)}"
+    return ", ".join(shown(argument) for argument in error.args)
 
 
 def _refuse_build(self, state):
