@@ -5,6 +5,8 @@ PyTorch state dict loaded with ``ud.load_weights`` where torch cannot be importe
 import collections
 import os
 import pickle
+import tracemalloc
+import warnings
 import zipfile
 
 import numpy as np
@@ -13,7 +15,7 @@ import torch
 
 import unidl as ud
 from tests.helpers import last_json_line, run_python
-from unidl.io.torch_archive import read_torch_archive
+from unidl.io.torch_archive import _get_layout, read_torch_archive, shown_error
 from unidl.io.torch_checkpoint import read_with_torch, read_without_torch
 
 
@@ -142,7 +144,7 @@ def test_a_pickle_that_runs_code_or_reads_past_its_storage_is_refused(tmp_path):
         with pytest.raises(ud.CorruptFileError, match=match):
             read_without_torch(str(tmp_path / "past.pth"))
     torch.save({"weight": _Rebuilt(values, 0, (2,), (1,), state={"shape": (10 ** 6,)})}, tmp_path / "state.pth")
-    with pytest.raises(ud.CorruptFileError, match=r"state.pth': its pickle sets the state of a StoredTensor"):
+    with pytest.raises(ud.CorruptFileError, match=r"state.pth': its pickle sets the state of a StorageView"):
         read_without_torch(str(tmp_path / "state.pth"))
     # (the global _rebuild_tensor_v2, then BUILD with the slot state {"__defaults__": (1,)}: the next file's defaults)
     defaults = b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nN}X\x0c\x00\x00\x00__defaults__K\x01\x85s\x86b."
@@ -206,3 +208,145 @@ print(json.dumps(differences))
     assert set(differences) == {"tensorflow", "jax"}
     for backend, (difference, count) in differences.items():
         assert difference < 2e-6 and count == 1, (backend, difference, count)
+
+
+def _shared_tuples(depth: int) -> bytes:
+    """Pickle opcodes that leave on the stack T_depth, where T_0 = ('xxxxxxxx',) and T_i = (T_i-1, T_i-1), each
+    built from the memo: a few bytes a level, a text of ``repr`` or ``str`` 2**depth times as long."""
+    opcodes = b"X\x08\x00\x00\x00xxxxxxxx\x85q\x000"
+    for level in range(1, depth + 1):
+        opcodes += b"h" + bytes([level - 1]) + b"h" + bytes([level - 1]) + b"\x86q" + bytes([level]) + b"0"
+    return opcodes + b"h" + bytes([depth])
+
+
+@pytest.mark.parametrize("via, match", [
+    ("_get_layout", r"a tensor layout \(\(\(\("), ("sparse", r"a sparse tensor of layout \(\(\(\("),
+    ("meta", r"a meta tensor whose dtype is \(\(\(\("), ("reference", r"a storage reference \(\(\(\(")])
+def test_a_value_the_file_chose_is_named_in_a_bounded_form(via, match, tmp_path):
+    """A 700-byte pickle whose tuples of depth 40 share their halves (2**40 strings deep, were they written out),
+    given as a layout, a dtype or a storage reference, is refused naming it in a few hundred characters: its full
+    ``repr``/``str`` (the layout's name was taken by ``str``) would take hours and terabytes."""
+    top = _shared_tuples(40)
+    pickles = {"_get_layout": b"\x80\x02ctorch.serialization\n_get_layout\n" + top + b"\x85R.",
+               "sparse": b"\x80\x02ctorch._utils\n_rebuild_sparse_tensor\n" + top + b"N\x86R.",
+               "meta": b"\x80\x02ctorch._utils\n_rebuild_meta_tensor_no_storage\n" + top + b"))\x87R.",
+               "reference": b"\x80\x02" + top + b"Q."}
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "plain.pth")
+    _rewritten(tmp_path / "plain.pth", tmp_path / "bomb.pth", {"data.pkl": pickles[via]})
+    assert os.path.getsize(tmp_path / "bomb.pth") < 2000
+    with pytest.raises(ud.CorruptFileError, match=match) as refused:
+        read_without_torch(str(tmp_path / "bomb.pth"))
+    assert len(str(refused.value)) < 500
+    # (a layout torch names still reads as its name, to be refused as sparse by the checks after reading)
+    assert _get_layout("torch.sparse_coo") == "torch.sparse_coo"
+    with pytest.raises(ud.CorruptFileError, match=r"a tensor layout 'strided', not one of torch's"):
+        _get_layout("strided")
+
+
+@pytest.mark.parametrize("opcodes", [
+    b"\x80\x02}" + _shared_tuples(40) + b"K\x01s.", b"\x80\x02}(" + _shared_tuples(40) + b"K\x01u.",
+    b"\x80\x04(" + _shared_tuples(40) + b"\x91.", b"\x80\x04\x8f(" + _shared_tuples(40) + b"\x90."],
+    ids=["setitem", "setitems", "frozenset", "additems"])
+def test_a_dict_key_or_set_item_the_file_chose_is_checked_before_it_is_hashed(opcodes, tmp_path):
+    """The tuples of depth 40 that share their halves as a dict's key or a set's item: hashing one hashes 2**40
+    strings (a 700-byte file took hours in pickle's own ``dict[key] = value``); refused before, as is an
+    ``OrderedDict`` given items to hash (torch.save calls it with none). A checkpoint's int keys and flat tuple keys
+    still load."""
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "plain.pth")
+    ordered = b"\x80\x02ccollections\nOrderedDict\n" + _shared_tuples(40) + b"\x85R."
+    for pickled, match in ((opcodes, r"a dict key or set item \(\(\(\("), (ordered, r"an OrderedDict built from")):
+        _rewritten(tmp_path / "plain.pth", tmp_path / "bomb.pth", {"data.pkl": pickled})
+        with pytest.raises(ud.CorruptFileError, match=match) as refused:
+            read_torch_archive(str(tmp_path / "bomb.pth"))
+        assert len(str(refused.value)) < 500
+    torch.save({"state_dict": {"weight": torch.ones(2)}, "optimizer": {"state": {0: {"step": 3}}},
+                "best": {(1, "a"): 2}}, tmp_path / "checkpoint.pth")
+    read = read_torch_archive(str(tmp_path / "checkpoint.pth"))
+    assert read["optimizer"] == {"state": {0: {"step": 3}}} and read["best"] == {(1, "a"): 2}
+
+
+def test_an_error_raised_on_the_files_own_objects_is_named_in_a_bounded_form():
+    """An exception that holds an object of the file (a ``KeyError`` of a key) is named by ``shown``, not ``str``;
+    one that holds a text (pickle's, zipfile's) by its text."""
+    deep = pickle.loads(b"\x80\x02" + _shared_tuples(40) + b".")
+    assert len(shown_error(KeyError(deep))) < 300
+    assert shown_error(pickle.UnpicklingError("invalid load key, 'x'.")) == "invalid load key, 'x'."
+
+
+def _tensor_under_keys(path, keys: int, tied: bool) -> None:
+    """``torch.save`` of one 1 MiB float32 tensor under ``keys`` keys: as one object (``tied``) or as a view each."""
+    values = torch.arange(256 * 1024, dtype=torch.float32)
+    torch.save({f"k{index}": values if tied else values[:] for index in range(keys)}, path)
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["one_tensor", "views"])
+def test_both_readers_bound_the_bytes_of_all_keys_read_from_a_file(tied, tmp_path):
+    """Many keys over one stored MiB (one tensor under each, or a view each): the arrays read from the 1 MiB file
+    total at most max(64 MiB, 16 times the file), by the same rule on both readers, which refuse the key where they
+    pass it, before any array is made (a file of 150 such keys made 150 MiB; torch's reader loaded 150 tied keys
+    and the other refused them as 0 bytes stored); 60 keys load on both, each key its own array."""
+    path = str(tmp_path / "keys.pth")
+    _tensor_under_keys(path, 70, tied)
+    refusals = []
+    for reader in (read_with_torch, read_without_torch):
+        with pytest.raises(ud.CorruptFileError) as refused:
+            reader(path)
+        refusals.append(str(refused.value))
+    again = ", the tensor of key 'k0' again" if tied else ""
+    assert refusals[0] == refusals[1] == (
+        f"{path!r}: tensor 'k64' of shape (262144,) (1048576 bytes as an array{again}) brings the state dict's "
+        f"arrays to {65 * 2 ** 20} bytes, past {2 ** 26} (16 times the file's {os.path.getsize(path)} bytes, at "
+        f"least 64 MiB): its keys view the same stored bytes over and over, which no model's state dict does: a "
+        f"crafted file")
+    _tensor_under_keys(path, 60, tied)
+    for reader in (read_with_torch, read_without_torch):
+        found = reader(path)
+        assert list(found) == [f"k{index}" for index in range(60)]
+        assert all(np.array_equal(value, np.arange(256 * 1024, dtype=np.float32)) for value in found.values())
+        if tied:
+            assert not np.shares_memory(found["k0"], found["k59"])
+
+
+@pytest.mark.parametrize("reader", [read_torch_archive, read_without_torch])
+def test_the_reader_without_torch_refuses_a_compressed_or_inflating_archive(reader, tmp_path):
+    """``torch.save`` stores its entries: an archive with a deflated entry (a zip bomb's way: 64 MiB of zeros in a
+    file of 64 KB) is refused, and one whose directory says its entries hold more bytes than the file."""
+    torch.save({"weight": torch.zeros(16, 1024)}, tmp_path / "plain.pth")
+    with zipfile.ZipFile(tmp_path / "plain.pth") as archive, \
+            zipfile.ZipFile(tmp_path / "deflated.pth", "w", zipfile.ZIP_DEFLATED) as deflated, \
+            zipfile.ZipFile(tmp_path / "inflating.pth", "w", zipfile.ZIP_STORED) as inflating:
+        for entry in archive.infolist():
+            deflated.writestr(entry.filename, archive.read(entry))
+            inflating.writestr(entry.filename, archive.read(entry))
+        inflating.infolist()[-1].file_size = 2 ** 30  # (the central directory, written on closing, says 1 GiB)
+    with pytest.raises(ud.CorruptFileError, match=r"deflated.pth': compressed entries \['plain/data.pkl'"):
+        reader(str(tmp_path / "deflated.pth"))
+    with pytest.raises(ud.CorruptFileError, match=r"inflating.pth': its entries hold more bytes than the file"):
+        reader(str(tmp_path / "inflating.pth"))
+    assert reader(str(tmp_path / "plain.pth"))["weight"].shape == (16, 1024)
+
+
+def test_the_reader_without_torch_lets_each_storage_go_once_its_values_are_taken(tmp_path):
+    """Reading eight storages of 1 MiB holds the file's bytes and about one array beyond them at its peak (each
+    storage freed once its values are copied out), not the file's bytes beside all its arrays (2x)."""
+    torch.save({f"layer{index}": torch.randn(256 * 1024) for index in range(8)}, tmp_path / "eight.pth")
+    size = os.path.getsize(tmp_path / "eight.pth")
+    tracemalloc.start()
+    try:
+        found = read_without_torch(str(tmp_path / "eight.pth"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sum(value.nbytes for value in found.values()) == 8 * 2 ** 20
+    assert peak < 1.5 * size, (peak, size)
+
+
+@pytest.mark.parametrize("reader", [read_with_torch, read_without_torch], ids=["torch", "without_torch"])
+def test_a_complex32_tensor_is_refused_as_having_no_numpy_dtype_by_both_readers(reader, tmp_path):
+    """torch's complex32 (complex half), which NumPy has not: both readers refuse it naming the key and that it has
+    no NumPy dtype (without torch its dtype's global was refused as one a state dict does not hold)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # (torch: "ComplexHalf support is experimental")
+        torch.save({"c32": torch.randn(2, dtype=torch.complex64).to(torch.complex32)}, tmp_path / "c32.pth")
+    with pytest.raises(ud.CorruptFileError, match=r"tensor 'c32' of dtype torch.complex32 has no NumPy dtype"):
+        reader(str(tmp_path / "c32.pth"))

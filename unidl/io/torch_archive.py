@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import reprlib
 import sys
 import zipfile
 from collections import OrderedDict
@@ -36,10 +37,43 @@ STORAGE_DTYPES = {"DoubleStorage": "float64", "FloatStorage": "float32", "HalfSt
                   "BFloat16Storage": "bfloat16", "ComplexDoubleStorage": "complex128",
                   "ComplexFloatStorage": "complex64", "LongStorage": "int64", "IntStorage": "int32",
                   "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool"}
+#: dtypes torch saves as plain tensors whose values NumPy cannot hold -> their item size: read as far as the refusal
+#: that names the dtype, as the reader with torch refuses them (``.numpy()``), not as a global a state dict lacks
+NO_NUMPY_DTYPES = {"complex32": 4}
+#: the layouts torch names by ``str(layout)`` in the pickle of a sparse tensor (``torch.serialization._get_layout``)
+LAYOUTS = frozenset(("torch.strided", "torch.sparse_coo", "torch.sparse_csr", "torch.sparse_csc", "torch.sparse_bsr",
+                     "torch.sparse_bsc", "torch._mkldnn", "torch.jagged"))
 
 
 def _itemsize(dtype: str) -> int:
-    return (NUMPY_DTYPES.get(dtype) or WIDENED_BITS[dtype]).itemsize
+    known = NUMPY_DTYPES.get(dtype) or WIDENED_BITS.get(dtype)
+    return NO_NUMPY_DTYPES[dtype] if known is None else known.itemsize
+
+
+def _bounded_repr() -> reprlib.Repr:
+    """``reprlib.Repr`` that writes at most 4 items a container and 3 levels deep: a few hundred characters."""
+    shown = reprlib.Repr()
+    shown.maxlevel, shown.maxstring, shown.maxother = 3, 60, 60
+    shown.maxtuple = shown.maxlist = shown.maxdict = shown.maxset = shown.maxfrozenset = 4
+    return shown
+
+
+_SHOWN = _bounded_repr()
+
+
+def shown(value) -> str:
+    """``repr(value)`` cut to a few levels and items: a value the file chose, named in an error. Its full text can
+    be exponentially longer than the file (a tuple of two references to one tuple of two references to ...: 700
+    bytes made hours of CPU and terabytes of text), this one is at most a few hundred characters."""
+    return _SHOWN.repr(value)
+
+
+def shown_error(error: BaseException) -> str:
+    """``str(error)`` of an exception raised while reading a file, bounded as ``shown``: an exception of pickle or
+    zipfile holds a text, one raised on the file's own objects (a ``KeyError``) may hold one of them."""
+    if all(isinstance(argument, (str, int)) for argument in error.args):
+        return str(error)[:300]
+    return ", ".join(shown(argument) for argument in error.args)
 
 
 def _refuse_build(self, state):
@@ -85,7 +119,7 @@ class Storage:
         return len(self.data)
 
 
-class StoredTensor:
+class StorageView:
     """A tensor as the archive describes it: ``shape`` and ``stride`` (in elements) from ``storage_offset`` of a
     storage, its values read only by ``take_values()``. A sparse or meta tensor (``layout``, ``device``) has no storage
     here: it is kept to be named in an error. ``unidl.io.torch_checkpoint`` checks these attributes, which a
@@ -113,6 +147,8 @@ class StoredTensor:
         """The values as a new C-ordered array of native byte order (bfloat16 and float8 widened to float32). The
         tensor then lets go of its storage, whose bytes are freed with the last tensor that views them: reading a
         state dict holds its arrays and about one storage beyond them, not the file's bytes beside its arrays."""
+        if self.dtype in NO_NUMPY_DTYPES:
+            raise TypeError(f"NumPy has no {self.dtype}")
         bits = WIDENED_BITS.get(self.dtype)
         stored = (bits or NUMPY_DTYPES[self.dtype]).newbyteorder("<" if self.storage.byteorder == "little" else ">")
         if self.numel() == 0:
@@ -146,22 +182,25 @@ def _is_index(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2 ** 63
 
 
-def _rebuild_tensor(storage, storage_offset, size, stride, dtype=None) -> StoredTensor:
+def _rebuild_tensor(storage, storage_offset, size, stride, dtype=None) -> StorageView:
     """``torch._utils._rebuild_tensor``: a view of ``storage``, refused unless every element it reaches lies inside
     the storage (NumPy's ``as_strided`` would read past it)."""
     dtype = storage.dtype if dtype is None and isinstance(storage, Storage) else dtype
     if not isinstance(storage, Storage) or not isinstance(dtype, str) or dtype not in _DTYPE_NAMES:
-        raise CorruptFileError(f"a tensor of dtype {dtype!r} over a {type(storage).__name__}")
+        raise CorruptFileError(f"a tensor of dtype {shown(dtype)} over a {type(storage).__name__}")
+    if not (isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list))):
+        raise CorruptFileError(f"a tensor of size {shown(size)} and stride {shown(stride)}")
     size, stride = tuple(size), tuple(stride)
     if not (_is_index(storage_offset) and len(size) == len(stride) and all(map(_is_index, size + stride))
             and _is_index(math.prod(length for length in size if length) * _itemsize(dtype))):  # (NumPy's bound)
-        raise CorruptFileError(f"a tensor of size {size}, stride {stride} and storage offset {storage_offset!r}")
+        raise CorruptFileError(f"a tensor of size {shown(size)}, stride {shown(stride)} and storage offset "
+                               f"{shown(storage_offset)}")
     elements = storage.nbytes // _itemsize(dtype)
     last = storage_offset + sum((length - 1) * step for length, step in zip(size, stride))
     if 0 not in size and last >= elements:
         raise CorruptFileError(f"a tensor of size {size} and stride {stride} from offset {storage_offset} reaches "
                                f"element {last} of a storage of {elements}")
-    return StoredTensor(str(dtype), size, stride, storage_offset, storage)
+    return StorageView(str(dtype), size, stride, storage_offset, storage)
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata=None):
@@ -170,16 +209,18 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, bac
 
 def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None):
     if not isinstance(dtype, _Name) or isinstance(dtype, _StorageType):
-        raise CorruptFileError(f"a tensor whose dtype is {dtype!r}")
+        raise CorruptFileError(f"a tensor whose dtype is {shown(dtype)}")
     return _with_metadata(_rebuild_tensor(storage, storage_offset, size, stride, dtype), metadata)
 
 
-def _with_metadata(tensor: StoredTensor, metadata) -> StoredTensor:
+def _with_metadata(tensor: StorageView, metadata) -> StorageView:
     """The conjugate and negative bits torch keeps beside a complex view's storage, applied when it is read."""
+    if not isinstance(metadata, (dict, type(None))):
+        raise CorruptFileError(f"tensor metadata {shown(metadata)} (torch writes a dict)")
     metadata = dict(metadata or {})
     tensor.conjugate, tensor.negative = bool(metadata.pop("conj", False)), bool(metadata.pop("neg", False))
     if metadata:
-        raise CorruptFileError(f"tensor metadata {sorted(metadata)!r} (torch writes conj and neg only)")
+        raise CorruptFileError(f"tensor metadata {shown(list(metadata))} (torch writes conj and neg only)")
     return tensor
 
 
@@ -188,24 +229,52 @@ def _rebuild_parameter(data, requires_grad, backward_hooks, state=None):
     return data
 
 
+def _get_layout(name) -> str:
+    """``torch.serialization._get_layout``: the layout named ``name``, as its name (one of ``LAYOUTS`` only)."""
+    if type(name) is not str or name not in LAYOUTS:
+        raise CorruptFileError(f"a tensor layout {shown(name)}, not one of torch's")
+    return name
+
+
 def _rebuild_sparse_tensor(layout, data):
-    if layout == "torch.strided":
-        raise CorruptFileError("a sparse tensor of layout torch.strided")
-    return StoredTensor("float32", (), (), layout=str(layout))
+    if type(layout) is not str or layout not in LAYOUTS - {"torch.strided"}:
+        raise CorruptFileError(f"a sparse tensor of layout {shown(layout)}")
+    return StorageView("float32", (), (), layout=layout)
 
 
 def _rebuild_meta_tensor_no_storage(dtype, size, stride, requires_grad=False):
     if not isinstance(dtype, _Name) or isinstance(dtype, _StorageType):
-        raise CorruptFileError(f"a meta tensor whose dtype is {dtype!r}")
-    return StoredTensor(str(dtype), tuple(size), tuple(stride), device="meta")
+        raise CorruptFileError(f"a meta tensor whose dtype is {shown(dtype)}")
+    return StorageView(str(dtype), tuple(size), tuple(stride), device="meta")
 
 
-_DTYPE_NAMES = set(NUMPY_DTYPES) | set(WIDENED_BITS)
+def _ordered_dict(*items):
+    """``collections.OrderedDict`` as ``torch.save`` calls it, with no arguments (its items come after, each key
+    checked by ``_StateDictUnpickler``): given items, it would hash keys unchecked."""
+    if items:
+        raise CorruptFileError(f"an OrderedDict built from {shown(items)} (torch.save gives none)")
+    return OrderedDict()
+
+
+#: the types of a dict's key or a set's item whose hash costs no more than the key's own bytes in the pickle (a
+#: tuple of tuples that share their halves hashes 2**depth strings: 700 bytes made hours of ``dict[key] = value``)
+_FLAT_KEYS = (str, int, float, bool, type(None), bytes)
+
+
+def _checked_keys(keys) -> None:
+    """``CorruptFileError`` unless each of ``keys`` is a flat key (one of ``_FLAT_KEYS``, or a tuple of them)."""
+    for key in keys:
+        if type(key) not in _FLAT_KEYS and not (type(key) is tuple and all(type(item) in _FLAT_KEYS for item in key)):
+            raise CorruptFileError(f"a dict key or set item {shown(key)}, which a state dict or a checkpoint's "
+                                   f"entries do not hold")
+
+
+_DTYPE_NAMES = set(NUMPY_DTYPES) | set(WIDENED_BITS) | set(NO_NUMPY_DTYPES)
 #: every global the pickle of a state dict (or of a dict holding one) names -> what it is read as
 _ALLOWED = {
-    ("collections", "OrderedDict"): OrderedDict,
+    ("collections", "OrderedDict"): _Global(_ordered_dict),
     ("torch", "Size"): tuple,
-    ("torch.serialization", "_get_layout"): _Global(str),  # (a sparse tensor's layout, by its name)
+    ("torch.serialization", "_get_layout"): _Global(_get_layout),  # (a sparse tensor's layout, by its name)
     ("torch.storage", "UntypedStorage"): _StorageType("uint8"),  # (its size counts bytes)
     **{("torch", name): _StorageType(dtype) for name, dtype in STORAGE_DTYPES.items()},
     **{("torch", name): _Name(name) for name in _DTYPE_NAMES},
@@ -217,9 +286,31 @@ _ALLOWED = {
 }
 
 
-class _StateDictUnpickler(pickle.Unpickler):
-    """``pickle.Unpickler`` that resolves only ``_ALLOWED``'s globals and reads a storage's bytes from the archive
-    when the pickle first refers to it (once per key: two views of one storage share its bytes)."""
+class _StateDictUnpickler(pickle._Unpickler):
+    """``pickle.Unpickler`` that resolves only ``_ALLOWED``'s globals, reads a storage's bytes from the archive when
+    the pickle first refers to it (once per key: two views of one storage share its bytes), and checks each dict key
+    and set item before it is hashed (``_checked_keys``). It is pickle's Python unpickler, whose opcodes can be
+    checked one by one (the C one's cannot): a state dict's pickle is a few bytes a tensor, its storages apart."""
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def _load_setitem(self):
+        _checked_keys(self.stack[-2:-1])
+        pickle._Unpickler.load_setitem(self)
+
+    def _load_setitems(self):
+        _checked_keys(self.stack[0::2])  # (the items since the mark, which pickle's Python unpickler keeps as stack)
+        pickle._Unpickler.load_setitems(self)
+
+    def _load_additems(self):
+        _checked_keys(self.stack)
+        pickle._Unpickler.load_additems(self)
+
+    def _load_frozenset(self):
+        _checked_keys(self.stack)
+        pickle._Unpickler.load_frozenset(self)
+
+    dispatch.update({pickle.SETITEM[0]: _load_setitem, pickle.SETITEMS[0]: _load_setitems,
+                     pickle.ADDITEMS[0]: _load_additems, pickle.FROZENSET[0]: _load_frozenset})
 
     def __init__(self, archive: zipfile.ZipFile, root: str, byteorder: str):
         super().__init__(archive.open(f"{root}/data.pkl"))
@@ -239,7 +330,7 @@ class _StateDictUnpickler(pickle.Unpickler):
         if not (isinstance(reference, tuple) and len(reference) == 5 and reference[0] == "storage"
                 and isinstance(reference[1], _StorageType) and isinstance(reference[2], str)
                 and _is_index(reference[4])):
-            raise CorruptFileError(f"a storage reference {reference!r} that torch.save does not write")
+            raise CorruptFileError(f"a storage reference {shown(reference)} that torch.save does not write")
         _, dtype, key, _, numel = reference  # (its location, the device it was saved from, is not needed on a host)
         needed = numel * _itemsize(dtype)
         if key not in self.entries:
@@ -265,7 +356,7 @@ def _root(archive: zipfile.ZipFile) -> str:
 
 
 def read_torch_archive(path) -> object:
-    """The object ``torch.save`` wrote at ``path``, its tensors as ``StoredTensor``: nothing named in the file is
+    """The object ``torch.save`` wrote at ``path``, its tensors as ``StorageView``: nothing named in the file is
     imported or called, and the storages a tensor refers to are the only entries read besides the pickle."""
     check_stored_archive(path)
     try:
@@ -282,7 +373,7 @@ def read_torch_archive(path) -> object:
         raise CorruptFileError(f"{str(path)!r}: {error}") from None
     except Exception as error:  # (a damaged pickle or archive: whatever pickle or zipfile raised, named)
         raise CorruptFileError(f"{str(path)!r} is not a readable torch.save archive ({type(error).__name__}: "
-                               f"{error})") from None
+                               f"{shown_error(error)})") from None
 
 
 def check_stored_archive(path) -> None:
