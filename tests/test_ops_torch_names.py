@@ -238,3 +238,27 @@ def test_dropouts_p_defaults_to_torchs():
         assert 0.45 < kept.mean() < 0.55
         assert inspect.signature(ud.ops.dropout).parameters["p"].default == inspect.signature(F.dropout).parameters[
             "p"].default
+
+
+@pytest.mark.parametrize("backend_name", ["torch", "tensorflow"])
+def test_positional_calls_in_torchs_order_give_torchs_values_or_unidls_error(backend_name):
+    """A call ported from PyTorch with its arguments positionally: ``F.nll_loss(lp, y, None, None, 2)`` ignores
+    class 2 as torch's does, and its deprecated ``size_average`` in fourth place (``F.nll_loss(lp, y, None, False)``,
+    torch's sum) is the losses' ``ValueError`` naming ``reduction=`` (it was taken as ``ignore_index``: class 0
+    ignored, a wrong value); ``F.dropout(x, 0.5, True, False)``'s fourth, ``inplace``, False runs and True is
+    refused (it reached the framework as a generator, which failed in its own words), ``dropout2d``'s too."""
+    log_probabilities = torch.log_softmax(_t(ROWS), 1)
+    with ud.use_backend(backend_name), ud.use_dtype("float64"):
+        ours = ud.ops.nll_loss(ud.tensor(log_probabilities.numpy()), ud.tensor(LABELS), None, None, 2)
+        np.testing.assert_allclose(ud.to_numpy(ours), F.nll_loss(log_probabilities, _t(LABELS), None, None, 2).numpy(),
+                                   rtol=1e-12)
+        with pytest.raises(ValueError, match="size_average.*reduction="):
+            ud.ops.nll_loss(ud.tensor(log_probabilities.numpy()), ud.tensor(LABELS), None, False)
+        with pytest.raises(ValueError, match="size_average.*reduction="):
+            ud.ops.nll_loss(ud.tensor(log_probabilities.numpy()), ud.tensor(LABELS), None, None, -100, False)
+        images = ud.tensor(np.ones((2, 3, 4, 4)))
+        for dropout in (ud.ops.dropout, ud.ops.dropout2d):
+            kept = ud.to_numpy(dropout(images, 0.5, True, False)) != 0
+            assert 0 < kept.mean() < 1, dropout.__name__
+            with pytest.raises(UnsupportedOptionError, match="inplace"):
+                dropout(images, 0.5, True, True)

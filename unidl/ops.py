@@ -26,6 +26,7 @@ from unidl.backends import op_registry
 from unidl.backends.op_registry import CONVERTED, declare, optional_op
 from unidl.precision import active_ops
 from unidl.torch_names import TORCH_NAMES
+from unidl.torch_names import generator_or_inplace as _generator_or_inplace
 
 
 def _ops():
@@ -415,6 +416,7 @@ def dropout(x, p=0.5, training=True, generator=None):
 
     The mask is drawn from ``generator``: the backend's own generator (``Backend.generator()``,
     seeded by ``ud.manual_seed``) when None, or one of the framework's generators passed explicitly."""
+    generator = _generator_or_inplace("dropout", generator)
     p = _probability("dropout", p)
     ops = _ops()
     if training and p:  # (integers: floats of the dtype in force, as the losses and float math take them)
@@ -1812,19 +1814,28 @@ def _class_axis_last(x):
 
 
 @_composed
-def nll_loss(log_probabilities, labels, weight=None, ignore_index=-100, reduction="mean"):
+def nll_loss(log_probabilities, labels, weight=None, size_average=None, ignore_index=-100, reduce=None,
+             reduction="mean"):
     """-log_probabilities[n, labels[n]] * weight[labels[n]] for (N, C) or (N, C, d1, ...) input and integer
     labels (N,) or (N, d1, ...); labels equal to ``ignore_index`` count for nothing. 'mean' divides by
     the summed weights of the counted labels (PyTorch's); 'none' keeps the labels' shape. One sample's (C,) takes
     a label (). Labels of another shape, or a ``weight`` of another number of classes, are a
-    ``ShapeMismatchError``, as ``nn.NLLLoss``'s (they were used as far as they went, or broadcast)."""
+    ``ShapeMismatchError``, as ``nn.NLLLoss``'s (they were used as far as they went, or broadcast). The arguments
+    in ``torch.nn.functional.nll_loss``'s order: its deprecated ``size_average`` and ``reduce``, fourth and sixth,
+    are the losses' ``ValueError`` naming ``reduction=`` (a call ported from PyTorch with them positionally took
+    ``size_average`` as ``ignore_index``)."""
+    if size_average is not None or reduce is not None:
+        from unidl import loss_ops  # (it imports this module)
+
+        loss_ops.refuse_legacy_reduction("nll_loss", size_average, reduce)
     reduction = input_checks.check_reduction("nll_loss", reduction)
     owner = "nll_loss"
     log_probabilities = input_checks.float32_under_autocast(input_checks.as_floating(
         owner, "log_probabilities", input_checks.as_tensor(owner, "log_probabilities", log_probabilities)))
     labels = input_checks.check_labels(owner, "NLLLoss", labels, ignore_index)
     if len(log_probabilities.shape) == 1 and len(labels.shape) == 0:  # one sample: PyTorch's unbatched input
-        loss = nll_loss(unsqueeze(log_probabilities, 0), unsqueeze(labels, 0), weight, ignore_index, reduction)
+        loss = nll_loss(unsqueeze(log_probabilities, 0), unsqueeze(labels, 0), weight, ignore_index=ignore_index,
+                        reduction=reduction)
         return squeeze(loss, 0) if reduction == "none" else loss
     weight = input_checks.as_tensor(owner, "weight", weight, like=log_probabilities)
     _, log_probabilities, labels = input_checks.class_loss_shapes(owner, log_probabilities, labels, False, weight)

@@ -22,6 +22,7 @@ from unidl import arguments, config, dtype_kinds, input_checks, ops
 from unidl.backends.op_registry import CONVERTED, optional_op
 from unidl.composites import composite
 from unidl.tensors import tensor
+from unidl.torch_names import generator_or_inplace
 
 
 def _pair(value) -> tuple:
@@ -561,6 +562,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
 def dropout2d(x, p=0.5, training=True, generator=None):
     """Zero whole channels of NCHW (or NCL) ``x`` with probability ``p`` (one draw per sample and channel) and scale the
     rest by 1 / (1 - p) when ``training``; the mask comes from ``generator`` as ``dropout``'s does."""
+    generator = generator_or_inplace("dropout2d", generator)
     if isinstance(x, CONVERTED):  # (NumPy, lists: as every op converts them)
         x = input_checks.value_as_tensor("dropout2d", "x", x)
     if not training or not p:

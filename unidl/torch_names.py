@@ -70,7 +70,7 @@ TORCH_NAMES: dict[str, tuple[dict, dict]] = {
     "one_hot": ({"labels": "input"}, {}),
     # losses (torch.nn.functional.X)
     "cross_entropy": ({"logits": "input", "labels": "target"}, {}),
-    "nll_loss": ({"log_probabilities": "input", "labels": "target"}, _LEGACY),
+    "nll_loss": ({"log_probabilities": "input", "labels": "target"}, {}),  # (size_average, reduce: its own)
     "kl_div": ({"log_probabilities": "input"}, _LEGACY),
     "binary_cross_entropy": ({"probabilities": "input"}, _LEGACY),
     "binary_cross_entropy_with_logits": ({"logits": "input"}, _LEGACY),
@@ -127,3 +127,14 @@ def both_given(owner: str, name: str, old_name: str) -> TypeError:
 def missing(owner: str, name: str) -> TypeError:
     """The ``TypeError`` for a required argument given under neither of its names, as Python's own."""
     return TypeError(f"{owner}() missing required argument: {name!r}")
+
+
+def generator_or_inplace(owner: str, generator):
+    """``dropout``'s and ``dropout2d``'s ``generator``, their fourth argument, where ``torch.nn.functional``'s is
+    ``inplace`` (``F.dropout(x, 0.5, True, False)``): a bool there is torch's ``inplace``, False taken (the backend's
+    own generator), True ``refuse``'s error; it reached the framework as a generator, which failed in its own words."""
+    if type(generator) is bool:
+        if generator:
+            refuse(owner, "inplace", True, False)
+        return None
+    return generator

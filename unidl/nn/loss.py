@@ -282,7 +282,8 @@ class NLLLoss(_WeightedClassLoss):
         labels = input_checks.check_integer(type(self).__name__, "labels", labels)  # (first, as ud.ops.nll_loss: a
         # graph checks the sizes only when it runs, so float (N, C) labels were a ShapeMismatchError eagerly only)
         _, log_probabilities, labels = self._check_shapes(log_probabilities, labels, probabilities_allowed=False)
-        return functional.nll_loss(log_probabilities, labels, self.weight, self.ignore_index, self.reduction)
+        return functional.nll_loss(log_probabilities, labels, self.weight, ignore_index=self.ignore_index,
+                                   reduction=self.reduction)
 
 
 # ---- margin, embedding, multi-label and likelihood losses: each calls its function of ``ud.ops`` (loss_ops.py) ------
