@@ -597,9 +597,23 @@ def check_broadcast(owner, tensors: dict) -> list:
         sizes.append(same if same is not None else sizes_of(t) if hasattr(t, "shape") else ())
     template = broadcast_message(owner, {name: shape_template(len(s)) for name, s in zip(tensors, sizes)})
     carrier = next(position for position, shape in enumerate(shapes) if None in shape)
-    fits = all_of(_broadcast_pair(sizes[i], sizes[j], backs) for (i, j), backs in pairs.items())
+    fits = _broadcast_together(sizes, pairs)
     values[carrier] = require(values[carrier], fits, lambda: template, tuple(size for s in sizes for size in s))
     return values
+
+
+def _broadcast_together(sizes: list, pairs: dict):
+    """Whether the tensors of ``sizes`` (each one's sizes: ints, and scalar tensors a graph leaves unknown) broadcast
+    together, ``pairs`` the pairs and axes ``check_broadcast`` found to compare: three pairs or more (a ``where`` of
+    three tensors of unknown sizes) as the backend's optional op ``sizes_broadcast`` compares them, every size at
+    once, where it has that op and can (one stack of the shape vectors: 7 ops, where a comparison per pair built 20
+    for a ``where``, a twentieth of the parity tables' graphs); else pair by pair."""
+    if len(pairs) >= 3:
+        together = optional_op(ops._ops(), "sizes_broadcast")
+        held = together(tuple(tuple(s) for s in sizes if s)) if together is not None else None
+        if held is not None:
+            return held
+    return all_of(_broadcast_pair(sizes[i], sizes[j], backs) for (i, j), backs in pairs.items())
 
 
 def _broadcast_pair(a: tuple, b: tuple, backs: list):

@@ -687,6 +687,15 @@ def _sizes_hold(relation, a, b, axes, agreeing):
     comparison per size has it; the others' sizes are compared one by one."""
 
 
+@op(name="sizes_broadcast", optional=True, public=False)
+def _sizes_broadcast(sizes):
+    """Whether tensors whose sizes are ``sizes`` (a tuple of one tuple per tensor: ints, and scalar tensors where a
+    traced graph leaves a size unknown) broadcast together (on each axis every size 1 or one same size): one boolean
+    scalar tensor, or None where the backend cannot compare them at once (``input_checks.check_broadcast`` then
+    compares them pair by pair). A backend that compares the stacked shape vectors of three tensors in fewer graph
+    ops than three pairwise comparisons has it."""
+
+
 @op(name="exact_divide", optional=True, public=False)
 def _exact_divide(a, b):
     """``a / b`` rounded once, as IEEE division, for internal callers that divide a graph's size by a known one

@@ -3,7 +3,9 @@ input gradients, float32 (2e-6 / 1e-5) inside ``ud.function`` and float64 (1e-12
 The other activations and ``prelu`` are compared through their layers (``test_activations_losses.py``), which call
 exactly these ops."""
 
+import collections
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -388,6 +390,55 @@ def test_maximum_of_shapes_that_do_not_broadcast_is_one_error(backend):
             with pytest.raises(ud.errors.ShapeMismatchError) as raised:
                 ud.to_numpy(traced(ud.tensor(np.float32(1.0))))
             assert str(raised.value) == message
+
+
+# where of three shapes: (condition, a, b) that broadcast (a 0 beside 1 too), then ones that do not
+WHERE_SHAPES = [((2, 1, 4), (1, 3, 4), (2, 3, 1)), ((0, 3, 1), (1, 3, 4), (1, 1, 4)), ((2, 3, 4), (2, 5, 4), (2, 3, 4)),
+                ((0, 3, 4), (3, 3, 4), (1, 1, 1))]
+#: the backends whose ``ud.function`` is a TensorFlow graph traced for any size (Keras's on TensorFlow)
+TENSORFLOW_GRAPHS = [name for name in ("tensorflow", "keras") if name in ud.available_backends()
+                     and (name == "tensorflow" or os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow")]
+
+
+def test_where_of_three_shapes_broadcasts_as_torch_in_every_mode(backend):
+    """``where`` of a condition and two tensors of three shapes: ``torch.where``'s values where they broadcast
+    (a size of 0 beside 1 gives 0), eagerly and inside ``ud.function`` (a TensorFlow graph traced for any size,
+    whose check compares the three shape vectors at once); where they do not, eager's ``ShapeMismatchError`` naming
+    the three shapes, as torch refuses them, in both modes."""
+    rng = np.random.default_rng(8)
+    traced = ud.function(lambda c, x, y: ud.ops.where(c > 0, x, y))
+    for shapes in WHERE_SHAPES:
+        arrays = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
+        tensors = [ud.tensor(a) for a in arrays]
+        try:
+            want = torch.where(torch.tensor(arrays[0]) > 0, torch.tensor(arrays[1]), torch.tensor(arrays[2])).numpy()
+        except RuntimeError:
+            with pytest.raises(ud.errors.ShapeMismatchError) as eager:
+                ud.ops.where(tensors[0] > 0, *tensors[1:])
+            assert str(eager.value).endswith(f"condition has shape {shapes[0]}, a has shape {shapes[1]}, "
+                                             f"b has shape {shapes[2]}"), str(eager.value)
+            with pytest.raises(ud.errors.ShapeMismatchError) as graph:
+                ud.to_numpy(traced(*tensors))
+            assert str(graph.value) == str(eager.value)
+            continue
+        for mode, got in [("eager", ud.ops.where(tensors[0] > 0, *tensors[1:])), ("ud.function", traced(*tensors))]:
+            np.testing.assert_array_equal(ud.to_numpy(got), want, err_msg=f"{backend} {mode} {shapes}")
+
+
+@pytest.mark.parametrize("name", TENSORFLOW_GRAPHS)
+def test_where_of_three_unknown_shapes_checks_them_in_one_comparison(name):
+    """A TensorFlow graph traced for any size checks that ``where``'s three shapes broadcast as one comparison of
+    their stacked shape vectors (one ``Pack``, two ``Equal``, one ``LogicalOr``, one ``All``), where a comparison
+    per pair built 9 ``Equal``, 6 ``LogicalOr``, 2 ``LogicalAnd`` and 3 ``All`` ops (40 ops in all for rank 3, now
+    29): a twentieth of the loss table's graph was such checks."""
+    import tensorflow as tf
+
+    with ud.use_backend(name):
+        graph = tf.function(lambda c, x, y: ud.ops.where(c > 0, x, y)).get_concrete_function(
+            *[tf.TensorSpec([None] * 3)] * 3).graph
+    types = collections.Counter(operation.type for operation in graph.get_operations())
+    assert (types["Equal"], types["LogicalOr"], types["LogicalAnd"], types["All"]) == (2, 1, 0, 1), types
+    assert types["Assert"] == 1 and sum(types.values()) <= 29, types
 
 
 # ---- sums and max pooling of integers of every width ------------------------------------------------------------

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 import unidl as ud
+from unidl.composites import composite
 from unidl.testing import max_relative_difference
 
 TOLERANCES = {"float32": (2e-6, 1e-5), "float64": (1e-12, 1e-12)}  # (output, gradients)
@@ -48,6 +49,21 @@ def _random_state(state: dict, name: str) -> dict:
     seed = sum(map(ord, name))
     rng = np.random.default_rng(seed)
     return {key: rng.uniform(0.5, 1.5, value.shape) * rng.choice([-1.0, 1.0], value.shape) for key, value in state.items()}
+
+
+# (case, dtype, the state's names and shapes): the oracle's results, for the next backend's run of the same table
+_ORACLE_RUNS: dict = {}
+
+
+def _oracle_once(case: Case, state: dict, dtype: str):
+    """``oracle_results`` of a table's case, computed once per dtype for every backend that runs the table: the state
+    is drawn from the case's name and the state's shapes alone (``_random_state``), and torch gives the same
+    results for the same case, state and dtype."""
+    key = (id(case), dtype, tuple((name, np.shape(value)) for name, value in state.items()))
+    kept = _ORACLE_RUNS.get(key)
+    if kept is None or kept[0] is not case or not all(np.array_equal(kept[1][k], v) for k, v in state.items()):
+        kept = _ORACLE_RUNS[key] = (case, state, oracle_results(case, state, dtype))
+    return kept[2]
 
 
 def oracle_results(case: Case, state: dict, dtype: str):
@@ -102,6 +118,15 @@ def _where_not_finite(got, expected) -> str:
     return f" (at {np.argwhere(wrong).tolist()}: {got[wrong].tolist()}, torch's {expected[wrong].tolist()})" if wrong.any() else ""
 
 
+@composite("output", "probe")
+def probed_sum(output, probe):
+    """sum(output * probe), the objective whose gradients a table compares: one composite, so that eager JAX runs it
+    as one compiled program (and its gradient as one more) per output shape, where the product and the sum, and
+    their gradients, were four programs to compile for each case of a table (a third of its eager compile time).
+    The gradients are the same: the output's is ``probe`` and the probe's the output, each times 1."""
+    return ud.ops.sum(output * probe)
+
+
 def compare_table(cases: dict[str, Case], backend: str, dtype: str, modes=("eager", "ud.function")) -> list[str]:
     """Every case on ``backend`` in ``dtype``, eagerly and/or inside ``ud.function`` (``modes``), against the
     torch oracle; returns the failures (empty when all agree to ``TOLERANCES``). A mode of ``LEFT_OUT`` is left
@@ -120,7 +145,7 @@ def compare_table(cases: dict[str, Case], backend: str, dtype: str, modes=("eage
                 layer.load_state_dict(state)
                 names = [n for n, _ in layer.named_parameters()]
                 params = layer.parameters()
-            output, grads, r = oracle_results(case, state, dtype)
+            output, grads, r = _oracle_once(case, state, dtype)
             expected[name] = (output, grads)
             inputs = [_cast(a, dtype) for a in case.inputs]
             float_args = tuple(i for i, a in enumerate(inputs) if a.dtype.kind == "f")
@@ -146,7 +171,7 @@ def compare_table(cases: dict[str, Case], backend: str, dtype: str, modes=("eage
                 def objective(*a, name=name, layer=layer):
                     output = layer(*a[:-1])
                     shapes[name] = ud.ops.shape(output)
-                    return ud.ops.sum(output * a[-1])
+                    return probed_sum(output, a[-1])
 
                 grads, param_grads = ud.grad(objective, (*float_args, count), params=params)(*args, r)
                 results += [size for size in shapes[name] if not isinstance(size, int)] + [grads[-1], *grads[:-1]]

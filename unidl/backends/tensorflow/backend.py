@@ -77,10 +77,12 @@ class Backend(BackendInterface):
     # PyTorch's NaN rows, single rounding in half precision and -inf windows (tf.nn's own do not); take_in_range
     # gathers the last axis as rows (keras.ops.take, one element at a time there, was 4 times slower); exact_divide
     # keeps Grappler from dividing by a reciprocal in Keras's graphs too; size_keys spares where(x > 0, x, 0) a
-    # check of its sizes there, and sizes_hold compares the shape vectors shape read, one comparison a check.
+    # check of its sizes there, and sizes_hold compares the shape vectors shape read, one comparison a check
+    # (sizes_broadcast: the three of a where at once).
     keras_native_ops = ("amax", "apply_momentum", "avg_pool2d", "batch_norm", "conv2d", "cross_entropy",
                         "exact_divide", "leaky_relu", "linear", "max_pool2d", "one_hot", "relu", "scan", "shape",
-                        "sigmoid", "size_keys", "sizes_hold", "softmax", "take_in_range", "tanh")
+                        "sigmoid", "size_keys", "sizes_broadcast", "sizes_hold", "softmax", "take_in_range",
+                        "tanh")
 
     def __init__(self):
         self._generator = None

@@ -923,6 +923,30 @@ def sizes_hold(relation, a, b, axes, agreeing=()):
     return _reduce_all(_related(relation, *(tf.stack([_as_size(s[axis]) for axis in compared]) for s in (a, b))))
 
 
+def sizes_broadcast(sizes):
+    """Whether tensors of ``sizes`` (ints, and int32 scalar tensors ``shape`` read) broadcast together, as one
+    comparison of their stacked shape vectors: on each axis every size is 1 or the axis's largest size other than 1
+    (a 0 beside 1 broadcasts, as in PyTorch). Seven ops for a ``where``'s three tensors, where a comparison per pair
+    built twenty; None where a tensor's sizes are not one vector ``shape`` read (or known ints) or the ranks differ
+    (the caller compares them pair by pair)."""
+    ranks = {len(s) for s in sizes}
+    if len(ranks) != 1 or 0 in ranks:
+        return None
+    vectors = []
+    for one in sizes:
+        if all(isinstance(size, Integral) for size in one):
+            vectors.append(_graph_constant(tuple(int(size) for size in one)))
+            continue
+        vector = _size_vector(one)
+        if vector is None or vector.dtype != tf.int32:
+            return None
+        vectors.append(vector)
+    stacked = tf.stack(vectors)
+    ones = tf.equal(stacked, _graph_constant(1))
+    common = tf.reduce_max(tf.where(ones, _graph_constant(-1), stacked), axis=_graph_constant(0))
+    return tf.reduce_all(tf.logical_or(ones, tf.equal(stacked, common)), axis=_graph_constant((0, 1)))
+
+
 def _all_hold(relation, a, b, axes):
     """``sizes_hold`` per size: the conjunction of one comparison of each pair."""
     held = [_related(relation, a[axis], b[axis]) for axis in axes]
