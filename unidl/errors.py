@@ -71,9 +71,10 @@ class PaddingLengthError(UnidlError, ValueError, RuntimeError):
 
 
 class PoolPaddingError(UnidlError, ValueError, RuntimeError):
-    """A pooling padding over half the kernel (or negative), which PyTorch refuses with ``RuntimeError`` when the
-    pool runs (a window could then hold padding alone): raised by the layers' constructors and the ``ud.ops`` pools
-    alike, on every backend and mode; a ``ValueError`` too, as unidl's other argument errors."""
+    """A pooling padding over half the kernel, which PyTorch refuses with ``RuntimeError`` when the pool runs (a
+    window could then hold padding alone): raised by the layers' constructors and the ``ud.ops`` pools alike, on
+    every backend and mode; a ``ValueError`` too, as unidl's other argument errors. (A negative padding is the
+    ``ValueError`` of every size argument, ``unidl.arguments.int_or_ints``, naming the op and the argument.)"""
 
 
 class ModelPlacementError(UnidlError, RuntimeError):
