@@ -1250,11 +1250,14 @@ def _fit_step(model, loss, optimizer, summary, metrics, eager: bool, precision, 
 
 def _settings_now(*roots) -> tuple:
     """Every attribute of every module of ``roots`` (the model, the loss and their children), public and private,
-    as it is now: a plain value (a number, a string, None, a tuple of them) as itself, another object by identity,
-    held (``_Same``), so that its id cannot pass to a new object while the kept step lives. A step traced with a
-    value its forward read (a child's ``Dropout.p``, a loss's ``label_smoothing`` or ``_weight``, a model's
-    ``temperature``) is kept for that value only: a later fit with another builds its step again, as torch's and
-    TensorFlow's fits, which build theirs every time, see it."""
+    as it is now: a plain value (a number, a string, None, a tuple of them) as its type and value, another object
+    by identity, held (``_Same``), so that its id cannot pass to a new object while the kept step lives. A step
+    traced with a value its forward read (a child's ``Dropout.p``, a loss's ``label_smoothing`` or ``_weight``, a
+    model's ``temperature``) is kept for that value only: a later fit with another builds its step again, as
+    torch's and TensorFlow's fits, which build theirs every time, see it. Limits: a change inside an object (an
+    array attribute written in place, a field of a plain object) is not seen, as within one fit; a forward that
+    stores an attribute (``self.last = out``, a counter) changes the key at every trace, so such a model builds its
+    step at every fit, as every model did before steps were kept."""
     return tuple((id(module), name, _setting(value))
                  for root in roots if root is not None
                  for module in (root.modules() if hasattr(root, "modules") else (root,))
@@ -1264,18 +1267,20 @@ def _settings_now(*roots) -> tuple:
 #: a module's caches of what it derives from its structure and modes, written by the steps (the step keys its traces
 #: on the modes itself)
 _DERIVED_ATTRIBUTES = frozenset({"_structure_cache", "_training_modes"})
-
-
 _PLAIN = (bool, int, float, complex, str, bytes, type(None))
 
 
 def _setting(value):
-    """``value`` as a part of a kept step's key: plain values (and tuples of them) compared by value, any other
-    object by identity."""
-    if type(value) in _PLAIN:
-        return value
-    if type(value) is tuple and all(type(item) in _PLAIN for item in value):
-        return value
+    """``value`` as a part of a kept step's key: a plain value (and a tuple of them) by its type and value (1, 1.0
+    and True apart; a float by its bits: -0.0 apart from 0.0, a NaN equal to itself), any other object by
+    identity."""
+    kind = type(value)
+    if kind is float:
+        return kind, value.hex()
+    if kind in _PLAIN:
+        return kind, value
+    if kind is tuple and all(type(item) in _PLAIN for item in value):
+        return kind, tuple(_setting(item) for item in value)
     return _Same(value)
 
 

@@ -866,7 +866,8 @@ class _WeightedLoss(ud.nn.Module):
 
 def _fits_after_changes_read_when_traced(caplog) -> tuple:
     """``(programs each fit compiled, histories)`` of 1-epoch jax fits of one ``_Tempered`` net with one SGD and one
-    ``_WeightedLoss``, each after a change of a value the step's trace read: a child's dropout rate, the net's
+    ``_WeightedLoss``, each after a change of a value the step's trace read: the net's temperature 1.0 made the int
+    1 (equal, of another type), a child's dropout rate, the net's
     temperature, the loss's child's label smoothing, the loss's private weight, and an array attribute replaced
     twice through None (the old array freed at once, its id free for the new one, unless the kept step holds it)."""
     rng = np.random.default_rng(0)
@@ -882,6 +883,8 @@ def _fits_after_changes_read_when_traced(caplog) -> tuple:
         programs.append(len(_compiled_programs(caplog, run)))
 
     fit()
+    fit()
+    model.temperature = 1  # (1.0 before: equal, but another type, which a forward may branch on)
     fit()
     model.body[1].p = 0.5
     fit()
