@@ -1223,9 +1223,9 @@ def _fit_step(model, loss, optimizer, summary, metrics, eager: bool, precision, 
     backend allows it (``Backend.reuses_train_steps``), the backend's step is kept in the model's structure cache
     and a later fit of the same model and optimizer, with every attribute of the model's modules as it was
     (``_settings_now``: a value a trace read, ``Dropout.p``, ``temperature``), the same loss with every attribute as
-    it was or one that computes alike (``_computes_alike``), the same metrics (``MetricAccumulator.key``), ``eager``, precision, ``accumulate``, dtype
-    and device in force, builds its ``TrainStep`` over it: a second fit on jax compiled every batch shape's
-    program again. What the step keys its traces on itself (train/eval modes, the frozen set, input shapes and
+    it was or one that computes alike (``_computes_alike``), the same metrics (``MetricAccumulator.key``),
+    ``eager``, precision, ``accumulate``, dtype and device in force, builds its ``TrainStep`` over it: a second fit
+    on jax compiled every batch shape's program again. What the step keys its traces on itself (train/eval modes, the frozen set, input shapes and
     dtypes, an optimizer option its traces hold as a constant) retraces it as within one fit, and a changed
     structure (a layer replaced, a hook) empties the cache. Not in a data-parallel job, whose step broadcasts rank
     0's weights when it is built."""
