@@ -781,11 +781,74 @@ def data_parallel_job_then_failure(results_directory, failing_rank, job_args_by_
             results[backend] = data_parallel_job(*job_args)
             if backend == "keras":
                 results[backend]["fp16_overflow"] = float16_overflow_on_one_rank()
+            # on TensorFlow's engine (torch's DDP wraps the model only: a loss's own parameters are not averaged yet)
+            if _framework() == "tensorflow":
+                results[backend]["loss_parameters"] = loss_parameters_trained()
     if extra is not None:
         results["extra"] = extra()
     with open(os.path.join(results_directory, f"rank{ud.distributed.rank()}.pickle"), "wb") as file:
         pickle.dump(results, file)
     return failing_job(failing_rank, stuck_timeout)
+
+
+class TemperedLoss(ud.nn.Module):
+    """The mean squared error of the outputs scaled per column by a learned ``weight`` and divided by a learned
+    ``temperature`` (0-d), plus a pull of the temperature towards 1: a loss whose own parameters the optimizer
+    trains beside the model's."""
+
+    def __init__(self):
+        super().__init__()
+        self.temperature = ud.nn.Parameter(np.full((), 1.5, np.float32))
+        self.weight = ud.nn.Parameter(np.ones((3,), np.float32))
+
+    def forward(self, outputs, targets):
+        difference = outputs * self.weight / self.temperature - targets
+        return ud.ops.mean(difference * difference) + 0.1 * (self.temperature - 1.0) ** 2
+
+
+def fit_with_loss_parameters(eager):
+    """The two-layer net and ``TemperedLoss`` trained together by ``fit`` for 2 epochs of 2 batches of 8 (not
+    shuffled; Adam over the model's and the loss's parameters), ``eager`` or not: the model's and the loss's state
+    (the loss's keys prefixed ``loss.``)."""
+    ud.manual_seed(1)
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((16, 5)).astype(np.float32), rng.standard_normal((16, 3)).astype(np.float32)
+    model, loss = ud.models.TwoLayerNet(5, 7, 3), TemperedLoss()
+    optimizer = ud.optim.Adam([*model.parameters(), *loss.parameters()], lr=0.01)
+    ud.fit(model, ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=8), loss=loss, optimizer=optimizer,
+           epochs=2, eager=eager, verbose=0)
+    return {**{k: ud.to_numpy(v) for k, v in model.state_dict().items()},
+            **{f"loss.{k}": ud.to_numpy(v) for k, v in loss.state_dict().items()}}
+
+
+@contextlib.contextmanager
+def counting_broadcasts():
+    """A list that gets, for each broadcast of rank 0's weights that the tensorflow engine runs in the block (when a
+    step joins the job: ``data_parallel``), the number of variables it broadcast. The broadcast itself still runs:
+    this only counts its calls."""
+    from unidl.backends.tensorflow import distributed
+
+    broadcast, calls = distributed._broadcast, []
+
+    def counted(variables):
+        calls.append(len(variables))
+        return broadcast(variables)
+
+    distributed._broadcast = counted
+    try:
+        yield calls
+    finally:
+        distributed._broadcast = broadcast
+
+
+def loss_parameters_trained():
+    """``fit_with_loss_parameters`` compiled and eager, by ``eager``: each with the broadcasts of rank 0's weights
+    that it ran (the tensorflow engine's, ``counting_broadcasts``)."""
+    results = {}
+    for eager in (False, True):
+        with counting_broadcasts() as broadcasts:
+            results[eager] = fit_with_loss_parameters(eager), broadcasts
+    return results
 
 
 def float16_overflow_on_one_rank():

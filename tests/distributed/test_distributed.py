@@ -260,6 +260,29 @@ def test_keras_float16_overflow_on_one_rank_skips_the_step_on_every_rank(launche
     _agree(weights0, weights, 1e-2)  # float16 products of half batches round unlike the whole batch's
 
 
+@pytest.mark.parametrize("backend", [pytest.param(name, marks=pytest.mark.skipif(
+    name not in ud.available_backends(), reason=f"the {name} backend is not installed"))
+    for name in ("tensorflow", "keras")])
+def test_a_losss_own_parameters_train_as_in_one_process_with_rank_0s_weights_broadcast_once(backend, launches,
+                                                                                            tmp_path_factory):
+    """A loss whose own parameters the optimizer trains beside the model's (``jobs.TemperedLoss``: a learned
+    temperature and column weights) through ``fit`` over 2 epochs, compiled and eager, on TensorFlow's engine
+    (``jobs.loss_parameters_trained``): the model's and the loss's parameters those of one process with the same
+    global batch, both ranks bit for bit. Rank 0's weights are broadcast once per fit, when the model joins the job's
+    step: an eager fit on Keras-on-TensorFlow broadcast them again at every epoch, overwriting each rank's own state
+    since (BatchNorm's running statistics) with rank 0's."""
+    ranks = _job(backend, launches, tmp_path_factory)["ranks"]
+    with ud.use_backend(backend):
+        expected = {eager: jobs.fit_with_loss_parameters(eager) for eager in (False, True)}
+    for eager, reference in expected.items():
+        assert abs(float(reference["loss.temperature"]) - 1.5) > 1e-3  # (the loss's parameters moved)
+        (weights0, broadcasts0), (weights1, broadcasts1) = (rank["loss_parameters"][eager] for rank in ranks)
+        for name in reference:
+            np.testing.assert_array_equal(weights0[name], weights1[name], err_msg=f"eager={eager}: {name}")
+        _agree(weights0, reference, 1e-6)
+        assert broadcasts0 == broadcasts1 == [4], (eager, broadcasts0)  # the model's 4 parameters, once
+
+
 def test_two_ranks_with_global_batch_b_train_the_weights_of_one_process_with_batch_b(job):
     rank0, rank1 = job["ranks"]
     assert [(r["rank"], r["world_size"], r["is_main"]) for r in job["ranks"]] == [(0, 2, True), (1, 2, False)]

@@ -369,6 +369,8 @@ class Backend(BackendInterface):
                     object.__setattr__(native, "_unidl_statistics", statistics)  # its totals, for epoch_totals
                     object.__setattr__(native, "_unidl_fit_graph", None)  # graphs over this compile's trackers
                     object.__setattr__(native, "_unidl_step_graph", None)
+                    object.__setattr__(native, "_unidl_eager_step", None)  # (and the eager steps over them)
+                    object.__setattr__(native, "_unidl_eager_fit_step", None)
                     object.__setattr__(native, "_unidl_options", ConstantOptions(optimizer))  # (options: constants)
                     # the modules its traces reach: inside the model's and this loss's trees, or not (module.py)
                     object.__setattr__(native, "_unidl_seen_modules", None)
@@ -394,7 +396,7 @@ class Backend(BackendInterface):
         # in a job whose engine runs Keras's step in its replica context (TensorFlow's strategy): Keras's step run
         # eagerly in it, where Keras's own eager train_on_batch would run outside it, its gradients summed over no
         # rank; Keras's train_on_batch elsewhere (torch's DDP, JAX's engine carry it, and one process)
-        in_job = keras_function.eager_train_step(native, per_batch=True) if keras_distributed.in_group() else None
+        in_job = self._eager_step(native, per_batch=True) if keras_distributed.in_group() else None
 
         def step(x, y, *inputs):  # extra step inputs reach the forward as model(x, *inputs)
             runs = native.train_step_runs
@@ -454,7 +456,7 @@ class Backend(BackendInterface):
             # Model.fit takes no per-batch extra inputs; and in a job whose engine runs Keras's step in its replica
             # context (TensorFlow's strategy) it runs the step outside it (as _train_step's)
             if graph is None and eager and (step_inputs is not None or keras_distributed.in_group()):
-                step = keras_function.eager_train_step(native)
+                step = self._eager_step(native, per_batch=False)
                 # (tensors: the engine splits tensors over the replicas of a process, and leaves arrays whole)
                 graph = None if step is None else lambda *values: step(
                     *[keras.ops.convert_to_tensor(to_input(v)) for v in values])
@@ -547,6 +549,16 @@ class Backend(BackendInterface):
         compile as ``_fit_graph``'s, so that a step switched back to traces nothing again; None where the host
         compiles no graphs."""
         return _graph_of_compile(native, "_unidl_step_graph", self._device(), per_batch=True)
+
+    def _eager_step(self, native, per_batch):
+        """Keras's train step of ``native`` as compiled now, run by Python at every call
+        (``keras_function.eager_train_step``: ``fit(eager=True)`` with per-step inputs, and ``eager=True`` in a job
+        whose engine runs Keras's step in its replica context), kept with the compile as its graphs are: in a job,
+        making the step broadcasts rank 0's weights (``data_parallel``), so they are broadcast once, when the model
+        joins the job's step, as the compiled step's and DDP's are, not at every epoch of an eager ``fit`` (which
+        overwrote each rank's own state since, BatchNorm's running statistics, with rank 0's)."""
+        attribute = "_unidl_eager_step" if per_batch else "_unidl_eager_fit_step"
+        return _graph_of_compile(native, attribute, self._device(), per_batch, eager=True)
 
     def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs=False, eager=False,
                                    accumulate=1):
@@ -716,12 +728,14 @@ def _keras_batches(batches, to_input, step_inputs):
         yield x, to_input(y)
 
 
-def _graph_of_compile(native, attribute, device, per_batch):
-    """The train step graph ``keras_function.train_step_graph(native, per_batch)`` of the model's compile in force,
-    kept in its ``attribute`` (which ``_Compilations`` keeps and restores with the compile), for ``device``."""
+def _graph_of_compile(native, attribute, device, per_batch, eager=False):
+    """The train step graph ``keras_function.train_step_graph(native, per_batch)`` (``eager``: its step run by
+    Python, ``eager_train_step``) of the model's compile in force, kept in its ``attribute`` (which ``_Compilations``
+    keeps and restores with the compile), for ``device``."""
     cached = getattr(native, attribute, None)
     if cached is None or cached[0] != device:
-        cached = (device, keras_function.train_step_graph(native, per_batch=per_batch))
+        make = keras_function.eager_train_step if eager else keras_function.train_step_graph
+        cached = (device, make(native, per_batch=per_batch))
         object.__setattr__(native, attribute, cached)
     return cached[1]
 
@@ -765,6 +779,7 @@ class _Compilations:
                    "_run_eagerly", "_compiled_trainable_state", "compiled", "steps_per_execution", "_compile_config",
                    "train_function", "test_function", "predict_function")
     UNIDL_STATE = ("_unidl_compiled", "_unidl_statistics", "_unidl_fit_graph", "_unidl_step_graph",
+                   "_unidl_eager_step", "_unidl_eager_fit_step",
                    "_unidl_seen_modules", "_unidl_options", "_unidl_predict_by_rank", "_unidl_loss_parameters")
 
     def __init__(self, native):
