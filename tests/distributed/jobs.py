@@ -781,7 +781,8 @@ def data_parallel_job_then_failure(results_directory, failing_rank, job_args_by_
             results[backend] = data_parallel_job(*job_args)
             if backend == "keras":
                 results[backend]["fp16_overflow"] = float16_overflow_on_one_rank()
-            # on TensorFlow's engine (torch's DDP wraps the model only: a loss's own parameters are not averaged yet)
+            # (on TensorFlow's engine: its broadcasts counted; Keras-on-torch's job trains it too, keras_on_torch_job;
+            # torch's DDP wraps the model only, and averages no loss's own parameters yet)
             if _framework() == "tensorflow":
                 results[backend]["loss_parameters"] = loss_parameters_trained()
     if extra is not None:
@@ -873,8 +874,8 @@ def keras_on_torch_job(directory):
     """On ranks whose Keras runs on torch (``KERAS_BACKEND=torch``): the two-layer net through ``train_step``
     (Keras's ``train_on_batch``) in float64 and float32, with bf16-mixed and 16-mixed, with ``accumulate=2``
     (and bf16-mixed, 16-mixed), the all-reduces of each call of the float64 and float16 accumulating steps counted,
-    the CNN through ``fit`` (Keras's ``Model.fit``), ``eager_training``, ``float16_checkpoint_job`` and the
-    non-finite guard
+    the CNN through ``fit`` (Keras's ``Model.fit``), ``eager_training``, ``fit_with_loss_parameters`` (compiled and
+    eager), ``float16_checkpoint_job`` and the non-finite guard
     (``poisoned_run``, also of a float16 window); then, the
     group left, rank 0 trains the same in one process (the reference, on the same framework) and resumes the
     job's first float16 checkpoint there."""
@@ -891,7 +892,8 @@ def keras_on_torch_job(directory):
                 # float16's window is Keras's loss scaler's: one all-reduce per update too
                 "two_layer_fp16_accumulate": train_two_layer("float32", HALF_BATCH_FLOAT16, accumulate=2,
                                                              all_reduces=counts["two_layer_fp16_accumulate"]),
-                "cnn": train_cnn(os.path.join(directory, name)), **eager_training()}
+                "cnn": train_cnn(os.path.join(directory, name)), **eager_training(),
+                "loss_parameters": {eager: fit_with_loss_parameters(eager) for eager in (False, True)}}
 
     rank = ud.distributed.rank()
     float16 = os.path.join(directory, "float16")

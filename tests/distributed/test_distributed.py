@@ -523,6 +523,14 @@ def test_keras_on_torch_trains_data_parallel_through_distributed_data_parallel(t
         np.testing.assert_array_equal(rank0["eager_cnn"][0][name], rank1["eager_cnn"][0][name], err_msg=name)
     _agree(rank0["eager_cnn"][0], one["eager_cnn"][0], 1e-6)
     np.testing.assert_allclose(rank0["eager_cnn"][1]["loss"], one["eager_cnn"][1]["loss"], rtol=1e-6)
+    # a loss whose own parameters the optimizer trains (jobs.TemperedLoss), outside the model that DDP wraps: their
+    # gradients averaged by an all-reduce of unidl's (each rank trained them on its own: ranks apart, weights 3e-2
+    # from one process's)
+    for eager, reference in one["loss_parameters"].items():
+        for name in reference:
+            np.testing.assert_array_equal(rank0["loss_parameters"][eager][name], rank1["loss_parameters"][eager][name],
+                                          err_msg=f"eager={eager}: {name}")
+        _agree(rank0["loss_parameters"][eager], reference, 1e-6)
     # mixed precision (torch.autocast under Keras's step) and accumulate=2 in the job (each rank's window under
     # DDP's no_sync(), averaged once per update by the optimizer: the same weights)
     for key, bound in (("two_layer_accumulate", 1e-12), ("two_layer_bf16", 2e-2), ("two_layer_fp16", FLOAT16_BOUND),

@@ -11,7 +11,8 @@ rank's own gradients for overflow: ``finite_on_every_rank`` makes that the job's
 On Keras-on-torch, Keras's trainer runs eagerly and calls ``loss.backward()`` itself: its model is a
 ``torch.nn.Module`` whose parameters are the Keras variables, so its forward runs through torch's
 ``DistributedDataParallel`` (``forward_through_engine``) and DDP's reducer averages the gradients in that
-backward, the step's loss riding in that all-reduce for the guard (``mark_loss``).
+backward, the step's loss riding in that all-reduce for the guard (``mark_loss``); a loss's own parameters, which
+DDP does not hold, are averaged after it (``_outside_the_engine_averaged``).
 
 On Keras-on-JAX, Keras's train step is one compiled program, as the jax backend's: the jax engine averages its
 loss and gradients over the ranks inside it (``averages_in_step``: an ``io_callback``, ``sum_in_step``) before
@@ -223,8 +224,34 @@ def average_in_step(loss, grads, variables):
     averages = getattr(running, "average_in_step", None)
     if averages is None:
         loss, *grads = sum_in_step([loss, *grads])
-        return loss, grads, None
+        return loss, _outside_the_engine_averaged(running, grads, variables), None
     return averages(loss, grads, variables)
+
+
+def _outside_the_engine(running) -> set:
+    """The ids of the variables Keras's step trains outside the model whose gradients the engine's wrapper averages in
+    the backward (``forward_through_engine``: torch's DDP over the Keras model): the compiled loss module's own
+    parameters (``module.loss_parameters``), which DDP does not hold; empty elsewhere."""
+    if not getattr(running, "gradients_averaged_in_backward", False) or not _stepping:
+        return set()
+    from unidl.backends.keras.module import loss_parameters
+
+    return {id(parameter) for parameter in loss_parameters(_stepping[-1].module)}
+
+
+def _outside_the_engine_averaged(running, grads, variables):
+    """``grads`` of ``variables``, those of the variables outside the engine's wrapper (``_outside_the_engine``: a
+    loss's own parameters under DDP) averaged over the ranks too, in one collective per dtype, so that every rank
+    applies the job's gradient to them, as one process does (each rank applied its own). Every rank has the same
+    such variables with a gradient (one program), so each joins the same collective."""
+    outside = _outside_the_engine(running)
+    outside = [index for index, (g, v) in enumerate(zip(grads, variables)) if g is not None and id(v) in outside]
+    if not outside:
+        return grads
+    grads = list(grads)
+    for index, averaged in zip(outside, running.reduce_in_step([grads[index] for index in outside], "mean")):
+        grads[index] = averaged
+    return grads
 
 
 def accumulates_locally() -> bool:
@@ -391,9 +418,11 @@ def finite_on_every_rank(finite):
     scaler, which checks each rank's own scaled gradients before they are summed, skips a step on every rank
     alike and moves every rank's scale alike; ``finite`` itself outside a group, and where the engine averaged the
     gradients in the backward (DDP: a rank's non-finite gradient, or loss riding along, is in every rank's
-    average, so every rank decides alike without a collective of its own)."""
+    average, so every rank decides alike without a collective of its own) unless the step trains variables outside
+    it (``_outside_the_engine``: a loss's own parameters, whose gradients are this rank's here)."""
     running = _running()
-    if running is None or getattr(running, "gradients_averaged_in_backward", False):
+    if running is None or (getattr(running, "gradients_averaged_in_backward", False)
+                           and not _outside_the_engine(running)):
         return finite
     import keras
 
