@@ -822,6 +822,41 @@ def fit_with_loss_parameters(eager):
             **{f"loss.{k}": ud.to_numpy(v) for k, v in loss.state_dict().items()}}
 
 
+class BranchingLoss(ud.nn.Module):
+    """The mean squared error plus a pull of ``a`` towards 1 where the batch's targets are all positive, else of ``b``
+    towards -1 (a Python branch on the data, as in an eager step), and ``c`` that no batch reaches: in a job whose
+    ranks' shares take different branches, each loss parameter has a gradient on one rank or none."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = ud.nn.Parameter(np.zeros((), np.float32))
+        self.b = ud.nn.Parameter(np.zeros((), np.float32))
+        self.c = ud.nn.Parameter(np.ones((), np.float32))
+
+    def forward(self, outputs, targets):
+        difference = outputs - targets
+        loss = ud.ops.mean(difference * difference)
+        if float(np.min(ud.to_numpy(targets))) > 0:
+            return loss + (self.a - 1.0) ** 2
+        return loss + (self.b + 1.0) ** 2
+
+
+def loss_parameters_reached_on_one_rank(eager):
+    """One ``train_step`` (``eager`` or not) of the two-layer net and ``BranchingLoss`` (SGD, lr 0.1, weight decay
+    0.1) in a job of 2, rank 0's share with positive targets, rank 1's negative: the loss's state. PyTorch's rule
+    with DDP (zeros for a rank without a gradient, averaged; no update for a parameter no rank's loss reached):
+    a = 0.1, b = -0.1, c = 1 on both ranks."""
+    ud.manual_seed(1)
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((8, 5)).astype(np.float32), rng.standard_normal((8, 3)).astype(np.float32)
+    y[:4], y[4:] = np.abs(y[:4]) + 0.1, -np.abs(y[4:]) - 0.1
+    model, loss = ud.models.TwoLayerNet(5, 7, 3), BranchingLoss()
+    optimizer = ud.optim.SGD([*model.parameters(), *loss.parameters()], lr=0.1, weight_decay=0.1)
+    share = slice(0, 4) if ud.distributed.rank() == 0 else slice(4, 8)
+    ud.train_step(model, loss, optimizer, eager=eager)(x[share], y[share])
+    return {k: float(ud.to_numpy(v)) for k, v in loss.state_dict().items()}
+
+
 @contextlib.contextmanager
 def counting_broadcasts():
     """A list that gets, for each broadcast of rank 0's weights that the tensorflow engine runs in the block (when a
@@ -875,8 +910,8 @@ def keras_on_torch_job(directory):
     (Keras's ``train_on_batch``) in float64 and float32, with bf16-mixed and 16-mixed, with ``accumulate=2``
     (and bf16-mixed, 16-mixed), the all-reduces of each call of the float64 and float16 accumulating steps counted,
     the CNN through ``fit`` (Keras's ``Model.fit``), ``eager_training``, ``fit_with_loss_parameters`` (compiled and
-    eager), ``float16_checkpoint_job`` and the non-finite guard
-    (``poisoned_run``, also of a float16 window); then, the
+    eager), ``loss_parameters_reached_on_one_rank`` (in the job only), ``float16_checkpoint_job`` and the non-finite
+    guard (``poisoned_run``, also of a float16 window); then, the
     group left, rank 0 trains the same in one process (the reference, on the same framework) and resumes the
     job's first float16 checkpoint there."""
     def training(name, all_reduces=None):
@@ -900,6 +935,7 @@ def keras_on_torch_job(directory):
     all_reduces = {"two_layer64": [], "two_layer_accumulate": [], "two_layer_fp16_accumulate": []}  # per call
     result = {"framework": _framework(), "world_size": ud.distributed.world_size(), "threads": _threads(),
               "all_reduce": all_reduced(), **training(f"rank{rank}", all_reduces), "all_reduces": all_reduces,
+              "branching_loss": {eager: loss_parameters_reached_on_one_rank(eager) for eager in (False, True)},
               "float16": float16_checkpoint_job(float16),
               # rank 1's loss infinite (its gradients finite) at a step, and at a window's first micro-step
               "guarded": poisoned_run("float64", 3, (1,)),

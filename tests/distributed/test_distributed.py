@@ -531,6 +531,12 @@ def test_keras_on_torch_trains_data_parallel_through_distributed_data_parallel(t
             np.testing.assert_array_equal(rank0["loss_parameters"][eager][name], rank1["loss_parameters"][eager][name],
                                           err_msg=f"eager={eager}: {name}")
         _agree(rank0["loss_parameters"][eager], reference, 1e-6)
+    # each loss parameter reached on one rank or none (a Python branch on the data): every rank joins the same
+    # all-reduce, zeros for its missing gradients (joining with the gradients in hand hung the job where the counts
+    # differed, or summed a's gradient into b's), and c, reached by no rank, keeps its value (not decayed)
+    for eager in (False, True):
+        for rank in (rank0, rank1):
+            assert rank["branching_loss"][eager] == pytest.approx({"a": 0.1, "b": -0.1, "c": 1.0}, abs=1e-7), eager
     # mixed precision (torch.autocast under Keras's step) and accumulate=2 in the job (each rank's window under
     # DDP's no_sync(), averaged once per update by the optimizer: the same weights)
     for key, bound in (("two_layer_accumulate", 1e-12), ("two_layer_bf16", 2e-2), ("two_layer_fp16", FLOAT16_BOUND),

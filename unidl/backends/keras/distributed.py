@@ -214,17 +214,18 @@ def sum_in_step(values):
 
 
 def average_in_step(loss, grads, variables):
-    """``(loss, grads, present)``: the step's loss and gradients as the job's (``sum_in_step``), and ``present`` None;
-    on JAX's engine, where one compiled step's collective must carry the same values on every rank, a trainable
-    variable this rank's loss did not reach (its gradient None: a layer a rank's forward skipped) counts zeros, and
-    ``present`` gives it a boolean scalar, whether any rank had a gradient for it (PyTorch's rule with DDP: a
-    parameter no rank's loss reached is not updated), None for the others (the jax engine's ``average_in_step``).
-    As they are outside a group."""
+    """``(loss, grads, present)``: the step's loss and gradients as the job's (``sum_in_step``); a trainable
+    variable this rank's loss did not reach (its gradient None: a layer a rank's forward skipped) counts zeros where
+    one collective must carry the same values on every rank, and ``present`` gives it a boolean scalar, whether any
+    rank had a gradient for it (PyTorch's rule with DDP: a parameter no rank's loss reached is not updated), None
+    for the others: on JAX's engine (its ``average_in_step``) and for the variables outside the engine's wrapper
+    (``_outside_the_engine_averaged``); ``present`` None elsewhere. As they are outside a group."""
     running = _running()
     averages = getattr(running, "average_in_step", None)
     if averages is None:
         loss, *grads = sum_in_step([loss, *grads])
-        return loss, _outside_the_engine_averaged(running, grads, variables), None
+        grads, present = _outside_the_engine_averaged(running, grads, variables)
+        return loss, grads, present
     return averages(loss, grads, variables)
 
 
@@ -240,18 +241,32 @@ def _outside_the_engine(running) -> set:
 
 
 def _outside_the_engine_averaged(running, grads, variables):
-    """``grads`` of ``variables``, those of the variables outside the engine's wrapper (``_outside_the_engine``: a
-    loss's own parameters under DDP) averaged over the ranks too, in one collective per dtype, so that every rank
-    applies the job's gradient to them, as one process does (each rank applied its own). Every rank has the same
-    such variables with a gradient (one program), so each joins the same collective."""
+    """``(grads, present)``: ``grads`` of ``variables``, those of the variables outside the engine's wrapper
+    (``_outside_the_engine``: a loss's own parameters under DDP) averaged over the ranks too, in one collective per
+    dtype, so that every rank applies the job's gradient to them, as one process does. Every rank joins with every
+    such variable (they come from the compile, the same on every rank), whether or not its loss reached it (a branch
+    of a loss's forward that reads a parameter for one rank's data only): zeros for a gradient None, as DDP's
+    ``find_unused_parameters``, and a flag per variable in the same collective, ``present`` (None for the others),
+    so that a variable no rank's loss reached keeps its value and slots (PyTorch's rule). Joining only with the
+    gradients in hand hung the job where the ranks' counts differed, and summed one variable's gradient into
+    another's where they did not."""
     outside = _outside_the_engine(running)
-    outside = [index for index, (g, v) in enumerate(zip(grads, variables)) if g is not None and id(v) in outside]
+    outside = [index for index, variable in enumerate(variables) if id(variable) in outside]
     if not outside:
-        return grads
+        return grads, None
+    import keras
+
     grads = list(grads)
-    for index, averaged in zip(outside, running.reduce_in_step([grads[index] for index in outside], "mean")):
-        grads[index] = averaged
-    return grads
+    filled = [grads[index] if grads[index] is not None
+              else keras.ops.zeros(tuple(variables[index].shape), variables[index].dtype) for index in outside]
+    had = keras.ops.convert_to_tensor([0.0 if grads[index] is None else 1.0 for index in outside], "float32")
+    *averaged, had = running.reduce_in_step([*filled, had], "mean")
+    present = [None] * len(grads)
+    for position, (index, value) in enumerate(zip(outside, averaged)):
+        if grads[index] is None:
+            present[index] = had[position] > 0
+        grads[index] = value
+    return grads, present
 
 
 def accumulates_locally() -> bool:

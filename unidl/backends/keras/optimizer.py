@@ -320,6 +320,8 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
                  else [None] * len(variables))  # (a local window's flags are agreed with its sums, at its end)
         if accumulate == 1:
             flags = {i: read for i, read in zip(indices, reads) if read is not None}
+            if present is not None:  # (a loss's own parameter under DDP that no rank's loss reached: not updated)
+                flags.update((i, had) for i, had in zip(indices, present) if had is not None)
             K.cond(finite, lambda: self._with_window_rule(flags, lambda: self._clip_and_apply(grads, variables))
                    if flags else self._clip_and_apply(grads, variables), _false)
             return
