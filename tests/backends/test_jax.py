@@ -13,6 +13,8 @@ from unidl import backends
 from unidl.errors import BackendNotInstalledError, GraphConstructError, RetraceWarning
 from unidl.testing import max_relative_difference
 
+from tests.helpers import alive_after_training
+
 
 class _ValueBranch(ud.nn.Module):
     def __init__(self):
@@ -295,6 +297,16 @@ def test_a_ctrl_c_in_jaxs_python_after_a_donating_step_ran_keeps_the_steps_outpu
         np.testing.assert_allclose(after[0], weight - 0.1 * grad_out.T @ x, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(after[1], bias - 0.1 * grad_out.sum(axis=0), rtol=1e-5, atol=1e-7)
         assert np.isfinite(float(step(x, y)))
+
+
+def test_a_model_trained_by_a_program_with_effects_is_freed(rng):
+    """A compiled step whose calls are held against Ctrl-C (``StatefulJit._held_call``: every call of a program
+    with effects, a program's first calls otherwise, which tests/test_training.py checks on every backend) kept a
+    bound method of jaxlib's jitted function in its cache entry, which Python's garbage collector does not see
+    into: the model, its optimizer and its loss were never freed."""
+    x, y = rng.standard_normal((10, 3)).astype(np.float32), rng.standard_normal((10, 32)).astype(np.float32)
+    with ud.use_backend("jax"):
+        assert alive_after_training(_WithCallback, x, y) == []
 
 
 def test_an_eager_composite_op_is_one_compiled_program_and_inline_under_jit(caplog):

@@ -324,11 +324,14 @@ class StatefulJit:
         optimization: a ``KeyboardInterrupt`` raised there would drop the outputs, leaving the variables deleted
         arrays. ``slow`` (such a program): every call is held. Otherwise the entry goes to ``_call_and_write_back``
         (no per-step cost) after a held call that jaxlib's cache answered (its size unchanged: a C++ hit, which
-        with no effects is the fast path), or, where jaxlib does not tell its cache's size, after the first."""
-        function = entry[1]
-        size = getattr(function, "_cache_size", None)
+        with no effects is the fast path), or, where jaxlib does not tell its cache's size, after the first.
+        The size is read from the function passed in, never kept: the entry holds ``held``, and a bound method of
+        jaxlib's function held there (a nanobind object, which Python's garbage collector does not see into) made
+        the cycle model -> step -> entry -> function -> model uncollectable, so every model whose step program
+        ran only held calls (one call of a batch shape) was never freed."""
 
         def held(function, donated_values, kept_values, dynamic_leaves, variables):
+            size = None if slow else getattr(function, "_cache_size", None)
             before = size() if size is not None else None
             with interrupts_held():
                 outputs = _write_back(function(donated_values, kept_values, dynamic_leaves), variables)
