@@ -17,10 +17,19 @@ fi
 # The keras backend's tests again on Keras-on-JAX and Keras-on-torch: Keras reads KERAS_BACKEND once, when it is
 # imported, so the main run covers Keras-on-TensorFlow only, and each other framework runs in pytest processes of
 # its own, with UNIDL_TEST_KERAS_ONLY=1 (only the tests run on the keras backend, tests/conftest.py): the parity
-# suite in one, the other files whose claims docs/guarantees.md names for every Keras framework in another (on JAX
-# the two take 310 and 130 s of CPU, on torch 20-40 and 175 s, of which test_traced_functions.py's torch.compile of
-# its jit-compiled functions 135, tests/nn/test_sparse.py 10 and 7 s of those: one process would run last, alone
-# on one core).
+# suite with the layers' tables against torch in one, the other files whose claims docs/guarantees.md names for
+# every Keras framework in another. CPU seconds (one thread, JAX's compile cache cold, load ~7 on the 2 shared
+# cores, where CPU time reads higher than on an idle machine): on JAX 490 and ~395, on torch 20-40 and 270, of
+# which test_traced_functions.py's torch.compile of its jit-compiled functions 87 in the process and most of the
+# 110 its compile workers took. The layers', models' and workload examples' files (issue 15) take 215-220 s of
+# JAX's: test_workload_examples.py 57 (XLA compiling Keras's jitted train and evaluate steps of the examples'
+# ResNet and two classifiers), tests/models/test_sequence_models.py 30 and test_resnet.py 22, the tables of
+# tests/nn/test_rnn.py, test_attention.py and test_transformer.py 22-30 each (float64 eagerly there: each op a
+# program), the other six 32; and 9 s of torch's (alone, each file took 9-16 s, 8 of them imports, which the
+# processes here share). The tables (94 s on JAX) go with the parity suite, the rest with the other files: all in
+# the second, JAX's two took 400 and 490 s, no better (one of them runs last, alone on one core). A third process
+# would cost one more import of every framework (~8 s of CPU each) for at most ~45 s less of JAX's last process
+# (885 s over 2 cores, 443 at best, against 490), while the four processes share the 2 cores with the main run.
 # Made for the whole suite only: an argument naming a file or folder (`tests/nn`, `tests/x.py::test_y`) runs that
 # selection alone, as before. Of the caller's other arguments the Keras runs take those that choose and report
 # tests (`-q`, `-v`, `-x`, `-k EXPR`, `-m EXPR`, `-r...`, `--tb=...`, `--maxfail=N`, `--durations=N`); the ones that
@@ -29,11 +38,13 @@ fi
 # gives each Keras run its own report beside FILE (FILE.keras-<framework>-<parity|others>.xml).
 # UNIDL_TEST_KERAS_HOSTS picks the frameworks ("jax torch"; empty: none).
 keras_hosts="${UNIDL_TEST_KERAS_HOSTS-jax torch}"
-keras_groups=("tests/parity"
+keras_groups=("tests/parity tests/nn/test_rnn.py tests/nn/test_attention.py tests/nn/test_transformer.py
+               tests/nn/test_transformer_padding.py tests/nn/test_pytorch_state_dicts.py"
               "tests/nn/test_freeze.py tests/test_dynamic_forward.py tests/test_precision.py
                tests/test_export_inputs_outputs.py tests/backends/test_keras_jax_step_checks.py
                tests/backends/test_traced_functions.py tests/test_scan_value_checks.py tests/nn/test_sparse.py
-               tests/test_autograd.py")
+               tests/test_autograd.py tests/nn/test_containers.py tests/nn/test_replace_head.py tests/test_scan.py
+               tests/models tests/test_workload_examples.py")
 keras_group_names=(parity others)  # (in their JUnit reports' names)
 keras_args=(-p no:cacheprovider)
 junit=""

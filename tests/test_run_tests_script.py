@@ -46,20 +46,22 @@ def _run_tests_script(tmp_path, *args, **env):
 
 # (tests/backends/test_keras_jax.py leaves the keras tests of tests/parity and tests/nn/test_sparse.py to the
 # Keras-on-JAX runs of these files)
-PARITY = "tests/parity"
+PARITY = ("tests/parity tests/nn/test_rnn.py tests/nn/test_attention.py tests/nn/test_transformer.py "
+          "tests/nn/test_transformer_padding.py tests/nn/test_pytorch_state_dicts.py")
 OTHERS = ("tests/nn/test_freeze.py tests/test_dynamic_forward.py tests/test_precision.py "
           "tests/test_export_inputs_outputs.py tests/backends/test_keras_jax_step_checks.py "
           "tests/backends/test_traced_functions.py tests/test_scan_value_checks.py tests/nn/test_sparse.py "
-          "tests/test_autograd.py")
+          "tests/test_autograd.py tests/nn/test_containers.py tests/nn/test_replace_head.py tests/test_scan.py "
+          "tests/models tests/test_workload_examples.py")
 MAIN = "-m pytest -n 2 --dist loadfile --no-loadscope-reorder"
 NO_CACHE = "-p no:cacheprovider"  # (the Keras runs' results must not overwrite the main run's last-failed list)
 
 
 @pytest.mark.parametrize("workers", ["2", "0"])
 def test_the_whole_suite_runs_the_keras_tests_again_on_jax_and_torch(tmp_path, workers):
-    """With no file named, the main run and two runs per other Keras framework (the parity suite, the other files),
-    which take the caller's arguments and keep only the keras tests (UNIDL_TEST_KERAS_ONLY); each run's output is
-    printed."""
+    """With no file named, the main run and two runs per other Keras framework (the parity suite with the layers'
+    tables against torch, the other files), which take the caller's arguments and keep only the keras tests
+    (UNIDL_TEST_KERAS_ONLY); each run's output is printed."""
     result, calls = _run_tests_script(tmp_path, "-q", "-k", "lstm", UNIDL_TEST_WORKERS=workers)
     assert result.returncode == 0, result.stderr
     main = MAIN if workers == "2" else "-m pytest"
