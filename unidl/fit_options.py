@@ -336,6 +336,27 @@ class SampleWeightedLoss(Module):
         return weighted_loss(self.loss, self.per_sample, outputs, target, weight)
 
 
+def trained_loss_parameters(model, loss_fn, optimizer) -> tuple:
+    """The parameters of the loss module that ``optimizer`` trains and ``model`` does not own (a learned temperature,
+    ``LinearCrossEntropyLoss``'s ``linear``): a trainer or data-parallel wrapper that holds the model's alone (Keras's
+    trainer, torch's DDP) must be handed them too. ``fit``'s sample or class weights wrap the user's loss
+    (``SampleWeightedLoss``), holding it outside its modules: its parameters are the user's loss's."""
+    owned = {id(p) for p in model.parameters()}
+    trained = {id(p) for p in getattr(optimizer, "params", ())}
+    loss_fn = loss_fn.loss if isinstance(loss_fn, SampleWeightedLoss) else loss_fn
+    parameters = loss_fn.parameters() if hasattr(loss_fn, "parameters") else ()
+    return tuple(p for p in parameters if id(p) in trained and id(p) not in owned)
+
+
+def rank_0_state(model, loss_fn, optimizer) -> list:
+    """What a data-parallel step broadcasts from rank 0 when it is built, so that every rank starts alike: the
+    parameters and buffers of ``model`` (a unidl module; none for another callable) and the loss's own parameters
+    that ``optimizer`` trains (``trained_loss_parameters``), in one broadcast, as torch's DDP over both does."""
+    state = [value for _, value in (*model.named_parameters(), *model.named_buffers())] if hasattr(
+        model, "named_parameters") else []
+    return state + list(trained_loss_parameters(model, loss_fn, optimizer))
+
+
 def check_verbose(verbose) -> int:
     """``fit``'s ``verbose``: 0, 1, 2 (True and False as 1 and 0), or Keras's default 'auto', which is 1; else a
     ``ValueError`` naming the values."""

@@ -781,10 +781,8 @@ def data_parallel_job_then_failure(results_directory, failing_rank, job_args_by_
             results[backend] = data_parallel_job(*job_args)
             if backend == "keras":
                 results[backend]["fp16_overflow"] = float16_overflow_on_one_rank()
-            # (on TensorFlow's engine: its broadcasts counted; Keras-on-torch's job trains it too, keras_on_torch_job;
-            # torch's DDP wraps the model only, and averages no loss's own parameters yet)
-            if _framework() == "tensorflow":
-                results[backend]["loss_parameters"] = loss_parameters_trained()
+            # (on TensorFlow's engine its broadcasts counted; Keras-on-torch's job trains it too, keras_on_torch_job)
+            results[backend]["loss_parameters"] = loss_parameters_trained()
     if extra is not None:
         results["extra"] = extra()
     with open(os.path.join(results_directory, f"rank{ud.distributed.rank()}.pickle"), "wb") as file:
@@ -807,14 +805,17 @@ class TemperedLoss(ud.nn.Module):
         return ud.ops.mean(difference * difference) + 0.1 * (self.temperature - 1.0) ** 2
 
 
-def fit_with_loss_parameters(eager):
+def fit_with_loss_parameters(eager, apart_on_rank_1=False):
     """The two-layer net and ``TemperedLoss`` trained together by ``fit`` for 2 epochs of 2 batches of 8 (not
     shuffled; Adam over the model's and the loss's parameters), ``eager`` or not: the model's and the loss's state
-    (the loss's keys prefixed ``loss.``)."""
+    (the loss's keys prefixed ``loss.``). ``apart_on_rank_1``: rank 1 of a job builds its loss with other values,
+    which only rank 0's broadcast makes the job's."""
     ud.manual_seed(1)
     rng = np.random.default_rng(1)
     x, y = rng.standard_normal((16, 5)).astype(np.float32), rng.standard_normal((16, 3)).astype(np.float32)
     model, loss = ud.models.TwoLayerNet(5, 7, 3), TemperedLoss()
+    if apart_on_rank_1 and ud.distributed.is_initialized() and ud.distributed.rank() == 1:
+        loss.load_state_dict({"temperature": np.full((), 2.5, np.float32), "weight": np.full((3,), 0.5, np.float32)})
     optimizer = ud.optim.Adam([*model.parameters(), *loss.parameters()], lr=0.01)
     ud.fit(model, ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=8), loss=loss, optimizer=optimizer,
            epochs=2, eager=eager, verbose=0)
@@ -879,11 +880,15 @@ def counting_broadcasts():
 
 def loss_parameters_trained():
     """``fit_with_loss_parameters`` compiled and eager, by ``eager``: each with the broadcasts of rank 0's weights
-    that it ran (the tensorflow engine's, ``counting_broadcasts``)."""
-    results = {}
+    that it ran on the tensorflow engine (``counting_broadcasts``; None on the other engines). Rank 1's loss starts
+    apart from rank 0's except on the keras backend, which broadcasts no loss's own parameters."""
+    results, apart = {}, ud.get_backend() != "keras"
     for eager in (False, True):
+        if _framework() != "tensorflow":
+            results[eager] = fit_with_loss_parameters(eager, apart), None
+            continue
         with counting_broadcasts() as broadcasts:
-            results[eager] = fit_with_loss_parameters(eager), broadcasts
+            results[eager] = fit_with_loss_parameters(eager, apart), broadcasts
     return results
 
 

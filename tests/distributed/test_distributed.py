@@ -262,15 +262,17 @@ def test_keras_float16_overflow_on_one_rank_skips_the_step_on_every_rank(launche
 
 @pytest.mark.parametrize("backend", [pytest.param(name, marks=pytest.mark.skipif(
     name not in ud.available_backends(), reason=f"the {name} backend is not installed"))
-    for name in ("tensorflow", "keras")])
+    for name in ("tensorflow", "keras", "torch", "jax")])
 def test_a_losss_own_parameters_train_as_in_one_process_with_rank_0s_weights_broadcast_once(backend, launches,
                                                                                             tmp_path_factory):
     """A loss whose own parameters the optimizer trains beside the model's (``jobs.TemperedLoss``: a learned
-    temperature and column weights) through ``fit`` over 2 epochs, compiled and eager, on TensorFlow's engine
+    temperature and column weights) through ``fit`` over 2 epochs, compiled and eager, on each engine
     (``jobs.loss_parameters_trained``): the model's and the loss's parameters those of one process with the same
-    global batch, both ranks bit for bit. Rank 0's weights are broadcast once per fit, when the model joins the job's
-    step: an eager fit on Keras-on-TensorFlow broadcast them again at every epoch, overwriting each rank's own state
-    since (BatchNorm's running statistics) with rank 0's."""
+    global batch, both ranks bit for bit (torch's DDP wrapped the model only: each rank trained the loss's on its own
+    gradient, 5e-2 apart). On the torch, tensorflow and jax backends rank 1 builds its loss apart: rank 0's loss
+    parameters are broadcast with its model's (they were not). On TensorFlow's engine rank 0's weights are broadcast
+    once per fit, when the model joins the job's step: an eager fit on Keras-on-TensorFlow broadcast them again at
+    every epoch, overwriting each rank's own state since (BatchNorm's running statistics) with rank 0's."""
     ranks = _job(backend, launches, tmp_path_factory)["ranks"]
     with ud.use_backend(backend):
         expected = {eager: jobs.fit_with_loss_parameters(eager) for eager in (False, True)}
@@ -280,7 +282,9 @@ def test_a_losss_own_parameters_train_as_in_one_process_with_rank_0s_weights_bro
         for name in reference:
             np.testing.assert_array_equal(weights0[name], weights1[name], err_msg=f"eager={eager}: {name}")
         _agree(weights0, reference, 1e-6)
-        assert broadcasts0 == broadcasts1 == [4], (eager, broadcasts0)  # the model's 4 parameters, once
+        if broadcasts0 is not None:  # (counted on TensorFlow's engine): the model's 4 parameters, and on the
+            # tensorflow backend the loss's 2, once
+            assert broadcasts0 == broadcasts1 == [4 if backend == "keras" else 6], (eager, broadcasts0)
 
 
 def test_two_ranks_with_global_batch_b_train_the_weights_of_one_process_with_batch_b(job):
@@ -1055,6 +1059,31 @@ def test_a_step_built_before_this_process_joined_its_job_is_refused_before_it_ru
     with pytest.raises(DistributedError, match=r"built before this process joined its data-parallel job \(rank 0 of "
                                                r"1 on \w+, devices \['cpu:0', 'cpu:1'\]\)"):
         step(x, y)
+
+
+@pytest.mark.skipif(not {"keras", "torch"} <= set(ud.available_backends())
+                    or ud.backends.load("keras").host.name == "torch",
+                    reason="keras or torch is not installed, or Keras runs on torch (whose job trains it: adopted)")
+def test_keras_in_a_job_started_on_the_torch_backend_is_a_clear_error_naming_backend_keras(monkeypatch):
+    """A job joined on the torch backend's engine (``launch(backend="torch")``), then the keras backend used in it:
+    torch's DDP cannot carry Keras-on-TensorFlow's step, and an eager ``fit`` failed with ``AttributeError: 'Engine'
+    object has no attribute 'data_parallel'``; a ``DistributedError`` names what to do, before any step runs. (The
+    group's place and the torch engine, unstarted: nothing reaches a collective.)"""
+    from unidl.distributed import process_group
+
+    torch_backend = ud.backends.load("torch")
+    monkeypatch.setattr(process_group, "_group", process_group.ProcessGroup(
+        rank=0, world_size=2, local_rank=0, backend=torch_backend, engine=torch_backend.distributed_engine()))
+    with ud.use_backend("keras"):
+        model = ud.models.TwoLayerNet(5, 7, 3)
+        loader = ud.data.DataLoader(ud.data.TensorDataset(np.ones((8, 5), np.float32), np.zeros((8, 3), np.float32)),
+                                    batch_size=4)
+        with pytest.raises(DistributedError, match=r"joined its data-parallel job on the torch backend's engine "
+                                                   r"\(init or launch with backend='torch'\), which cannot carry the "
+                                                   r"keras backend's step on Keras-on-\w+: start the job with "
+                                                   r"backend='keras'"):
+            ud.fit(model, loader, loss=ud.nn.MSELoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1),
+                   epochs=1, eager=True, verbose=0)
 
 
 def test_a_job_torchrun_started_is_refused_by_the_jax_engine_naming_unidls_launcher(monkeypatch):

@@ -13,6 +13,7 @@ import functools
 import os
 import warnings
 
+from unidl.fit_options import rank_0_state
 from unidl import threads as unidl_threads
 
 
@@ -457,16 +458,10 @@ class Backend(BackendInterface):
             return step_result(loss, outputs, y, with_outputs)
 
         variables = self._model_state(model, optimizer, loss_fn)
-        jax_distributed.broadcast_from_rank_0(self.module_state(model))  # (in a job: rank 0's start on every rank)
+        # (in a job: rank 0's start on every rank, the loss's own parameters' too)
+        jax_distributed.broadcast_from_rank_0(rank_0_state(model, loss_fn, optimizer))
         run, _ = self.compile_step(step, variables, model, params, name, eager)
         return run  # (compiled: a ``_CompiledStep``, which counts its traces)
-
-    @staticmethod
-    def module_state(model) -> list:
-        """The parameters and buffers of a unidl module (none for another callable)."""
-        if not hasattr(model, "named_parameters"):
-            return []
-        return [value for _, value in (*model.named_parameters(), *model.named_buffers())]
 
     def compile_step(self, step, variables, model, params, name, eager):
         """``(run, compiled)``: ``step(x, y, *inputs)`` as one ``StatefulJit`` over ``variables`` (state in, state

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unidl.fit_options import rank_0_state
 from unidl.backends.jax import distributed as jax_distributed, ops as jax_ops
 from unidl.backends.jax.function import step_result
 from unidl.backends.jax.optimizer import (all_finite, assign_numpy, gradient_flags, keep_window,
@@ -166,7 +167,8 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
                + (window.variables() if window is not None else []))
     variables = (backend._model_state(model, optimizer, loss_fn) + (scaler.variables() if scaler is not None else [])
                  + (window.variables() if window is not None else []))
-    jax_distributed.broadcast_from_rank_0(backend.module_state(model))  # (in a job: rank 0's start on every rank)
+    # (in a job: rank 0's start on every rank, the loss's own parameters' too)
+    jax_distributed.broadcast_from_rank_0(rank_0_state(model, loss_fn, optimizer))
     run, compiled = backend.compile_step(step, variables, model, params, name, eager)
     return _WithScale(run, compiled, scaler)
 

@@ -43,6 +43,7 @@ from unidl.backends.keras.metrics import NativeMetrics, epoch_logs
 from unidl.backends.keras.optimizer import NativeOptimizer, keep_train_function_current
 from unidl.optim.param_groups import ConstantOptions
 from unidl.data.epoch import xy
+from unidl.fit_options import trained_loss_parameters
 from unidl.errors import marked_error_from
 from unidl.nn.freezing import requires_grad_method
 from unidl.nn.module import step_modes, training_modes
@@ -90,18 +91,6 @@ def _tensorflow_left_unimported():
         yield
     finally:
         tensorflow._available = None
-
-
-def _trained_loss_parameters(model, loss_fn, optimizer) -> tuple:
-    """The parameters of the loss module that the optimizer trains and the model does not own
-    (``LinearCrossEntropyLoss``'s ``linear``): Keras's trainer trains the Keras model's variables only, so the
-    compile hands them to it beside the model's (``module.loss_parameters``), where they had kept their values."""
-    owned = {id(p) for p in model.parameters()}
-    trained = {id(p) for p in getattr(optimizer, "params", ())}
-    # fit's sample or class weights wrap the user's loss (``SampleWeightedLoss``), holding it outside its modules
-    loss_fn = getattr(loss_fn, "loss", loss_fn) if type(loss_fn).__name__ == "SampleWeightedLoss" else loss_fn
-    parameters = loss_fn.parameters() if hasattr(loss_fn, "parameters") else ()
-    return tuple(p for p in parameters if id(p) in trained and id(p) not in owned)
 
 
 class Backend(BackendInterface):
@@ -359,7 +348,7 @@ class Backend(BackendInterface):
                 if not compilations.switch_to(key, keras_optimizer):
                     # (before Keras's compile, rank 0's broadcast and the first trace read the trained variables)
                     object.__setattr__(native, "_unidl_loss_parameters",
-                                       _trained_loss_parameters(model, loss_fn, optimizer))
+                                       trained_loss_parameters(model, loss_fn, optimizer))
                     statistics = NativeMetrics(metrics) if metrics is not None else None
                     native.compile(optimizer=keras_optimizer, loss=NativeLoss(loss_fn),
                                    metrics=[statistics] if statistics is not None else [],

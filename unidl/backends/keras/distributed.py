@@ -127,7 +127,34 @@ def _running():
     group = process_group.current()
     if group is None:
         return None
-    return group.engine if group.engine is not None else group.device_engine
+    running = group.engine if group.engine is not None else group.device_engine
+    if running is not None and not hasattr(running, "data_parallel") and not hasattr(running, "reduce_in_step"):
+        return _carrying_keras(group, running)
+    return running
+
+
+def _carrying_keras(group, running):
+    """The engine ``running`` of a job that another unidl backend joined, one that wraps a forward and carries no
+    step of its own (torch's: ``launch(backend="torch")``, then the keras backend used in it), as the keras
+    backend's would be (``engine()``) where it is the engine of Keras's host framework (Keras-on-torch); a
+    ``DistributedError`` naming what to do where it is not (a torch job's engine cannot carry Keras-on-TensorFlow's
+    step), where Keras's step failed with an ``AttributeError``."""
+    adopted = _adopted.get(id(running))
+    if adopted is not None and adopted._host_engine is running:
+        return adopted
+    if group.backend.name != HOST.name or not hasattr(running, "wrap_forward"):
+        raise DistributedError(
+            f"this process joined its data-parallel job on the {group.backend.name} backend's engine "
+            f"(init or launch with backend={group.backend.name!r}), which cannot carry the keras backend's step on "
+            f"Keras-on-{HOST.name}: start the job with backend='keras' (unidl.distributed.launch(fn, nprocs=N, "
+            f"backend='keras') or init(backend='keras')) to train the keras backend in it")
+    _adopted.clear()
+    _adopted[id(running)] = adopted = _ForwardWrappingEngine(running)
+    return adopted
+
+
+#: ``_carrying_keras``'s adopted engine, by the id of the engine it wraps (one job at a time)
+_adopted: dict = {}
 
 
 def replicas_in_process() -> bool:

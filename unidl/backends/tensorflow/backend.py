@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.python.framework import func_graph  # noqa: E402
 
+from unidl.fit_options import rank_0_state
 from unidl import config
 from unidl.autograd import check_float, check_scalar
 from unidl.backends.interface import Backend as BackendInterface
@@ -321,7 +322,7 @@ class Backend(BackendInterface):
             return ((loss, outputs) if with_outputs else loss), finite
 
         # in a process group: run in the strategy's replica context, rank 0's weights on every rank
-        train_step = tf_distributed.data_parallel(train_step, tf_distributed.module_state(model))
+        train_step = tf_distributed.data_parallel(train_step, rank_0_state(model, loss_fn, optimizer))
         train_step = tf_function.with_summary(train_step, with_outputs, flagged=True)  # (fit's metrics in the graph)
 
         if eager:

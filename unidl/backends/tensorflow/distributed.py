@@ -183,7 +183,8 @@ def _reduce(tensor, op):
 def data_parallel(step, variables=()):
     """``step``, or in a group of several processes ``step`` run in the strategy's replica context (where
     ``reduce_in_step`` reaches the other ranks), after rank 0's values of ``variables`` (the model's
-    parameters and buffers, ``module_state``) are broadcast to every rank, as torch's DDP does."""
+    parameters and buffers, and the loss's own trained ones: ``fit_options.rank_0_state``) are broadcast to every
+    rank, as torch's DDP does."""
     if _strategy is None:
         return step
     if _replicas_in_process():
@@ -289,13 +290,6 @@ def update_once(update):
     if not _replicas_in_process() or tf.distribute.in_cross_replica_context():
         return update()
     return tf.distribute.get_replica_context().merge_call(lambda _: update())
-
-
-def module_state(model) -> list:
-    """The parameters and buffers of a unidl module (none for another callable)."""
-    if not hasattr(model, "named_parameters"):
-        return []
-    return [value for _, value in (*model.named_parameters(), *model.named_buffers())]
 
 
 def require_replica_context() -> None:

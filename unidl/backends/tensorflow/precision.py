@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from unidl.fit_options import rank_0_state
 from unidl.nn.module import trainable_mask
 from unidl.precision import BACKOFF_FACTOR, GROWTH_FACTOR, autocast_modules, modules_of
 from unidl.backends.tensorflow import ops as tf_ops
 from unidl.backends.tensorflow.distributed import (accumulates_locally, average_gradients, data_parallel,
-                                                   module_state, reduce_in_step, update_once)
+                                                   reduce_in_step, update_once)
 from unidl.backends.tensorflow.function import PerModeGraphs, to_graph_input, with_summary
 from unidl.backends.tensorflow.control_flow import gradient_conditions
 from unidl.backends.tensorflow.optimizer import assign_numpy, finite_marker, read_numpy
@@ -210,7 +211,8 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
 
         return tf.cond(count >= accumulate, lambda: update(*window.take(mask, grads, reads)), wait)
 
-    step = data_parallel(step, module_state(model))  # in a process group: the strategy's replica context
+    # in a process group: the strategy's replica context, rank 0's weights and loss parameters on every rank
+    step = data_parallel(step, rank_0_state(model, loss_fn, optimizer))
     step = with_summary(step, with_outputs)  # fit's training metrics in the graph (Backend.summary_in_step)
     if eager:
         def run(*args):

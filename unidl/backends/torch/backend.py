@@ -316,7 +316,8 @@ class Backend(BackendInterface):
         native = optimizer.native
         to_input, extra_inputs = self.to_input, self.extra_step_inputs
         l1 = l1_outside_rule(optimizer)
-        forward = torch_distributed.data_parallel(model)  # in a process group: DDP averages the gradients
+        # in a process group: DDP averages the gradients, the loss's own parameters' too
+        forward = torch_distributed.data_parallel(model, loss_fn, optimizer)
         # the losses of the micro-steps accumulated in .grad so far (accumulate > 1): the optimizer's one window,
         # shared with every other step of it
         window = (accumulation_window(optimizer, accumulate, None, lambda: torch_window(optimizer, accumulate, []))

@@ -1,13 +1,13 @@
 """torch's data-parallel engine for unidl: ``torch.distributed`` (gloo on CPU, NCCL on CUDA) joins the group,
 and ``DistributedDataParallel`` averages the gradients of the torch backend's training step.
 
-``data_parallel(model)`` is what ``Backend.train_step`` calls forward through: the model itself in one
+``data_parallel(model, loss_fn, optimizer)`` is what ``Backend.train_step`` calls forward through: the model in one
 process, a ``DataParallel`` in a group, whose ``DistributedDataParallel`` over the model's ``NativeModule`` (the
-very same parameters) and one small parameter of its own (``ModelWithFlags.flags``) makes ``backward`` end with
-gradients averaged over every rank by torch's reducer: its own all-reduce of each bucket, no Python inside, and no
-other collective for the gradients (DDP itself also broadcasts rank 0's buffers, such as BatchNorm's running
-statistics, at each forward of a model that has any; a layer frozen in the middle of an accumulation window costs
-one all-reduce more, ``DataParallel.sync``).
+very same parameters), the loss's own trained parameters if it has any, and one small parameter of its own
+(``ModelWithFlags.flags``) makes ``backward`` end with gradients averaged over every rank by torch's reducer: its
+own all-reduce of each bucket, no Python inside, and no other collective for the gradients (DDP itself also
+broadcasts rank 0's buffers, such as BatchNorm's running statistics, at each forward of a model that has any; a
+layer frozen in the middle of an accumulation window costs one all-reduce more, ``DataParallel.sync``).
 ``gradient_sync(forward, sync)`` wraps a micro-step of gradient accumulation: only the update micro-step's
 backward all-reduces (the others run under ``no_sync()`` and accumulate locally in ``.grad``).
 ``Engine.wrap_forward`` is the same engine for a trainer that runs its own step (Keras's).
@@ -153,26 +153,32 @@ def distributed_data_parallel(module, **options):
         module, device_ids=[device.index or 0] if device.type == "cuda" else None, **options)
 
 
-def data_parallel(model):
-    """``model``, or in a group of several processes a ``DataParallel`` over it: rank 0's parameters and buffers
-    are broadcast now, and every update's backward (``backward``) averages the gradients over the ranks."""
+def data_parallel(model, loss_fn=None, optimizer=None):
+    """``model``, or in a group of several processes a ``DataParallel`` over it and the parameters of ``loss_fn``
+    that ``optimizer`` trains (``trained_loss_parameters``: a learned temperature; none for most losses): rank 0's
+    parameters and buffers are broadcast now, and every update's backward (``backward``) averages the gradients over
+    the ranks, the loss's in the same all-reduce."""
     from unidl.distributed import process_group
 
     if process_group.sharding() is None or not dist.is_initialized():
         return model
-    return DataParallel(model)
+    from unidl.fit_options import trained_loss_parameters
+
+    return DataParallel(model, trained_loss_parameters(model, loss_fn, optimizer) if loss_fn is not None else ())
 
 
 class ModelWithFlags(torch.nn.Module):
-    """What DDP wraps: the model's ``NativeModule`` and ``flags``, a parameter of ``1 + len(params)`` zeros (the
-    dtype and device of the model's first trainable parameter, so that it shares their bucket; with every parameter
-    frozen, those of any parameter of the model: one device per process) whose gradient, set by
-    ``DataParallel.backward``, rides in the gradients' own all-reduce: the losses' marker, then whether each
-    parameter had a gradient on this rank."""
+    """What DDP wraps: the model's ``NativeModule``, the loss's own trained parameters (``loss_parameters``, which the
+    forward does not use: the backward of the loss computed from its outputs reaches them) and ``flags``, a
+    parameter of ``1 + len(params)`` zeros (the dtype and device of the first trainable parameter, so that it shares
+    their bucket; with every parameter frozen, those of any parameter of the model: one device per process) whose
+    gradient, set by ``DataParallel.backward``, rides in the gradients' own all-reduce: the losses' marker, then
+    whether each parameter had a gradient on this rank."""
 
-    def __init__(self, native, params):
+    def __init__(self, native, params, loss_parameters=()):
         super().__init__()
         self.native = native
+        self.loss_parameters = torch.nn.ParameterList(loss_parameters)
         like = params[0] if params else next(native.parameters(), torch.zeros(()))
         self.flags = torch.nn.Parameter(torch.zeros(1 + len(params), dtype=like.dtype, device=like.device))
 
@@ -200,16 +206,17 @@ class DataParallel:
     in one all-reduce of their own, so that the step applies the job's gradient, as one process does (its
     optimizer updates a frozen parameter that has a ``.grad``, as ``torch.optim`` does)."""
 
-    def __init__(self, model):
+    def __init__(self, model, loss_parameters=()):
         self.native = NativeModule(model)
-        self.every = list(self.native.parameters())
+        self.loss_parameters = loss_parameters  # (the loss's own, held by the DDP too: ``ModelWithFlags``)
+        self.every = [*self.native.parameters(), *loss_parameters]
         self.window_trainable = None  # whether each parameter was trainable in a micro-step of the window so far
         self._build()
 
     def _build(self):
         self.trainable = [p.requires_grad for p in self.every]
         self.params = [p for p in self.every if p.requires_grad]
-        self.wrapped = ModelWithFlags(self.native, self.params)
+        self.wrapped = ModelWithFlags(self.native, self.params, self.loss_parameters)
         self.flags = self.wrapped.flags
         self.ddp = distributed_data_parallel(self.wrapped)
         # each parameter's AccumulateGrad node, by which autograd reaches it (what get_gradient_edge, torch >= 2.2,

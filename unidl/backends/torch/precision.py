@@ -74,7 +74,8 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, accu
     dtype = _COMPUTE[precision.compute_dtype]
     # the optimizer's one loss scale (every float16 step of it moves the same; its checkpointed state)
     scaler = loss_scale_storage(optimizer, precision, lambda: LossScale(precision)) if precision.scales_loss else None
-    forward = data_parallel(model)  # in a process group: DDP averages the gradients (overflow seen by every rank)
+    # in a process group: DDP averages the gradients, the loss's own parameters' too (overflow seen by every rank)
+    forward = data_parallel(model, loss_fn, optimizer)
     window = []  # the losses of the micro-steps accumulated in .grad so far: the optimizer's one window
     if accumulate > 1:
         from unidl.training import accumulation_window
