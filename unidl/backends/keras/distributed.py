@@ -286,7 +286,8 @@ def _outside_the_engine_averaged(running, grads, variables):
     grads = list(grads)
     filled = [grads[index] if grads[index] is not None
               else keras.ops.zeros(tuple(variables[index].shape), variables[index].dtype) for index in outside]
-    had = keras.ops.convert_to_tensor([0.0 if grads[index] is None else 1.0 for index in outside], "float32")
+    had = keras.ops.convert_to_tensor([0.0 if grads[index] is None else 1.0 for index in outside],
+                                      keras.backend.standardize_dtype(filled[0].dtype))  # (in the values' collective)
     *averaged, had = running.reduce_in_step([*filled, had], "mean")
     present = [None] * len(grads)
     for position, (index, value) in enumerate(zip(outside, averaged)):
