@@ -959,7 +959,9 @@ def test_activation_layers_take_integers_and_booleans_as_their_functional_op(mod
             for layer, (_, oracle), got in zip(layers, FLOAT_MATH_LAYERS, results):
                 expected = oracle(torch.tensor(inputs, dtype=getattr(torch, dtype))).numpy()
                 assert got.dtype == np.dtype(dtype), (layer, inputs.dtype)
-                np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7, err_msg=repr(layer))
+                # (float32: the parity tables' output bound; torch's AVX2 GELU is 2.4e-7 from erf's value at -2)
+                np.testing.assert_allclose(got, expected, rtol=1e-6, atol=2e-6 if dtype == "float32" else 1e-12,
+                                           err_msg=repr(layer))
 
 
 def test_threshold_of_integers_keeps_them_as_torch(mode):

@@ -128,7 +128,8 @@ def _running():
     if group is None:
         return None
     running = group.engine if group.engine is not None else group.device_engine
-    if running is not None and not hasattr(running, "data_parallel") and not hasattr(running, "reduce_in_step"):
+    if (running is not None and group.backend.name != "keras" and not hasattr(running, "data_parallel")
+            and not hasattr(running, "reduce_in_step")):  # (another backend's job: torch's engine)
         return _carrying_keras(group, running)
     return running
 
