@@ -415,8 +415,10 @@ def test_user_forward_control_flow_is_converted_in_train_steps(rng):
         predict = ud.function(lambda x: model(x))
         x = np.abs(rng.standard_normal((3, 4))).astype(np.float32)
         base = _numpy(model.fc(ud.tensor(x)))
-        np.testing.assert_allclose(_numpy(predict(x)), 2 * base, rtol=1e-6)
-        np.testing.assert_allclose(_numpy(predict(-x)), -_numpy(model.fc(ud.tensor(-x))), rtol=1e-6)
+        # (atol: a graph's and an eager linear layer's float32 rounding; an output near 0 made rtol alone fail on an
+        # AVX2 machine, 8.4937e-05 against 8.4922e-05; a wrong branch is off by the output's size or its sign)
+        np.testing.assert_allclose(_numpy(predict(x)), 2 * base, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(_numpy(predict(-x)), -_numpy(model.fc(ud.tensor(-x))), rtol=1e-6, atol=1e-6)
         assert predict.trace_count == 1  # one graph holds both branches
         step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.01))
         step(x, np.zeros((3, 1), np.float32))
