@@ -12,7 +12,8 @@ from torch import nn as tnn
 
 import unidl as ud
 from tests.nn.test_attention import layer_case
-from tests.parity.torch_oracle import RUNS, compare_table
+from tests.parity.torch_oracle import (FLOAT32_GRADIENT_BOUND_AVX2, RUNS, TOLERANCES, TORCH_AVX2_KERNELS,
+                                      compare_table)
 from unidl.testing import max_relative_difference
 
 R = np.random.default_rng(41)
@@ -74,7 +75,10 @@ def test_decoders_match_torch(backend, dtype, modes):
     Transformer with every mask: its float32 gradients are ill-conditioned under the harness's weights of magnitude
     ~1 (torch's own float32 input gradient is 2.4e-5 from its float64 one, beyond float32's bound 1e-5)."""
     cases = {k: v for k, v in DECODERS.items() if (k == WHOLE) == (dtype == "float64")}
-    assert compare_table(cases, backend, dtype, modes) == []
+    tolerances = dict(TOLERANCES)
+    if TORCH_AVX2_KERNELS:  # (torch's AVX2 kernels: the post-norm layer's input gradient 1.08e-5 from its own)
+        tolerances["float32"] = (TOLERANCES["float32"][0], FLOAT32_GRADIENT_BOUND_AVX2)
+    assert compare_table(cases, backend, dtype, modes, tolerances) == []
 
 
 def test_transformer_starts_as_torchs_and_evaluates_as_torch(backend):

@@ -135,6 +135,10 @@ def test_adam_trajectory_follows_torch_operation_for_operation(init, ulps):
     (1.04e-7 and 1.02e-7; 1.04e-7 and 1.53e-7 under XLA), although they do not even share Adam's sequence
     (``m += (g - m) * (1 - beta1)`` on TensorFlow, ``_foreach_mul_`` then ``_foreach_add_`` on torch); the issue's
     9.2e-8 and 9.6e-8 match one rounding of larger losses (2.59 and 2.48)."""
+    from tests.parity.torch_oracle import TORCH_AVX2_KERNELS
+
+    if TORCH_AVX2_KERNELS:  # (torch's AVX2 kernels: 8 roundings, unidl init, on an AMD EPYC; torch_oracle)
+        ulps *= 10
     runs = {name: np.array(losses, np.float32) for name, losses in _adam_losses_on_one_thread(init).items()}
     largest = np.abs(runs["torch"]).max()
     assert runs["torch"][-1] < runs["torch"][0] - 0.5

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import unidl as ud
 from unidl.testing import max_relative_difference
-from tests.parity.torch_oracle import RUNS, Case, compare_table
+from tests.parity.torch_oracle import RUNS, TORCH_AVX2_KERNELS, Case, compare_table
 
 R = np.random.default_rng(21)
 ROWS = R.standard_normal((4, 6))
@@ -667,6 +667,11 @@ def test_bfloat16_gradients_of_broadcast_products_are_torchs(backend):
     inputs = [ud.tensor(array.astype(np.float32)) for case in cases for array in case]
     for mode, function in [("eager", gradients), ("ud.function", ud.function(gradients))]:
         for got, want in zip(function(*inputs), expected):
+            if TORCH_AVX2_KERNELS:  # (torch's AVX2 bfloat16 products sum in another order: up to 2 bfloat16 steps of
+                # an element, 0.03 where the largest is 6.6, on an AMD EPYC; torch_oracle): 4 steps of the largest
+                np.testing.assert_allclose(ud.to_numpy(got), want, rtol=0, atol=4 * 2.0 ** -8 * np.abs(want).max(),
+                                           err_msg=f"{backend} {mode}")
+                continue
             np.testing.assert_array_equal(ud.to_numpy(got), want, err_msg=f"{backend} {mode}")
 
 

@@ -23,6 +23,15 @@ from unidl.composites import composite
 from unidl.testing import max_relative_difference
 
 TOLERANCES = {"float32": (2e-6, 1e-5), "float64": (1e-12, 1e-12)}  # (output, gradients)
+# Whether torch runs its AVX2 CPU kernels here (``torch.backends.cpu.get_cpu_capability()``). The bit-for-bit and
+# few-roundings bounds of some tests were measured where torch runs its AVX-512 kernels (the machines of the stops up
+# to 69, whose CI passed); on an AMD EPYC without AVX-512 (stop 70) they failed on that code too: torch's float32
+# GELU at -2 is 2.4e-7 from erf's value there, a bfloat16 product's gradient up to 2 bfloat16 steps from TensorFlow's
+# in 56 of 120 elements, the Adam trajectory 8 roundings where it was 1, a post-norm decoder layer's float32 input
+# gradient 1.08e-5 from torch's. Those tests keep their bounds where torch's kernels are AVX-512 and take wider
+# ones (each named where it is used) under AVX2.
+TORCH_AVX2_KERNELS = torch.backends.cpu.get_cpu_capability() == "AVX2"
+FLOAT32_GRADIENT_BOUND_AVX2 = 2e-5  # (float32's gradient bound where TORCH_AVX2_KERNELS: twice 1e-5)
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -127,9 +136,10 @@ def probed_sum(output, probe):
     return ud.ops.sum(output * probe)
 
 
-def compare_table(cases: dict[str, Case], backend: str, dtype: str, modes=("eager", "ud.function")) -> list[str]:
+def compare_table(cases: dict[str, Case], backend: str, dtype: str, modes=("eager", "ud.function"),
+                  tolerances=None) -> list[str]:
     """Every case on ``backend`` in ``dtype``, eagerly and/or inside ``ud.function`` (``modes``), against the
-    torch oracle; returns the failures (empty when all agree to ``TOLERANCES``). A mode of ``LEFT_OUT`` is left
+    torch oracle; returns the failures (empty when all agree to ``tolerances``, by default ``TOLERANCES``). A mode of ``LEFT_OUT`` is left
     out where another is asked for too (``RUNS``'s pairs); asked for alone it is run."""
     left = tuple(mode for mode in modes if (backend, dtype, mode) not in LEFT_OUT)
     modes = left or modes
@@ -189,7 +199,7 @@ def compare_table(cases: dict[str, Case], backend: str, dtype: str, modes=("eage
                          for size in shapes.get(name, ())]
                 got = ud.to_numpy(next(results))
                 shape = got.shape if r is None else tuple(sizes)
-                out_tolerance, grad_tolerance = TOLERANCES[dtype]
+                out_tolerance, grad_tolerance = (tolerances or TOLERANCES)[dtype]
                 if shape != output.shape:
                     failures.append(f"{where}: output shape {shape}, torch {output.shape}")
                 elif output.dtype.kind != "f":
