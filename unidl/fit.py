@@ -1225,10 +1225,10 @@ def _fit_step(model, loss, optimizer, summary, metrics, eager: bool, precision, 
     (``_settings_now``: a value a trace read, ``Dropout.p``, ``temperature``), the same loss with every attribute as
     it was or one that computes alike (``_computes_alike``), the same metrics (``MetricAccumulator.key``),
     ``eager``, precision, ``accumulate``, dtype and device in force, builds its ``TrainStep`` over it: a second fit
-    on jax compiled every batch shape's program again. What the step keys its traces on itself (train/eval modes, the frozen set, input shapes and
-    dtypes, an optimizer option its traces hold as a constant) retraces it as within one fit, and a changed
-    structure (a layer replaced, a hook) empties the cache. Not in a data-parallel job, whose step broadcasts rank
-    0's weights when it is built."""
+    on jax compiled every batch shape's program again. What the step keys its traces on itself (train/eval modes,
+    the frozen set, input shapes and dtypes, an optimizer option its traces hold as a constant) retraces it as
+    within one fit, and a changed structure (a layer replaced, a hook) empties the cache. Not in a data-parallel
+    job, whose step broadcasts rank 0's weights when it is built."""
     options = dict(with_outputs=summary or True, eager=eager, check_finite=False, precision=precision,
                    accumulate=accumulate, check_trainable=False)  # (before_batch checks it)
     backend = model._backend

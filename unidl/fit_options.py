@@ -350,11 +350,10 @@ def trained_loss_parameters(model, loss_fn, optimizer) -> tuple:
 
 def rank_0_state(model, loss_fn, optimizer) -> list:
     """What a data-parallel step broadcasts from rank 0 when it is built, so that every rank starts alike: the
-    parameters and buffers of ``model`` (a unidl module; none for another callable) and the loss's own parameters
-    that ``optimizer`` trains (``trained_loss_parameters``), in one broadcast, as torch's DDP over both does."""
-    state = [value for _, value in (*model.named_parameters(), *model.named_buffers())] if hasattr(
-        model, "named_parameters") else []
-    return state + list(trained_loss_parameters(model, loss_fn, optimizer))
+    parameters and buffers of ``model`` (a unidl module: ``train_step`` refuses anything else) and the loss's own
+    parameters that ``optimizer`` trains (``trained_loss_parameters``), in one broadcast, as torch's DDP over both
+    does."""
+    return [*model.parameters(), *model.buffers(), *trained_loss_parameters(model, loss_fn, optimizer)]
 
 
 def check_verbose(verbose) -> int:

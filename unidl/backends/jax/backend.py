@@ -13,8 +13,8 @@ import functools
 import os
 import warnings
 
-from unidl.fit_options import rank_0_state
 from unidl import threads as unidl_threads
+from unidl.fit_options import rank_0_state
 
 
 def xla_thread_flags(count: int) -> str:

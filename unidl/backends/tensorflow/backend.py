@@ -11,10 +11,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.python.framework import func_graph  # noqa: E402
 
-from unidl.fit_options import rank_0_state
 from unidl import config
 from unidl.autograd import check_float, check_scalar
 from unidl.backends.interface import Backend as BackendInterface
+from unidl.fit_options import rank_0_state
 from unidl.io.buffers import aligned_zeros, is_undrawn_zeros
 from unidl.nn.freezing import requires_grad_method, trainable_refused
 from unidl.nn.module import trainable_mask
